@@ -1,0 +1,160 @@
+"""Typed run configuration: dataclasses validated on construction, saved as YAML in every run.
+
+The CLI turns flags into these objects; nothing else reads flags. Units are in trailing comments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from cnnlab.errors import CnnlabError, unknown_choice
+
+Augment = Literal["none", "light", "standard"]
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["none", "step", "cosine", "onecycle"]
+Precision = Literal["auto", "32-true", "bf16-mixed"]
+Device = Literal["auto", "cpu", "cuda"]
+
+DEFAULT_MODEL = "simple_cnn_bn"
+
+
+def _check_choice(what: str, value: str, literal: Any) -> None:
+    if value not in get_args(literal):
+        raise unknown_choice(what, value, get_args(literal))
+
+
+def _check_fraction(what: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise CnnlabError(f"{what} must be between 0 and 1 (exclusive), got {value} (e.g. {what}=0.2)")
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # digits | fashion-mnist | mnist | cifar10 | folder:PATH
+    root: str = "data"  # where downloads and caches live
+    valid_fraction: float = 0.2  # of the training pool, stratified
+    test_fraction: float = 0.2  # of the pool, only for sources without their own test set
+    image_size: int | None = None  # pixels, square; None = the source's native size (folders: 64)
+    augment: Augment = "light"
+    train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
+    strict: bool = False  # fail on an unreadable image instead of skipping it
+
+    def __post_init__(self) -> None:
+        _check_fraction("valid_fraction", self.valid_fraction)
+        _check_fraction("test_fraction", self.test_fraction)
+        _check_choice("augment preset", self.augment, Augment)
+        if self.image_size is not None and self.image_size < 8:
+            raise CnnlabError(f"image_size must be >= 8 pixels, got {self.image_size}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise CnnlabError(f"train_limit must be >= 1 image, got {self.train_limit}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = DEFAULT_MODEL
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # images per step
+    optimizer: Optimizer = "adamw"
+    lr: float = 3e-3  # peak learning rate for onecycle
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = 5e-4
+    schedule: Schedule = "onecycle"
+    step_size: int = 5  # epochs between decays, schedule=step
+    gamma: float = 0.1  # decay factor, schedule=step
+    label_smoothing: float = 0.0
+    patience: int | None = None  # epochs without valid-loss improvement before stopping
+    precision: Precision = "auto"
+    device: Device = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise CnnlabError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise CnnlabError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise CnnlabError(f"lr must be > 0, got {self.lr} (e.g. --lr 0.003)")
+        if self.weight_decay < 0:
+            raise CnnlabError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise CnnlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.patience is not None and self.patience < 1:
+            raise CnnlabError(f"patience must be >= 1 epoch, got {self.patience}")
+        _check_choice("optimizer", self.optimizer, Optimizer)
+        _check_choice("schedule", self.schedule, Schedule)
+        _check_choice("precision", self.precision, Precision)
+        _check_choice("device", self.device, Device)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts (YAML), rejecting unknown keys with the closest valid one."""
+        raw = raw or {}
+        _reject_unknown("config section", raw, [f.name for f in dataclasses.fields(cls)])
+        parts = {}
+        for f in dataclasses.fields(cls):
+            section_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[f.name]
+            section = raw.get(f.name) or {}
+            if not isinstance(section, dict):
+                raise CnnlabError(f"config section '{f.name}' must be a mapping, got {section!r}")
+            _reject_unknown(f"'{f.name}' option", section, [g.name for g in dataclasses.fields(section_cls)])
+            parts[f.name] = section_cls(**section)
+        return cls(**parts)
+
+
+def _reject_unknown(what: str, raw: dict[str, Any], valid: list[str]) -> None:
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise CnnlabError(f"unknown {what} '{key}' ({hint}valid: {', '.join(valid)})")
+
+
+def with_overrides(config: RunConfig, section: str, **values: Any) -> RunConfig:
+    """A copy of `config` with the non-None `values` replaced in `section` (validated again)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return config
+    part = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **{section: part})
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file; a missing or malformed file is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"config file not found: {path} (pass an existing YAML file to --config)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CnnlabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise CnnlabError(f"config file {path} must hold a mapping with data/model/train sections")
+    try:
+        return RunConfig.from_dict(raw or {})
+    except TypeError as exc:  # e.g. a list where a number belongs
+        raise CnnlabError(f"config file {path}: {exc}") from exc
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

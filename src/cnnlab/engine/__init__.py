@@ -1,0 +1,1 @@
+"""Training engine: the explicit loop (fit.py) and safe checkpoints (checkpoint.py)."""

@@ -1,0 +1,1 @@
+"""Evaluation of a trained run: predictions, per-class accuracy, eval.json, and predicting new images."""

@@ -1,0 +1,109 @@
+"""Model outputs for in-memory images and for image files, using a checkpoint's stored preprocessing."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.data.batches import Normalization
+from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights strictly, in eval mode."""
+    prep = ckpt["preprocessing"]
+    model = create_model(
+        ckpt["model_name"], num_classes=len(ckpt["class_names"]),
+        in_channels=prep["channels"], image_size=prep["image_size"],
+    )  # fmt: skip
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CnnlabError(
+            f"checkpoint {path} does not fit model '{ckpt['model_name']}': {str(exc).splitlines()[0][:160]} "
+            "(the file was changed or made by another version; retrain)"
+        ) from exc
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, norm: Normalization, *, batch_size: int = 1000, max_batches=None
+) -> torch.Tensor:
+    """Logits [N, classes] for uint8 images [N, C, H, W], computed batch by batch on the best device."""
+    device = pick_device()
+    model = model.to(device).eval()
+    out = []
+    for i, start in enumerate(range(0, len(images), batch_size)):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = norm.apply(images[start : start + batch_size].to(device))
+        out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@dataclass
+class ImagePrediction:
+    path: str
+    probabilities: np.ndarray  # one per class
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files named directly, plus image files found (recursively) in folders named."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if is_image_file(p))
+            if not found:
+                raise CnnlabError(f"folder {item} holds no image files (expected .jpg, .png, ...)")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise CnnlabError(f"image not found: {item} (check the path)")
+    return files
+
+
+def predict_images(
+    checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None
+) -> tuple[list[str], list[ImagePrediction]]:
+    """Class probabilities for image files, preprocessed as the checkpoint's training data was.
+
+    Any size or mode is converted (resize the shorter side, centre crop, grey or RGB as trained).
+    A file named directly that cannot be read is an error; unreadable files inside folders are skipped
+    with a warning.
+    """
+    ckpt = load_checkpoint(checkpoint_path)
+    model = model_from_checkpoint(ckpt, checkpoint_path)
+    prep = ckpt["preprocessing"]
+    norm = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
+    named = {p for p in inputs if not p.is_dir()}
+    files = collect_images(inputs)[:limit]
+    tensors, kept, skipped = [], [], []
+    for path in files:
+        try:
+            tensors.append(decode_image(path, size=prep["image_size"], channels=prep["channels"])[0])
+            kept.append(path)
+        except UnreadableImage as exc:
+            if path in named:
+                raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
+            skipped.append(path)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
+    if not tensors:
+        raise CnnlabError("no readable images to predict (pass image files or folders of images)")
+    probs = torch.softmax(predict_logits(model, torch.stack(tensors), norm), dim=1).numpy()
+    return list(ckpt["class_names"]), [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]

@@ -1,0 +1,59 @@
+"""The run folder: naming, creating it without clobbering, cleaning up after a failed start, reopening."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cnnlab.config import RunConfig, load_config
+from cnnlab.errors import CnnlabError
+
+
+def default_run_name(config: RunConfig) -> str:
+    """`<data>-<model>-<YYYYmmdd-HHMMSS>`, e.g. `fashion-mnist-simple_cnn_bn-20261128-183000`."""
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.data.source.replace("folder:", "").strip("/")).strip("-")
+    data = data.rsplit("-", 1)[-1] if config.data.source.startswith("folder:") else data
+    return f"{data or 'data'}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def claim_run_dir(runs_dir: Path, name: str, *, force: bool) -> Path:
+    """The path for a new run; an existing one is an error unless `force` (then it is removed)."""
+    if not name or "/" in name or name in {".", ".."}:
+        raise CnnlabError(f"invalid run name '{name}' (use letters, digits, '-', '_' and '.')")
+    path = Path(runs_dir) / name
+    if path.exists():
+        if not force:
+            raise CnnlabError(
+                f"run folder {path} already exists (choose another --name, or pass --force to replace it)"
+            )
+        shutil.rmtree(path)
+    return path
+
+
+@contextmanager
+def creating_run_dir(path: Path) -> Iterator[Path]:
+    """Create `path`; if the body fails before any epoch is saved, remove it so no partial run is left.
+
+    A run that saved `last.pt` is kept (an interrupted run can be resumed).
+    """
+    path.mkdir(parents=True)
+    try:
+        yield path
+    except BaseException:
+        if not (path / "last.pt").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def open_run(run_dir: Path) -> RunConfig:
+    """The config of an existing run folder, with a clear error when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnlabError(f"run folder not found: {run_dir} (pass a folder made by `cnnlab train`)")
+    if not (run_dir / "config.yaml").is_file():
+        raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no config.yaml)")
+    return load_config(run_dir / "config.yaml")

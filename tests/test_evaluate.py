@@ -1,0 +1,89 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.config import RunConfig, with_overrides
+from cnnlab.evaluate.evaluate import format_accuracy_table, per_class_accuracy
+from cnnlab.pipeline import train
+from helpers import write_digit_folder
+
+
+def test_per_class_accuracy_matches_hand_count():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 0, 1, 1, 0])
+    table = per_class_accuracy(labels, predicted, ["a", "b", "c", "d"])
+    assert table["a"] == {"correct": 2, "total": 3, "accuracy": 2 / 3}
+    assert table["b"]["accuracy"] == 1.0 and table["c"]["accuracy"] == 0.0
+    assert table["d"]["total"] == 0 and np.isnan(table["d"]["accuracy"])  # no test images: NaN, no crash
+
+
+def test_accuracy_table_uses_the_course_format():
+    result = {
+        "test_loss": 0.3, "n_test": 1100, "accuracy": 1070 / 1100,
+        "per_class": {"Sneaker": {"correct": 970, "total": 1000, "accuracy": 0.97},
+                      "Bag": {"correct": 100, "total": 100, "accuracy": 1.0}},
+    }  # fmt: skip
+    text = format_accuracy_table(result)
+    assert "Test Accuracy of Sneaker: 97% (970/1000)" in text
+    assert "Test Accuracy (Overall): 97.27% (1070/1100)" in text
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    data = write_digit_folder(tmp_path_factory.mktemp("digits"), classes=(0, 1, 7), per_class=60, size=24)
+    cfg = with_overrides(RunConfig(), "data", source=f"folder:{data}", image_size=16)
+    cfg = with_overrides(cfg, "train", epochs=4)
+    runs = tmp_path_factory.mktemp("runs")
+    return train(cfg, runs_dir=runs, name="fold", log=lambda _: None), data
+
+
+def test_run_folder_has_the_documented_files(folder_run):
+    result, _ = folder_run
+    names = {p.name for p in result.run_dir.iterdir()}
+    expected = {"config.yaml", "splits.json", "metrics.csv", "best.pt", "last.pt", "predictions.csv",
+                "valid_predictions.csv", "eval.json"}  # fmt: skip
+    assert expected <= names
+    with (result.run_dir / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds"}
+
+
+def test_eval_json_agrees_with_predictions_csv(folder_run):
+    result, _ = folder_run
+    ev = json.loads((result.run_dir / "eval.json").read_text())
+    with (result.run_dir / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert ev["n_test"] == len(rows) == sum(r["total"] for r in ev["per_class"].values())
+    assert ev["accuracy"] == pytest.approx(np.mean([r["label"] == r["predicted"] for r in rows]))
+    assert ev["accuracy"] >= 0.9  # three distinct real digits are easy
+    probs = np.array([[float(r[f"p_digit{c}"]) for c in (0, 1, 7)] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert rows[0]["id"].endswith(".png")
+
+
+def test_predict_converts_any_size_and_mode(folder_run, cli, tmp_path):
+    result, data = folder_run
+    src = Image.open(next((data / "digit7").glob("*.png")))
+    big_rgb = tmp_path / "seven.jpg"
+    src.convert("RGB").resize((100, 60)).save(big_rgb, quality=95)
+    out_csv = tmp_path / "out.csv"
+    code, out, err = cli("predict", result.run_dir, big_rgb, data / "digit1", "--top-k", "2", "--output", out_csv)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.endswith("%")]
+    assert len(lines) == 61 and "seven.jpg: digit7" in lines[0]
+    with out_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(r["predicted"] == "digit1" for r in rows[1:]) >= 55
+    code, _, err = cli("predict", result.run_dir, big_rgb, "--output", out_csv)
+    assert code == 2 and "already exists" in err
+
+
+def test_dry_run_writes_nothing(cli, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli("train", "--data", "digits", "--runs-dir", runs, "--dry-run")
+    assert code == 0, err
+    assert "dry run ok" in out and not runs.exists()
