@@ -16,7 +16,7 @@ data:
 	sh scripts/fetch_data.sh
 
 demo: $(STAMP) data
-	$(BIN)/cnnlab train --data fashion-mnist --runs-dir runs
+	$(BIN)/cnnlab train --data fashion-mnist --epochs 6 --runs-dir runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
