@@ -1,0 +1,1 @@
+"""Data: named sources, seeded splits, batch augmentation and in-memory batches."""

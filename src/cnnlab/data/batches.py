@@ -1,0 +1,82 @@
+"""The in-memory fast path: images live as one uint8 tensor on the device, batches are index slices.
+
+Conversion to float, augmentation and normalisation happen on the whole batch; nothing per sample runs
+in Python. The order of each epoch comes from (seed, epoch), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnnlab.data.augment import AugmentPolicy, augment_batch
+
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor) -> Normalization:
+        """Per-channel mean/std of uint8 images [N, C, H, W] (the training split's)."""
+        x = images.double() / 255.0
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return cls(tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std))
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] (or floats on the 0..1 scale) -> normalised float32, one multiply-add."""
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        scale = 1.0 / (255.0 * std) if images.dtype == torch.uint8 else 1.0 / std
+        return images.float() * scale - mean / std
+
+
+class InMemoryBatches:
+    """Batches of (normalised images, labels) for the subset `indices` of an in-memory source."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: np.ndarray,
+        *,
+        batch_size: int,
+        norm: Normalization,
+        shuffle: bool = False,
+        policy: AugmentPolicy | None = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int | None = None,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.indices = torch.as_tensor(indices, dtype=torch.int64)
+        self.batch_size, self.norm, self.shuffle = batch_size, norm, shuffle
+        self.policy = policy or AugmentPolicy()
+        self.seed, self.max_batches = seed, max_batches
+        # drop a ragged last batch in training (batch norm dislikes a batch of one), never in evaluation
+        self.drop_last = drop_last and len(self.indices) > batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return min(full, self.max_batches) if self.max_batches else full
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = self.indices[torch.randperm(len(self.indices), generator=gen)] if self.shuffle else self.indices
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.images.device)
+            x = self.images[idx]
+            if self.policy.active:  # on the 0..1 scale, so padding is black as in RandomCrop(padding)
+                x = augment_batch(x.float() * (1 / 255), self.policy, gen)
+            x = self.norm.apply(x)
+            yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]

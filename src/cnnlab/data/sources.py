@@ -1,0 +1,247 @@
+"""Named data sources, each loaded as one uint8 image tensor plus labels (the in-memory path).
+
+Sources: `digits` (scikit-learn's bundled 8x8 digits), `fashion-mnist`, `mnist`, `cifar10` and
+`folder:PATH` (ImageFolder layout, optional train/ valid/ test/ subfolders). Offline, the MNIST-style
+sets are read from local IDX files (Debian's `dataset-fashion-mnist` installs Fashion-MNIST); online,
+torchvision downloads them into the data root.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data.idx import read_idx
+from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
+from cnnlab.errors import CnnlabError, unknown_choice
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DEFAULT_FOLDER_SIZE = 64  # pixels; a from-scratch CNN's usual input for small photo datasets
+SOURCE_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "folder:PATH")
+
+
+@dataclass
+class Source:
+    """All images of a data source in memory, with the partitions the source itself defines."""
+
+    name: str
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+    class_names: list[str]
+    ids: list[str]  # one per image: "test/17" for datasets, the file path for folders
+    partitions: dict[str, np.ndarray]  # "train" always; "valid" / "test" when the source has them
+    flip_invariant: bool  # a horizontal flip keeps the label (false for digits)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+
+def load_source(config: DataConfig) -> Source:
+    """Load the source named in `config` (see SOURCE_NAMES); errors say how to get the data."""
+    name = config.source
+    if name.startswith("folder:"):
+        return _load_folder(Path(name[len("folder:") :]).expanduser(), config)
+    loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion, "mnist": _load_mnist, "cifar10": _load_cifar}
+    if name not in loaders:
+        raise unknown_choice("data source", name, SOURCE_NAMES)
+    source = loaders[name](Path(config.root))
+    if config.image_size is not None and config.image_size != source.image_size:
+        source.images = _resize_uint8(source.images, config.image_size)
+    return source
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _from_pools(name, pools, class_names, flip_invariant) -> Source:
+    """Concatenate named pools [(partition, images, labels)] into one Source."""
+    images = torch.cat([torch.as_tensor(p[1]) for p in pools])
+    labels = torch.cat([torch.as_tensor(np.asarray(p[2], dtype=np.int64)) for p in pools])
+    ids, partitions, start = [], {}, 0
+    for part, part_images, _ in pools:
+        n = len(part_images)
+        ids += [f"{part}/{i}" for i in range(n)]
+        partitions[part] = np.arange(start, start + n)
+        start += n
+    return Source(name, images.contiguous(), labels, class_names, ids, partitions, flip_invariant)
+
+
+def _load_digits(root: Path) -> Source:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 grey levels -> 0..255 so every source shares one uint8 scale
+    images = torch.from_numpy((digits.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    names = [str(i) for i in range(10)]
+    return _from_pools("digits", [("train", images, digits.target)], names, flip_invariant=False)
+
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx_dir(candidates: list[Path]) -> Path | None:
+    for folder in candidates:
+        if all(_idx_file(folder, stem) for pair in _IDX_FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_idx_dataset(name: str, root: Path, tv_name: str, debian_dir: str, classes, flip) -> Source:
+    candidates = [root / name, root / tv_name / "raw", Path("/usr/share/datasets") / debian_dir]
+    folder = _find_idx_dir(candidates)
+    if folder is None:
+        _download_torchvision(tv_name, root, candidates)
+        folder = root / tv_name / "raw"
+    pools = []
+    for part, (img_stem, lbl_stem) in _IDX_FILES.items():
+        images = read_idx(_idx_file(folder, img_stem))[:, None]
+        labels = read_idx(_idx_file(folder, lbl_stem))
+        if len(images) != len(labels):
+            raise CnnlabError(f"{folder}: {len(images)} {part} images but {len(labels)} labels (re-download)")
+        pools.append((part, torch.from_numpy(images.copy()), labels))
+    return _from_pools(name, pools, classes, flip)
+
+
+def _download_torchvision(tv_name: str, root: Path, searched: list[Path]) -> None:
+    import torchvision.datasets as tvd
+
+    try:
+        for train in (True, False):
+            getattr(tvd, tv_name)(str(root), train=train, download=True)
+    except Exception as exc:  # offline, proxy, disk: all mean "no files"
+        where = ", ".join(str(p) for p in searched)
+        raise CnnlabError(
+            f"{tv_name} files not found in {where} and the download failed ({type(exc).__name__}); "
+            f"put the four IDX files in {root / tv_name.lower()}"
+            + (" or run `apt-get install dataset-fashion-mnist`" if tv_name == "FashionMNIST" else "")
+        ) from exc
+
+
+def _load_fashion(root: Path) -> Source:
+    return _load_idx_dataset("fashion-mnist", root, "FashionMNIST", "fashion-mnist", FASHION_CLASSES, True)
+
+
+def _load_mnist(root: Path) -> Source:
+    names = [str(i) for i in range(10)]
+    return _load_idx_dataset("mnist", root, "MNIST", "mnist", names, False)
+
+
+def _load_cifar(root: Path) -> Source:
+    import torchvision.datasets as tvd
+
+    pools = []
+    for part, train in (("train", True), ("test", False)):
+        try:
+            ds = tvd.CIFAR10(str(root), train=train, download=not _cifar_present(root))
+        except Exception as exc:
+            raise CnnlabError(
+                f"CIFAR-10 not found in {root / 'cifar-10-batches-py'} and the download failed "
+                f"({type(exc).__name__}); put the extracted python batches there"
+            ) from exc
+        pools.append((part, torch.from_numpy(ds.data).permute(0, 3, 1, 2), ds.targets))
+    return _from_pools("cifar10", pools, CIFAR10_CLASSES, True)
+
+
+def _cifar_present(root: Path) -> bool:
+    return (root / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+# ---- folders ---------------------------------------------------------------------------------------
+
+_SPLIT_DIRS = ("train", "valid", "test")
+
+
+def _load_folder(path: Path, config: DataConfig) -> Source:
+    if not path.is_dir():
+        raise CnnlabError(f"data folder not found: {path} (pass --data folder:PATH with an existing folder)")
+    has_splits = (path / "train").is_dir()
+    roots = {s: path / s for s in _SPLIT_DIRS if (path / s).is_dir()} if has_splits else {"train": path}
+    class_names = _class_names(roots["train"])
+    files: list[tuple[str, Path, int]] = []
+    for part, folder in roots.items():
+        for label, cls in enumerate(class_names):
+            cls_dir = folder / cls
+            found = sorted(p for p in cls_dir.rglob("*") if is_image_file(p)) if cls_dir.is_dir() else []
+            if part == "train" and not found:
+                raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
+            files += [(part, p, label) for p in found]
+    size = config.image_size or DEFAULT_FOLDER_SIZE
+    return _decode_folder(path, files, class_names, size, config.strict)
+
+
+def _class_names(folder: Path) -> list[str]:
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise CnnlabError(
+            f"{folder} has no class subfolders (expected one folder per class, e.g. {folder}/cat/1.jpg)"
+        )
+    if len(names) < 2:
+        raise CnnlabError(f"{folder} has only one class folder '{names[0]}' (a classifier needs at least two)")
+    return names
+
+
+def _decode_folder(path: Path, files, class_names, size: int, strict: bool) -> Source:
+    def decode(item):
+        try:
+            return decode_image(item[1], size=size, channels=3)
+        except UnreadableImage as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        decoded = list(pool.map(decode, files))
+    skipped = [(str(f[1]), str(d)) for f, d in zip(files, decoded, strict=True) if isinstance(d, Exception)]
+    if skipped and strict:
+        raise CnnlabError(f"unreadable image {skipped[0][0]}: {skipped[0][1]} (remove or replace it)")
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image(s), first: {skipped[0][0]} ({skipped[0][1]}); "
+            "use --strict to fail instead",
+            stacklevel=2,
+        )
+    kept = [(f, d) for f, d in zip(files, decoded, strict=True) if not isinstance(d, Exception)]
+    _check_classes_nonempty(kept, class_names, path)
+    all_grey = all(d[1] for _, d in kept)
+    images = torch.stack([d[0] for _, d in kept])
+    if all_grey:  # R == G == B: keep one channel, as a grey dataset should be
+        images = images[:, :1].contiguous()
+    labels = torch.tensor([f[2] for f, _ in kept], dtype=torch.int64)
+    parts = np.array([f[0] for f, _ in kept])
+    partitions = {p: np.flatnonzero(parts == p) for p in _SPLIT_DIRS if (parts == p).any()}
+    ids = [str(f[1]) for f, _ in kept]
+    return Source(f"folder:{path}", images, labels, class_names, ids, partitions, True, skipped)
+
+
+def _check_classes_nonempty(kept, class_names, path: Path) -> None:
+    counts = np.bincount([f[2] for f, _ in kept if f[0] == "train"], minlength=len(class_names))
+    for name, count in zip(class_names, counts, strict=True):
+        if count == 0:
+            raise CnnlabError(f"class '{name}' in {path} has no readable training images (add some)")
