@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint data bench clean
+.PHONY: demo test test-fast lint data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 data:
 	sh scripts/fetch_data.sh
 
+browser:
+	sh scripts/install_browser.sh
+
 demo: $(STAMP) data
 	$(BIN)/cnnlab train --data fashion-mnist --epochs 6 --runs-dir runs
 
@@ -22,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: $(STAMP) data lint
+test: $(STAMP) data browser lint
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)

@@ -94,7 +94,7 @@ def digits_run(tmp_path_factory):
     cfg = with_overrides(RunConfig(), "data", source="digits")
     cfg = with_overrides(cfg, "model", name="mlp")
     cfg = with_overrides(cfg, "train", epochs=2)
-    return train(cfg, runs_dir=runs, name="mlp", log=lambda _: None).run_dir
+    return train(cfg, runs_dir=runs, name="mlp", log=lambda _: None, report=False).run_dir
 
 
 def test_checkpoint_from_another_model_is_refused(cli, digits_run, tmp_path):
@@ -103,7 +103,7 @@ def test_checkpoint_from_another_model_is_refused(cli, digits_run, tmp_path):
 
     cfg = with_overrides(with_overrides(RunConfig(), "data", source="digits"), "model", name="lenet5")
     cfg = with_overrides(cfg, "data", image_size=16)
-    other = train(cfg, runs_dir=tmp_path, name="lenet", log=lambda _: None).run_dir
+    other = train(cfg, runs_dir=tmp_path, name="lenet", log=lambda _: None, report=False).run_dir
     before = sorted(p.name for p in digits_run.iterdir())
     code, _, err = cli("evaluate", digits_run, "--checkpoint", other / "best.pt")
     assert code == 2 and err.startswith("error: checkpoint") and "is for model 'lenet5'" in err

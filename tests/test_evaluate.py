@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from cnnlab.config import RunConfig, with_overrides
-from cnnlab.evaluate.evaluate import format_accuracy_table, per_class_accuracy
+from cnnlab.evaluate.analysis import PredictionTable, multiclass_summary
+from cnnlab.evaluate.evaluate import format_accuracy_table
 from cnnlab.pipeline import train
 from helpers import write_digit_folder
 
@@ -14,8 +15,10 @@ from helpers import write_digit_folder
 def test_per_class_accuracy_matches_hand_count():
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 1, 0, 1, 1, 0])
-    table = per_class_accuracy(labels, predicted, ["a", "b", "c", "d"])
-    assert table["a"] == {"correct": 2, "total": 3, "accuracy": 2 / 3}
+    probs = np.eye(4)[predicted] * 0.7 + 0.075
+    table = multiclass_summary(PredictionTable([str(i) for i in range(6)], labels, probs, ["a", "b", "c", "d"]))
+    table = table["per_class"]
+    assert (table["a"]["correct"], table["a"]["total"], table["a"]["accuracy"]) == (2, 3, 2 / 3)
     assert table["b"]["accuracy"] == 1.0 and table["c"]["accuracy"] == 0.0
     assert table["d"]["total"] == 0 and np.isnan(table["d"]["accuracy"])  # no test images: NaN, no crash
 

@@ -26,14 +26,14 @@ def _quiet(_):
 
 
 def test_mlp_on_digits_beats_90_percent(tmp_path):
-    result = train(_cfg("digits", "mlp", 10), runs_dir=tmp_path, name="m", log=_quiet)
+    result = train(_cfg("digits", "mlp", 10), runs_dir=tmp_path, name="m", log=_quiet, report=False)
     assert result.evaluation["accuracy"] >= 0.90
 
 
 @pytest.mark.slow
 @needs_fashion
 def test_default_model_reaches_88_percent_on_fashion_mnist_in_two_epochs(tmp_path):
-    result = train(_cfg("fashion-mnist", "simple_cnn_bn", 2), runs_dir=tmp_path, name="d", log=_quiet)
+    result = train(_cfg("fashion-mnist", "simple_cnn_bn", 2), runs_dir=tmp_path, name="d", log=_quiet, report=False)
     assert result.evaluation["n_test"] == 10000
     assert result.evaluation["accuracy"] >= 0.88
 
@@ -42,7 +42,7 @@ def test_default_model_reaches_88_percent_on_fashion_mnist_in_two_epochs(tmp_pat
 @needs_fashion
 @pytest.mark.parametrize("model", ["simple_cnn", "mlp"])
 def test_course_models_clearly_learn_fashion_mnist(tmp_path, model):
-    result = train(_cfg("fashion-mnist", model, 2), runs_dir=tmp_path, name=model, log=_quiet)
+    result = train(_cfg("fashion-mnist", model, 2), runs_dir=tmp_path, name=model, log=_quiet, report=False)
     assert result.evaluation["accuracy"] >= 0.80
 
 
@@ -54,14 +54,14 @@ def _metric_rows(run_dir):
 def test_resume_equals_uninterrupted_run(tmp_path):
     # dropout, batch norm and augmentation all draw random numbers: the strictest case
     cfg = _cfg("digits", "simple_cnn_bn", 4)
-    full = train(cfg, runs_dir=tmp_path, name="full", log=_quiet).run_dir
+    full = train(cfg, runs_dir=tmp_path, name="full", log=_quiet, report=False).run_dir
 
     def stop_after_epoch_2(line):
         if line.startswith("epoch   2/"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, runs_dir=tmp_path, name="cut", log=stop_after_epoch_2)
+        train(cfg, runs_dir=tmp_path, name="cut", log=stop_after_epoch_2, report=False)
     cut = tmp_path / "cut"
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2 and len(_metric_rows(cut)) == 2
     resume(cut, log=_quiet)

@@ -14,6 +14,11 @@ import typer
 
 from cnnlab.errors import CnnlabError
 
+RULE_DEFAULT = "sensitivity:0.95"
+RULE_HELP = (
+    "How --positive picks its threshold on validation: sensitivity:X, specificity:X, youden, max-f1, cost:R, fixed:T."
+)
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train, evaluate and use CNN image classifiers. Start with: cnnlab train --data fashion-mnist",
@@ -57,6 +62,9 @@ def train(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder of the same name."),
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR from its last.pt (no other options)."),
+    positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
+    threshold_rule: str = typer.Option(RULE_DEFAULT, help=RULE_HELP),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
@@ -82,19 +90,24 @@ def train(
     cfg = with_overrides(cfg, "data", **data_flags)
     cfg = with_overrides(cfg, "model", name=model)
     cfg = with_overrides(cfg, "train", **train_flags)
-    pipeline.train(cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run, log=_log)
+    pipeline.train(
+        cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run,
+        positive=positive, rule=threshold_rule, report=report, log=_log,
+    )  # fmt: skip
 
 
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     checkpoint: Optional[Path] = typer.Option(None, help="Score this checkpoint instead of RUN/best.pt."),
+    positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
+    threshold_rule: str = typer.Option(RULE_DEFAULT, help=RULE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Score one batch; write nothing."),
 ) -> None:
     """Score a run's best checkpoint on its test split; write predictions.csv and eval.json."""
     from cnnlab.evaluate.evaluate import evaluate_run
 
-    evaluate_run(run, checkpoint=checkpoint, dry_run=dry_run, log=_log)
+    evaluate_run(run, checkpoint=checkpoint, positive=positive, rule=threshold_rule, dry_run=dry_run, log=_log)
 
 
 @app.command()
@@ -129,6 +142,89 @@ def _write_prediction_csv(path: Path, classes: list[str], preds) -> None:
         for p in preds:
             writer.writerow([p.path, classes[int(p.probabilities.argmax())], *[f"{v:.6f}" for v in p.probabilities]])
     tmp.replace(path)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A run folder that has been evaluated."),
+    positive: Optional[str] = typer.Option(None, help="Add the ROC/threshold section for CLASS vs the rest."),
+    threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP + " Default sensitivity:0.95."),
+    readers: Optional[Path] = typer.Option(None, help="CSV name,sensitivity,specificity drawn on the ROC plot."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),
+) -> None:
+    """Write RUN/report.html: one self-contained page with every figure embedded."""
+    from cnnlab.report.html import load_evaluation, read_readers, write_report
+
+    if dry_run:
+        load_evaluation(run)
+        if readers:
+            read_readers(readers)
+        typer.echo(f"dry run ok: {run} can be reported (nothing written)")
+        return
+    typer.echo(f"wrote {write_report(run, positive=positive, rule=threshold_rule, readers=readers)}")
+
+
+@app.command()
+def score(
+    predictions: Path = typer.Argument(..., help="CSV of predictions: id + scores, or ISIC Id,task_1,task_2."),
+    truth: Optional[Path] = typer.Option(None, help="CSV of true labels (id,label or ISIC layout)."),
+    positive: Optional[str] = typer.Option(None, help="The positive class, for binary metrics."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold in [0, 1] (default 0.5)."),
+    output: Optional[Path] = typer.Option(None, help="Also write the results as JSON."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Same checks and output; writes nothing."),
+) -> None:
+    """Score predictions made elsewhere (generic or ISIC-2017 / dermatologist-ai layout)."""
+    from cnnlab.evaluate.evaluate import write_eval_json
+    from cnnlab.evaluate.score import score_file
+
+    if output is not None and output.exists():
+        raise CnnlabError(f"{output} already exists (choose another --output)")
+    result = score_file(predictions, truth=truth, positive=positive, threshold=threshold)
+    typer.echo(_format_score(result))
+    if output is not None and not dry_run:
+        write_eval_json(output, result)
+        typer.echo(f"wrote {output}")
+
+
+def _format_score(r: dict) -> str:
+    def binary_line(label: str, b: dict) -> str:
+        lo, hi = b["auc_ci95"]
+        at = f"at threshold {b.get('threshold', r.get('threshold')):.2f}"
+        rates = f"sensitivity {b['sensitivity']:.4f}, specificity {b['specificity']:.4f}"
+        values = f"{rates}, PPV {b['ppv']:.4f}, NPV {b['npv']:.4f}"
+        return f"{label}: AUC {b['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f}); {at}: {values}"
+
+    if r["format"] == "isic2017":
+        return "\n".join([
+            f"{r['n']} cases (ISIC-2017 layout)",
+            binary_line("Category 1 (melanoma, task_1)", r["category_1"]),
+            binary_line("Category 2 (seborrheic keratosis, task_2)", r["category_2"]),
+            f"Category 3 (mean AUC): {r['category_3_mean_auc']:.4f}",
+        ])  # fmt: skip
+    if r["format"] == "binary":
+        return f"{r['n']} cases\n" + binary_line(f"{r['positive']} vs rest", r)
+    lines = [f"{r['n']} cases: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}"]
+    if "binary" in r:
+        lines.append(binary_line(f"{r['binary']['positive']} vs rest", r["binary"]))
+    return "\n".join(lines)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Two or more run folders."),
+    output: Path = typer.Option(Path("compare.html"), help="Where to write the comparison page."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the table only; write nothing."),
+) -> None:
+    """Put runs side by side: parameters, recipe, best valid loss, test accuracy, time, speed, curves."""
+    from cnnlab.report.compare import comparison_rows, write_comparison
+
+    rows = comparison_rows(runs)
+    for r in rows:
+        typer.echo(f"{r['name']:<40} {r['model']:<14} {r['params']:>10} params  acc {r['accuracy']:>7}  "
+                   f"best valid loss {r['best_valid_loss']}  {r['time']:>6}  {r['speed']} img/s")  # fmt: skip
+    if not dry_run:
+        typer.echo(f"wrote {write_comparison(runs, output, force=force)}")
 
 
 @app.command()

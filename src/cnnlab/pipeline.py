@@ -23,6 +23,7 @@ from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.engine.fit import EpochStats, fit, make_fabric
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
+from cnnlab.evaluate.thresholds import parse_rule
 from cnnlab.models import create_model, describe_model
 from cnnlab.runfolder import claim_run_dir, creating_run_dir, default_run_name, open_run
 
@@ -41,6 +42,9 @@ def train(
     name: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    positive: str | None = None,
+    rule: str = "sensitivity:0.95",
+    report: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train `config` into `runs_dir/name`, then evaluate the best checkpoint on the test split.
@@ -49,7 +53,10 @@ def train(
     removes the folder. `dry_run` trains and scores one batch in a temporary folder.
     """
     describe_model(config.model.name)  # an unknown model fails before any data is read
+    parse_rule(rule)
     source = _load(config, log)
+    if positive is not None and positive not in source.class_names:
+        raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
     splits = make_splits(
         source.labels.numpy(), source.partitions, valid_fraction=config.data.valid_fraction,
         test_fraction=config.data.test_fraction, seed=config.train.seed, train_limit=config.data.train_limit,
@@ -66,7 +73,11 @@ def train(
     run_dir = claim_run_dir(Path(runs_dir), name or default_run_name(config), force=force)
     history = _fit_new(config, source, splits, run_dir, log=log)
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
-    evaluation = evaluate_run(run_dir, source=source, log=log)
+    evaluation = evaluate_run(run_dir, source=source, positive=positive, rule=rule, log=log)
+    if report:
+        from cnnlab.report.html import write_report
+
+        log(f"report: {write_report(run_dir, source=source)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
 

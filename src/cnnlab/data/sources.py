@@ -201,9 +201,7 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
 def _class_names(folder: Path) -> list[str]:
     names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not names:
-        raise CnnlabError(
-            f"{folder} has no class subfolders (expected one folder per class, e.g. {folder}/cat/1.jpg)"
-        )
+        raise CnnlabError(f"{folder} has no class subfolders (expected one folder per class, e.g. {folder}/cat/1.jpg)")
     if len(names) < 2:
         raise CnnlabError(f"{folder} has only one class folder '{names[0]}' (a classifier needs at least two)")
     return names

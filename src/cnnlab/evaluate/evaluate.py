@@ -16,18 +16,10 @@ from cnnlab.data.batches import Normalization
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
+from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary
 from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
+from cnnlab.evaluate.thresholds import ThresholdRule, parse_rule
 from cnnlab.runfolder import open_run
-
-
-def per_class_accuracy(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, dict]:
-    """{class: {"correct", "total", "accuracy"}}; accuracy is NaN for a class with no test images."""
-    table = {}
-    for k, name in enumerate(class_names):
-        mask = labels == k
-        total, correct = int(mask.sum()), int((predicted[mask] == k).sum())
-        table[name] = {"correct": correct, "total": total, "accuracy": correct / total if total else float("nan")}
-    return table
 
 
 def format_accuracy_table(result: dict[str, Any]) -> str:
@@ -50,14 +42,18 @@ def evaluate_run(
     *,
     checkpoint: Path | None = None,
     source: Source | None = None,
+    positive: str | None = None,
+    rule: ThresholdRule | str = "sensitivity:0.95",
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `run_dir`'s best.pt (or `checkpoint`) on its test split; write the result files.
 
     Writes predictions.csv (test), valid_predictions.csv (for threshold choice later) and eval.json,
-    each atomically. With `dry_run`, one batch is scored and nothing is written.
+    each atomically. With `positive`, eval.json gains a `binary` block (that class vs the rest) with
+    the threshold chosen by `rule` on validation. With `dry_run`, one batch is scored, nothing written.
     """
+    rule = parse_rule(rule) if isinstance(rule, str) else rule
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     splits = load_splits(run_dir / "splits.json")
@@ -74,25 +70,61 @@ def evaluate_run(
         idx = splits[split]
         logits = predict_logits(model, source.images[idx], norm, max_batches=max_batches)
         outputs[split] = (idx[: len(logits)], logits)
+    tables = {split: _table(source, *outputs[split]) for split in outputs}
+    if positive is not None:
+        tables["test"].class_index(positive)  # an unknown class fails before anything is written
     idx, logits = outputs["test"]
-    labels = source.labels[idx].numpy()
-    predicted = logits.argmax(1).numpy()
     result = {
         "n_test": int(len(idx)),
-        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(labels))),
-        "accuracy": float((predicted == labels).mean()),
-        "per_class": per_class_accuracy(labels, predicted, source.class_names),
+        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(tables["test"].labels))),
         "checkpoint": str(ckpt_path),
         "epoch": int(ckpt.get("epoch", 0)),
+        **multiclass_summary(tables["test"]),
     }
+    if positive is not None:
+        result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed)
     if dry_run:
         log(f"dry run ok: scored {len(idx)} test images (nothing written)")
         return result
     for split, name in (("test", "predictions.csv"), ("valid", "valid_predictions.csv")):
         write_predictions(run_dir / name, source, *outputs[split])
-    _write_atomic(run_dir / "eval.json", json.dumps(result, indent=2))
+    write_eval_json(run_dir / "eval.json", result)
     log(format_accuracy_table(result))
+    if "binary" in result:
+        log(format_binary(result["binary"]))
     return result
+
+
+def _table(source: Source, indices: np.ndarray, logits: torch.Tensor) -> PredictionTable:
+    probs = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+    labels = source.labels[indices].numpy()
+    return PredictionTable([source.ids[i] for i in indices], labels, probs, list(source.class_names))
+
+
+def format_binary(b: dict[str, Any]) -> str:
+    """Two lines: AUC with its CI, then the frozen threshold and what it achieved on test."""
+    lo, hi = b["auc_ci95"]
+    return (
+        f"\n{b['positive']} vs rest: AUC {b['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})\n"
+        f"threshold {b['threshold']:.4f} ({b['threshold_rule']}, chosen on {b['threshold_chosen_on']}): "
+        f"test sensitivity {b['sensitivity']:.4f}, specificity {b['specificity']:.4f}, "
+        f"PPV {b['ppv']:.4f}, NPV {b['npv']:.4f} (TP {b['tp']}, FP {b['fp']}, FN {b['fn']}, TN {b['tn']})"
+    )
+
+
+def write_eval_json(path: Path, result: dict[str, Any]) -> None:
+    """JSON with NaN written as null (strict JSON readers reject NaN)."""
+    _write_atomic(path, json.dumps(_nan_to_none(result), indent=2))
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def write_predictions(path: Path, source: Source, indices: np.ndarray, logits: torch.Tensor) -> None:

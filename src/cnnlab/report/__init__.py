@@ -1,0 +1,1 @@
+"""One self-contained HTML file per run (and per comparison of runs), plots embedded."""

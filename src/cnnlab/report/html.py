@@ -1,0 +1,208 @@
+"""`write_report(run_dir)`: RUN/report.html, one self-contained file in the order a reviewer reads.
+
+Summary, curves, per-class table, confusion matrix, ROC and threshold (when a positive class is set),
+calibration, sample predictions, top losses. Plots are PNGs embedded as data URIs: no network, opens
+from disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab import __version__
+from cnnlab.data.sources import Source, load_source
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate import metrics as M
+from cnnlab.evaluate import plots
+from cnnlab.evaluate.analysis import PredictionTable, binary_summary, read_predictions
+from cnnlab.evaluate.evaluate import write_eval_json
+from cnnlab.evaluate.thresholds import parse_rule
+from cnnlab.runfolder import open_run
+
+N_SAMPLES, N_TOP_LOSSES = 24, 16
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (train the run first)")
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_readers(path: Path) -> list[tuple[str, float, float]]:
+    """Human readers for the ROC plot: CSV with columns name, sensitivity, specificity."""
+    from cnnlab.evaluate.analysis import _read_csv, parse_probability
+
+    rows, header = _read_csv(path)
+    missing = {"name", "sensitivity", "specificity"} - set(header)
+    if missing:
+        raise CnnlabError(
+            f"{path}: missing column(s) {', '.join(sorted(missing))} (expected name,sensitivity,specificity)"
+        )
+    return [
+        (r["name"], parse_probability(r["sensitivity"], path, "sensitivity", i),
+         parse_probability(r["specificity"], path, "specificity", i))
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
+def load_evaluation(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
+    return json.loads(path.read_text())
+
+
+def write_report(
+    run_dir: Path,
+    *,
+    source: Source | None = None,
+    positive: str | None = None,
+    rule: str | None = None,
+    readers: Path | None = None,
+) -> Path:
+    """Render RUN/report.html. With `positive` (or a `binary` block already in eval.json), the ROC and
+    threshold section is included; a new positive class or rule updates eval.json first."""
+    run_dir = Path(run_dir)
+    config = open_run(run_dir)
+    ev = load_evaluation(run_dir)
+    rows = read_metrics(run_dir)
+    test = read_predictions(run_dir / "predictions.csv")
+    reader_points = read_readers(readers) if readers else None
+    ev = _update_binary(run_dir, ev, test, positive, rule)
+    source = source or load_source(config.data)
+    figs = _figures(rows, ev, test, source, reader_points)
+    html = _render("report.html.j2", **_context(run_dir, config, ev, rows, figs))
+    out = run_dir / "report.html"
+    tmp = out.with_name(".report.html.tmp")
+    tmp.write_text(html)
+    tmp.replace(out)
+    return out
+
+
+def _update_binary(run_dir: Path, ev: dict, test: PredictionTable, positive, rule) -> dict:
+    old = ev.get("binary")
+    positive = positive or (old or {}).get("positive")
+    if positive is None:
+        return ev
+    rule = rule or (old or {}).get("threshold_rule") or "sensitivity:0.95"
+    if old and old["positive"] == positive and old["threshold_rule"] == str(parse_rule(rule)):
+        return ev
+    valid_path = run_dir / "valid_predictions.csv"
+    valid = read_predictions(valid_path) if valid_path.is_file() else None
+    ev["binary"] = binary_summary(test, valid, positive, parse_rule(rule))
+    write_eval_json(run_dir / "eval.json", ev)
+    return json.loads((run_dir / "eval.json").read_text())
+
+
+def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[str, str]:
+    enc = plots.figure_png_base64
+    names = test.class_names
+    figs = {
+        "curves": enc(plots.plot_training_curves(rows)),
+        "per_class": enc(plots.plot_per_class_accuracy(names, [test_acc(ev, n) for n in names]).figure),
+        "confusion": enc(plots.plot_confusion_matrix(np.array(ev["confusion_matrix"]), names).figure),
+        "calibration": enc(plots.plot_reliability(M.reliability(test.labels, test.probs), ev["ece"]).figure),
+    }
+    if ev.get("binary"):
+        b = ev["binary"]
+        k = names.index(b["positive"])
+        y, s = test.labels == k, test.probs[:, k]
+        fpr, tpr, _ = M.roc_curve(y, s)
+        point = (1 - b["specificity"], b["sensitivity"])
+        roc = plots.plot_roc([(b["positive"], fpr, tpr, b["auc"])], readers=readers, operating_point=point)
+        figs["roc"] = enc(roc.figure)
+        precision, recall, ap = M.precision_recall(y, s)
+        figs["pr"] = enc(plots.plot_precision_recall(b["positive"], precision, recall, ap).figure)
+    figs["samples"] = enc(_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
+    figs["top_losses"] = enc(_grid(test, source, _top_losses(test), with_prob=True))
+    return figs
+
+
+def test_acc(ev: dict, name: str) -> float:
+    value = ev["per_class"][name]["accuracy"]
+    return 0.0 if value is None else value
+
+
+def _top_losses(test: PredictionTable) -> np.ndarray:
+    p_true = test.probs[np.arange(len(test.labels)), test.labels]
+    losses = -np.log(np.clip(p_true, 1e-12, 1))
+    wrong = np.flatnonzero(test.predicted != test.labels)
+    return wrong[np.argsort(-losses[wrong], kind="stable")][:N_TOP_LOSSES]
+
+
+def _grid(test: PredictionTable, source: Source, rows: np.ndarray, *, with_prob: bool = False):
+    where = {sid: i for i, sid in enumerate(source.ids)}
+    missing = [test.ids[r] for r in rows if test.ids[r] not in where]
+    if missing:
+        raise CnnlabError(f"prediction id '{missing[0]}' is not in the data source (was the data changed?)")
+    images = source.images[[where[test.ids[r]] for r in rows]].numpy() if len(rows) else np.zeros((0, 1, 1, 1))
+    names = test.class_names
+    titles, correct = [], []
+    for r in rows:
+        pred, true = names[test.predicted[r]], names[test.labels[r]]
+        suffix = f" {100 * test.probs[r, test.predicted[r]]:.0f}%" if with_prob else ""
+        titles.append(f"{pred}{suffix} ({true})")
+        correct.append(pred == true)
+    return plots.plot_image_grid(images, titles, correct)
+
+
+def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
+    splits = json.loads((run_dir / "splits.json").read_text())
+    seconds = sum(float(r["seconds"]) for r in rows)
+    n_train = len(splits["train"])
+    t = config.train
+    best = min(rows, key=lambda r: float(r["valid_loss"]))
+    summary = [
+        ("data", f"{config.data.source}: train {n_train}, valid {len(splits['valid'])}, test {len(splits['test'])}"),
+        ("model", f"{config.model.name} ({count_parameters(run_dir)} parameters)"),
+        ("recipe", recipe(config)),
+        ("augmentation", config.data.augment),
+        ("epochs run", f"{len(rows)} of {t.epochs}; best by valid loss: epoch {best['epoch']}"),
+        ("test loss", f"{ev['test_loss']:.4f}"),
+        ("training time", f"{seconds:.0f} s ({n_train * len(rows) / max(seconds, 1e-9):,.0f} train images/s)"),
+    ]
+    for key in ("top_2", "top_3", "top_5"):
+        if ev.get(key) is not None:
+            summary.append((key.replace("_", "-") + " accuracy", pct(ev[key])))
+    return {
+        "name": run_dir.name, "title": f"{run_dir.name}: {config.model.name} on {config.data.source}",
+        "ev": ev, "binary": ev.get("binary"), "summary": summary, "figs": figs,
+        "version": __version__, "run_dir": str(run_dir), "pct": pct, "num": num,
+    }  # fmt: skip
+
+
+def recipe(config) -> str:
+    t = config.train
+    return (
+        f"{t.optimizer} lr {t.lr:g}, {t.schedule}, batch {t.batch_size}, weight decay {t.weight_decay:g}, seed {t.seed}"
+    )
+
+
+def count_parameters(run_dir: Path) -> str:
+    from cnnlab.engine.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(run_dir / "best.pt")["model"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm statistics, not parameters
+    return f"{sum(v.numel() for k, v in weights.items() if not k.endswith(buffers)):,}"
+
+
+def pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _render(template: str, **context) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("cnnlab.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+    return env.get_template(template).render(**context)
