@@ -38,6 +38,9 @@ def _log(message: str) -> None:
 def train(
     data: Optional[str] = typer.Option(None, help="digits | fashion-mnist | mnist | cifar10 | folder:PATH"),
     model: Optional[str] = typer.Option(None, help="Model name (see `cnnlab models`); default simple_cnn_bn."),
+    model_option: Optional[list[str]] = typer.Option(
+        None, help="A model's own option as KEY=VALUE (YAML value), repeatable: --model-option widths=[32,64]"
+    ),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 10)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step (default 128)."),
     lr: Optional[float] = typer.Option(None, help="(Peak) learning rate (default 0.003)."),
@@ -88,12 +91,27 @@ def train(
         return
     cfg = load_config(config) if config else RunConfig()
     cfg = with_overrides(cfg, "data", **data_flags)
-    cfg = with_overrides(cfg, "model", name=model)
+    cfg = with_overrides(cfg, "model", name=model, options=_parse_options(model_option) if model_option else None)
     cfg = with_overrides(cfg, "train", **train_flags)
     pipeline.train(
         cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run,
         positive=positive, rule=threshold_rule, report=report, log=_log,
     )  # fmt: skip
+
+
+def _parse_options(items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CnnlabError(f"--model-option '{item}' is not KEY=VALUE (e.g. --model-option dropout=0.1)")
+        try:
+            options[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise CnnlabError(f"--model-option {key}: cannot read value '{raw}' ({exc.__class__.__name__})") from exc
+    return options
 
 
 @app.command()
@@ -228,6 +246,115 @@ def compare(
 
 
 @app.command()
+def layers(
+    model: str = typer.Argument(..., help="A registered model name (see `cnnlab models`)."),
+    input: str = typer.Option("1x28x28", "--input", help="Input size CxHxW, e.g. 3x32x32."),
+    classes: int = typer.Option(10, help="Number of classes of the head."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Same output (nothing is written anyway)."),
+) -> None:
+    """Conv arithmetic per layer from the formulas (size, parameters, receptive field, MACs), checked
+    against a real forward pass."""
+    from cnnlab.lab.layers import check_against_forward, format_table, layer_table
+    from cnnlab.models import create_model
+
+    shape = _parse_shape(input)
+    net = create_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1])
+    rows = layer_table(net, shape)
+    typer.echo(format_table(rows))
+    problems = check_against_forward(net, shape)
+    typer.echo(
+        f"check: {'formula == forward pass for all ' + str(len(rows)) + ' layers' if not problems else problems}"
+    )
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    try:
+        c, h, w = (int(p) for p in parts)
+    except ValueError:
+        raise CnnlabError(f"--input '{text}' is not CxHxW (e.g. 1x28x28 or 3x32x32)") from None
+    if h != w or min(c, h) < 1:
+        raise CnnlabError(f"--input '{text}': give positive sizes with a square image (H == W)")
+    return c, h, w
+
+
+@app.command()
+def filters(
+    image: Optional[Path] = typer.Argument(None, help="An image file (default: a bundled sample photo)."),
+    kernel: Optional[list[str]] = typer.Option(
+        None, help="sobel-x, sobel-y, laplacian, sharpen, box, gaussian, or a matrix [[..],[..]]; repeatable."
+    ),
+    output: Path = typer.Option(Path("filters.png"), help="Figure to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),
+) -> None:
+    """Apply high-pass and low-pass kernels with OpenCV and with conv2d; plot images and spectra."""
+    from cnnlab.lab.filters import filter_figure, load_grey, parse_kernel
+
+    kernels = [parse_kernel(k) for k in (kernel or ["sobel-x", "sobel-y", "laplacian", "gaussian"])]
+    name, grey = load_grey(image)
+    if output.exists() and not force and not dry_run:
+        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
+    if dry_run:
+        typer.echo(f"dry run ok: {name}, kernels {', '.join(k for k, _ in kernels)}")
+        return
+    worst = filter_figure(name, grey, kernels, output)
+    typer.echo(f"wrote {output} ({name}; OpenCV vs conv2d max difference {worst:.2e})")
+
+
+@app.command("init-compare")
+def init_compare(
+    data: str = typer.Option("fashion-mnist", help="Data source (see `cnnlab train --help`)."),
+    model: str = typer.Option("mlp", help="Model to initialise and train."),
+    epochs: int = typer.Option(2, help="Epochs per scheme."),
+    lr: float = typer.Option(0.01, help="SGD learning rate (momentum 0.9, constant)."),
+    batch_size: int = typer.Option(128, help="Images per step."),
+    scheme: Optional[list[str]] = typer.Option(None, help="Schemes to compare (default: all), repeatable."),
+    seed: int = typer.Option(0, help="Same seed, init stream and batch order for every scheme."),
+    output: Path = typer.Option(Path("init_compare.png"), help="Figure of the training-loss curves."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="One batch per scheme; write nothing."),
+) -> None:
+    """Train the same model once per weight-init scheme and compare the losses (the course's lesson)."""
+    from cnnlab.config import DataConfig, TrainConfig
+    from cnnlab.data.batches import InMemoryBatches, Normalization
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import make_splits
+    from cnnlab.errors import unknown_choice
+    from cnnlab.lab.init import SCHEMES, compare_inits, plot_init_losses
+    from cnnlab.models import create_model, describe_model
+
+    TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)  # validates the numbers
+    describe_model(model)
+    schemes = scheme or list(SCHEMES)
+    for name in schemes:
+        if name not in SCHEMES:
+            raise unknown_choice("init scheme", name, SCHEMES)
+    if output.exists() and not force and not dry_run:
+        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
+    src = load_source(DataConfig(source=data))
+    splits = make_splits(src.labels.numpy(), src.partitions, valid_fraction=0.2, test_fraction=0.2, seed=seed)
+    norm = Normalization.from_images(src.images[splits["train"]])
+    limit = 1 if dry_run else None
+    train_b = InMemoryBatches(src.images, src.labels, splits["train"], batch_size=batch_size, norm=norm,
+                              shuffle=True, seed=seed, drop_last=True, max_batches=limit)  # fmt: skip
+    valid_b = InMemoryBatches(src.images, src.labels, splits["valid"], batch_size=1000, norm=norm, max_batches=limit)
+
+    def build():
+        return create_model(
+            model, num_classes=len(src.class_names), in_channels=src.channels, image_size=src.image_size
+        )
+
+    typer.echo(f"{model} on {data}: {len(splits['train'])} train / {len(splits['valid'])} valid images, "
+               f"{epochs} epochs of SGD lr {lr} per scheme")  # fmt: skip
+    results = compare_inits(build, train_b, valid_b, schemes=schemes, epochs=1 if dry_run else epochs, lr=lr,
+                            seed=seed, log=_log)  # fmt: skip
+    if not dry_run:
+        plot_init_losses(results, output, title=f"weight initialisation: {model} on {data}")
+        typer.echo(f"wrote {output}")
+
+
+@app.command()
 def models(
     image_size: int = typer.Option(28, help="Input side used to count parameters."),
     in_channels: int = typer.Option(1, help="Input channels used to count parameters."),
@@ -245,6 +372,8 @@ def models(
         except CnnlabError:
             count = f"needs >={entry.min_size}px"
         typer.echo(f"{model_name:<16}{count:>12}  {entry.summary}")
+        if entry.adapted and image_size < 64:
+            typer.echo(f"{'':<30}adapted: {entry.adapted}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,6 +58,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = DEFAULT_MODEL
+    options: dict[str, Any] = field(default_factory=dict)  # the model's own keyword options, e.g. cnn widths
 
 
 @dataclass

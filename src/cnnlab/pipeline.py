@@ -142,7 +142,7 @@ def _fit(config: RunConfig, source: Source, splits, run_dir: Path, *, resume=Non
         torch.manual_seed(t.seed)
         model = create_model(
             config.model.name, num_classes=len(source.class_names),
-            in_channels=source.channels, image_size=source.image_size,
+            in_channels=source.channels, image_size=source.image_size, options=config.model.options,
         ).to(memory_format=torch.channels_last)  # fmt: skip
         n_params = sum(p.numel() for p in model.parameters())
         recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"

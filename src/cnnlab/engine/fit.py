@@ -107,15 +107,23 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def train_one_epoch(fabric, model, batches: Iterable, optimizer, scheduler, label_smoothing: float, on_step=None):
+def cross_entropy_loss(output, y: torch.Tensor, label_smoothing: float):
+    """The default training loss: cross-entropy on logits. Models with auxiliary outputs (Inception's aux
+    logits, a capsule net's margin + reconstruction loss) define `compute_loss` with this signature."""
+    return F.cross_entropy(output, y, label_smoothing=label_smoothing), output
+
+
+def train_one_epoch(
+    fabric, model, batches: Iterable, optimizer, scheduler, label_smoothing: float, on_step=None, loss_fn=None
+):
     """One pass over `batches`; returns (mean loss, accuracy). Sums stay on the device (no sync per step)."""
+    loss_fn = loss_fn or cross_entropy_loss
     model.train()
     loss_sum = torch.zeros((), device=fabric.device)
     correct = torch.zeros((), device=fabric.device, dtype=torch.int64)
     seen = 0
     for x, y in batches:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss, logits = loss_fn(model(x), y, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         optimizer.step()
@@ -176,7 +184,10 @@ def fit(
     saved = start - 1
     for epoch in range(start, config.epochs + 1):
         try:
-            stats = _run_epoch(fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch)
+            loss_fn = getattr(model, "compute_loss", None)
+            stats = _run_epoch(
+                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn
+            )
             improved = tracker.update(epoch, stats.valid_loss)
             _append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
             weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -202,7 +213,7 @@ def fit(
     return history
 
 
-def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch) -> EpochStats:
+def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn) -> EpochStats:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     train_batches.set_epoch(epoch)
@@ -212,7 +223,7 @@ def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches
         task = bar.add_task("train", total=len(train_batches))
         train_loss, train_acc = train_one_epoch(
             fabric, model, train_batches, optimizer, scheduler, config.label_smoothing,
-            on_step=lambda: bar.advance(task),
+            on_step=lambda: bar.advance(task), loss_fn=loss_fn,
         )  # fmt: skip
     if not math.isfinite(train_loss):
         raise CnnlabError(f"training diverged: loss is {train_loss} in epoch {epoch} (lower --lr, e.g. by 10x)")

@@ -28,6 +28,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
     model = create_model(
         ckpt["model_name"], num_classes=len(ckpt["class_names"]),
         in_channels=prep["channels"], image_size=prep["image_size"],
+        options=ckpt["config"]["model"].get("options") or {},
     )  # fmt: skip
     try:
         model.load_state_dict(ckpt["model"])

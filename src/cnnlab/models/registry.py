@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
 from cnnlab.errors import unknown_choice
-from cnnlab.models import scratch
+from cnnlab.models import capsnet, classic, scratch
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class ModelEntry:
     build: Callable[..., nn.Module]  # (num_classes, in_channels, image_size) -> Classifier
     summary: str
     min_size: int  # smallest input side in pixels
+    adapted: str = ""  # what changed for small inputs
 
 
 _MODELS: dict[str, ModelEntry] = {
@@ -27,6 +29,25 @@ _MODELS: dict[str, ModelEntry] = {
     "simple_cnn_bn": ModelEntry(
         scratch.SimpleCNNBN, "default: 3x(conv3x3 32/64/128, batch norm, ReLU, maxpool), fc 256 + BN, dropout 0.2", 8
     ),
+    "cnn": ModelEntry(
+        scratch.ConfigurableCNN, "configurable: widths, convs, kernel, padding, pool, fc, dropout, batch_norm", 8
+    ),
+    "capsnet": ModelEntry(
+        capsnet.CapsNet, "capsule network (2017): primary + class capsules, 3 routing iterations", 25
+    ),
+    **{
+        name: ModelEntry(getattr(classic, name), summary, 8, classic.ADAPTATIONS[name])
+        for name, summary in {
+            "alexnet": "AlexNet (2012), torchvision",
+            "vgg11": "VGG-11 with batch norm (2014), torchvision",
+            "vgg16": "VGG-16 with batch norm (2014), torchvision",
+            "resnet18": "ResNet-18 (2015), torchvision",
+            "resnet50": "ResNet-50 (2015), torchvision",
+            "inception_v3": "Inception-v3 (2015) with aux logits, torchvision",
+            "densenet121": "DenseNet-121 (2016), torchvision",
+            "squeezenet1_1": "SqueezeNet 1.1 (2016), torchvision",
+        }.items()
+    },
 }
 
 
@@ -40,9 +61,18 @@ def describe_model(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int, in_channels: int = 1, image_size: int = 28, options: dict | None = None
+) -> nn.Module:
     """Build model `name` for `num_classes` classes and `in_channels` x `image_size`^2 inputs.
 
-    An unknown name raises a CnnlabError listing the valid names and the closest match.
+    `options` are the model's own keyword arguments (e.g. cnn's `widths`). An unknown name or option
+    raises a CnnlabError listing the valid ones and the closest match.
     """
-    return describe_model(name).build(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    entry = describe_model(name)
+    options = dict(options or {})
+    valid = [p for p in inspect.signature(entry.build).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    for key in options:
+        if key not in {p.name for p in valid}:
+            raise unknown_choice(f"option for model '{name}'", key, [p.name for p in valid] or ["(none)"])
+    return entry.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)

@@ -127,3 +127,49 @@ class SimpleCNNBN(Classifier):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(features))
+
+
+class ConfigurableCNN(Classifier):
+    """The course's design guidelines as options: `widths` per stage (doubling is the habit), `convs`
+    per stage, `kernel` with `padding` (None = kernel // 2, which preserves the size), `pool` (2 halves
+    the size; 1 = none), `fc` hidden sizes, `dropout` between linear layers, `batch_norm` on/off."""
+
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, *, widths=(32, 64, 128), convs: int = 1,
+        kernel: int = 3, padding: int | None = None, pool: int = 2, fc=(256,), dropout: float = 0.25,
+        batch_norm: bool = True,
+    ):  # fmt: skip
+        super().__init__()
+        padding = kernel // 2 if padding is None else padding
+        layers: list[nn.Module] = []
+        c, side = in_channels, image_size
+        for w in widths:
+            for _ in range(convs):
+                layers.append(nn.Conv2d(c, w, kernel, padding=padding, bias=not batch_norm))
+                layers += [nn.BatchNorm2d(w)] if batch_norm else []
+                layers.append(nn.ReLU(inplace=True))
+                c, side = w, conv_output_size(side, kernel, padding=padding)
+            if pool > 1:
+                layers.append(nn.MaxPool2d(pool))
+                side = conv_output_size(side, pool, stride=pool)
+            if side < 1:
+                raise CnnlabError(
+                    f"cnn: a {image_size}px input shrinks to nothing after {len(widths)} stages "
+                    f"(use fewer widths, padding={kernel // 2}, or a larger --image-size)"
+                )
+        self.convs = nn.Sequential(*layers)
+        hidden: list[nn.Module] = [nn.Flatten()]
+        width = c * side * side
+        for h in fc:
+            hidden += [nn.Dropout(dropout), nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.fc = nn.Sequential(*hidden)
+        self.drop = nn.Dropout(dropout)
+        self.num_features = width
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(features))

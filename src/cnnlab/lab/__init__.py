@@ -1,0 +1,1 @@
+"""The course's formulas and demos: conv arithmetic, image filters, weight initialisation compared."""

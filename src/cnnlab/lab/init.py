@@ -1,0 +1,114 @@
+"""Weight initialisation compared: the same model, seed and batch order, trained once per scheme.
+
+The lesson on real data: all-zero and constant weights cannot break the symmetry between hidden units
+and barely learn; weights scaled by 1/sqrt(fan_in) (uniform, normal, Xavier, Kaiming) train well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import unknown_choice
+
+
+def _scaled_uniform(w: torch.Tensor) -> None:
+    bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
+    nn.init.uniform_(w, -bound, bound)
+
+
+def _scaled_normal(w: torch.Tensor) -> None:
+    nn.init.normal_(w, 0.0, 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0]))
+
+
+SCHEMES: dict[str, Callable[[torch.Tensor], None] | None] = {
+    "zeros": nn.init.zeros_,
+    "ones": nn.init.ones_,
+    "uniform": _scaled_uniform,  # U(-1/sqrt(n_in), +1/sqrt(n_in)), the course's "general rule"
+    "normal": _scaled_normal,  # N(0, 1/sqrt(n_in))
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal": nn.init.xavier_normal_,
+    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "default": None,  # PyTorch's own (kaiming_uniform with a=sqrt(5), biases uniform)
+}
+
+
+def apply_init(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise every Linear and Conv weight with `scheme`, biases to zero ("default" keeps PyTorch's)."""
+    if scheme not in SCHEMES:
+        raise unknown_choice("init scheme", scheme, SCHEMES)
+    init = SCHEMES[scheme]
+    if init is None:
+        return model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                init(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model
+
+
+@dataclass
+class InitResult:
+    scheme: str
+    step_losses: list[float]  # training loss of every batch
+    valid_loss: float
+    valid_acc: float
+
+
+def compare_inits(
+    build: Callable[[], nn.Module], train_batches, valid_batches, *, schemes: list[str], epochs: int, lr: float,
+    seed: int, log: Callable[[str], None] = print,
+) -> list[InitResult]:  # fmt: skip
+    """Train a fresh `build()` per scheme with SGD (momentum 0.9, constant lr), same seed and batch order."""
+    from cnnlab.engine.fit import evaluate_loss
+
+    results = []
+    for scheme in schemes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = apply_init(build(), scheme).to(memory_format=torch.channels_last)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+            losses = []
+            for epoch in range(1, epochs + 1):
+                model.train()
+                train_batches.set_epoch(epoch)
+                for x, y in train_batches:
+                    loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+            valid_loss, valid_acc = evaluate_loss(model, valid_batches)
+        results.append(InitResult(scheme, losses, valid_loss, valid_acc))
+        log(f"{scheme:<16} final train loss {sum(losses[-20:]) / min(20, len(losses)):.4f}  "
+            f"valid loss {valid_loss:.4f}  valid acc {100 * valid_acc:5.2f}%")  # fmt: skip
+    return results
+
+
+def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
+    """All schemes' training-loss curves (smoothed over 20 batches) on one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in results:
+        k = min(20, len(r.step_losses))
+        smooth = np.convolve(r.step_losses, np.ones(k) / k, mode="valid")
+        ax.plot(smooth, label=f"{r.scheme} (valid acc {100 * r.valid_acc:.1f}%)")
+    ax.set(xlabel="batch", ylabel="training loss (20-batch mean)", title=title)
+    ax.set_ylim(0, min(3.0, ax.get_ylim()[1]))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
