@@ -122,3 +122,20 @@ def test_predict_on_corrupt_image_and_missing_path(cli, digits_run, tmp_path):
 def test_evaluate_on_a_folder_that_is_not_a_run(cli, tmp_path):
     code, _, err = cli("evaluate", tmp_path)
     assert code == 2 and "is not a cnnlab run folder" in err
+
+
+def test_malformed_model_option_and_unknown_option(cli, runs):
+    _assert_clean_error(_train(cli, runs, "--data", "digits", "--model-option", "widths"), runs, "is not KEY=VALUE")
+    result = _train(cli, runs, "--data", "digits", "--model", "cnn", "--model-option", "width=[8]")
+    _assert_clean_error(result, runs, "unknown option for model 'cnn' 'width'", "did you mean 'widths'")
+
+
+def test_lab_commands_reject_bad_input(cli, tmp_path, digits_run):
+    code, _, err = cli("init-compare", "--data", "digits", "--scheme", "zero", "--output", tmp_path / "i.png")
+    assert code == 2 and "unknown init scheme 'zero'" in err and not (tmp_path / "i.png").exists()
+    code, _, err = cli("compare", digits_run, "--output", tmp_path / "c.html")
+    assert code == 2 and "at least two run folders" in err and not (tmp_path / "c.html").exists()
+    readers = tmp_path / "readers.csv"
+    readers.write_text("name,sensitivity\nA,0.9\n")
+    code, _, err = cli("report", digits_run, "--readers", readers)
+    assert code == 2 and "missing column(s) specificity" in err and not (digits_run / "report.html").exists()

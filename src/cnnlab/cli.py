@@ -5,7 +5,6 @@ Errors a user can fix print one line `error: <what> (<how to fix>)` and exit 2; 
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Optional
@@ -153,13 +152,10 @@ def predict(
 
 
 def _write_prediction_csv(path: Path, classes: list[str], preds) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "predicted", *[f"p_{c}" for c in classes]])
-        for p in preds:
-            writer.writerow([p.path, classes[int(p.probabilities.argmax())], *[f"{v:.6f}" for v in p.probabilities]])
-    tmp.replace(path)
+    from cnnlab.files import write_csv_atomic
+
+    rows = ([p.path, classes[int(p.probabilities.argmax())], *[f"{v:.6f}" for v in p.probabilities]] for p in preds)
+    write_csv_atomic(path, ["path", "predicted", *[f"p_{c}" for c in classes]], rows)
 
 
 @app.command()

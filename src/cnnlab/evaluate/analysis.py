@@ -38,7 +38,7 @@ class PredictionTable:
 
 def read_predictions(path: Path) -> PredictionTable:
     """Read a cnnlab predictions CSV (id, label, predicted, p_<class>...), checking every value."""
-    rows, header = _read_csv(path)
+    rows, header = read_csv_rows(path)
     classes = [h[2:] for h in header if h.startswith("p_")]
     for needed in ("id", "label"):
         if needed not in header:
@@ -54,7 +54,7 @@ def read_predictions(path: Path) -> PredictionTable:
     return PredictionTable([r["id"] for r in rows], np.array(labels, dtype=np.int64), probs, classes)
 
 
-def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+def read_csv_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"file not found: {path}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary
 from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
 from cnnlab.evaluate.thresholds import ThresholdRule, parse_rule
+from cnnlab.files import write_csv_atomic, write_text_atomic
 from cnnlab.runfolder import open_run
 
 
@@ -114,7 +114,7 @@ def format_binary(b: dict[str, Any]) -> str:
 
 def write_eval_json(path: Path, result: dict[str, Any]) -> None:
     """JSON with NaN written as null (strict JSON readers reject NaN)."""
-    _write_atomic(path, json.dumps(_nan_to_none(result), indent=2))
+    write_text_atomic(path, json.dumps(_nan_to_none(result), indent=2))
 
 
 def _nan_to_none(value):
@@ -130,17 +130,9 @@ def _nan_to_none(value):
 def write_predictions(path: Path, source: Source, indices: np.ndarray, logits: torch.Tensor) -> None:
     """CSV: id (dataset index or file path), label, predicted, then one probability column per class."""
     probs = torch.softmax(logits, dim=1).numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "label", "predicted", *[f"p_{c}" for c in source.class_names]])
-        for i, p in zip(indices, probs, strict=True):
-            label = source.class_names[int(source.labels[i])]
-            writer.writerow([source.ids[i], label, source.class_names[int(p.argmax())], *[f"{v:.6f}" for v in p]])
-    tmp.replace(path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    names = source.class_names
+    rows = (
+        [source.ids[i], names[int(source.labels[i])], names[int(p.argmax())], *[f"{v:.6f}" for v in p]]
+        for i, p in zip(indices, probs, strict=True)
+    )
+    write_csv_atomic(path, ["id", "label", "predicted", *[f"p_{c}" for c in names]], rows)

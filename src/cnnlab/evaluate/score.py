@@ -17,7 +17,7 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import metrics as M
-from cnnlab.evaluate.analysis import PredictionTable, _read_csv, multiclass_summary, parse_probability
+from cnnlab.evaluate.analysis import PredictionTable, multiclass_summary, parse_probability, read_csv_rows
 from cnnlab.evaluate.thresholds import binary_metrics
 
 ISIC_FOLDERS = {"melanoma": (1, 0), "seborrheic_keratosis": (0, 1), "nevus": (0, 0)}
@@ -37,7 +37,7 @@ def score_file(
 ) -> dict[str, Any]:
     """Score `predictions` against `truth` (see the module doc for layouts)."""
     t = check_threshold(threshold)
-    rows, header = _read_csv(predictions)
+    rows, header = read_csv_rows(predictions)
     id_col = _id_column(header, predictions)
     if {"task_1", "task_2"} <= set(header):
         return _score_isic(predictions, rows, id_col, truth, t)
@@ -102,7 +102,7 @@ def _isic_truth(pred_path: Path, ids: list[str], truth: Path | None) -> np.ndarr
                 )
             labels.append(ISIC_FOLDERS[folder])
         return np.array(labels)
-    rows, header = _read_csv(truth)
+    rows, header = read_csv_rows(truth)
     cols = ("task_1", "task_2") if {"task_1", "task_2"} <= set(header) else ("melanoma", "seborrheic_keratosis")
     if not set(cols) <= set(header):
         raise CnnlabError(f"{truth}: expected columns Id,task_1,task_2 or image_id,melanoma,seborrheic_keratosis")
@@ -149,7 +149,7 @@ def _generic_labels(pred_path, rows, header, ids, truth) -> list[str]:
         if "label" not in header:
             raise CnnlabError(f"{pred_path} has no label column; pass --truth FILE with columns id,label")
         return [r["label"] for r in rows]
-    t_rows, t_header = _read_csv(truth)
+    t_rows, t_header = read_csv_rows(truth)
     if "label" not in t_header:
         raise CnnlabError(f"{truth}: no 'label' column (expected id,label)")
     order = _aligned(pred_path, ids, truth, [r[_id_column(t_header, truth)] for r in t_rows])

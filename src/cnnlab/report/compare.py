@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import plots
+from cnnlab.files import write_text_atomic
 from cnnlab.report.html import _render, count_parameters, load_evaluation, read_metrics, recipe
 from cnnlab.runfolder import open_run
 
@@ -40,7 +41,5 @@ def write_comparison(run_dirs: list[Path], output: Path, *, force: bool = False)
     rows = comparison_rows([Path(r) for r in run_dirs])
     curves = plots.plot_run_comparison([(Path(r).name, read_metrics(Path(r))) for r in run_dirs])
     html = _render("compare.html.j2", rows=rows, curves=plots.figure_png_base64(curves))
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(html)
-    tmp.replace(output)
+    write_text_atomic(output, html)
     return output

@@ -22,6 +22,7 @@ from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, read_predictions
 from cnnlab.evaluate.evaluate import write_eval_json
 from cnnlab.evaluate.thresholds import parse_rule
+from cnnlab.files import write_text_atomic
 from cnnlab.runfolder import open_run
 
 N_SAMPLES, N_TOP_LOSSES = 24, 16
@@ -37,9 +38,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def read_readers(path: Path) -> list[tuple[str, float, float]]:
     """Human readers for the ROC plot: CSV with columns name, sensitivity, specificity."""
-    from cnnlab.evaluate.analysis import _read_csv, parse_probability
+    from cnnlab.evaluate.analysis import parse_probability, read_csv_rows
 
-    rows, header = _read_csv(path)
+    rows, header = read_csv_rows(path)
     missing = {"name", "sensitivity", "specificity"} - set(header)
     if missing:
         raise CnnlabError(
@@ -80,9 +81,7 @@ def write_report(
     figs = _figures(rows, ev, test, source, reader_points)
     html = _render("report.html.j2", **_context(run_dir, config, ev, rows, figs))
     out = run_dir / "report.html"
-    tmp = out.with_name(".report.html.tmp")
-    tmp.write_text(html)
-    tmp.replace(out)
+    write_text_atomic(out, html)
     return out
 
 
@@ -106,7 +105,7 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
     names = test.class_names
     figs = {
         "curves": enc(plots.plot_training_curves(rows)),
-        "per_class": enc(plots.plot_per_class_accuracy(names, [test_acc(ev, n) for n in names]).figure),
+        "per_class": enc(plots.plot_per_class_accuracy(names, [_class_accuracy(ev, n) for n in names]).figure),
         "confusion": enc(plots.plot_confusion_matrix(np.array(ev["confusion_matrix"]), names).figure),
         "calibration": enc(plots.plot_reliability(M.reliability(test.labels, test.probs), ev["ece"]).figure),
     }
@@ -125,7 +124,7 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
     return figs
 
 
-def test_acc(ev: dict, name: str) -> float:
+def _class_accuracy(ev: dict, name: str) -> float:
     value = ev["per_class"][name]["accuracy"]
     return 0.0 if value is None else value
 
