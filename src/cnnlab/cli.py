@@ -40,6 +40,14 @@ def train(
     model_option: Optional[list[str]] = typer.Option(
         None, help="A model's own option as KEY=VALUE (YAML value), repeatable: --model-option widths=[32,64]"
     ),
+    strategy: Optional[str] = typer.Option(
+        None, help="Pretrained backbones: auto | feature-extract | truncate | fine-tune | retrain (default auto)."
+    ),
+    weights: Optional[str] = typer.Option(None, help="Pretrained backbones: a local .pth/.safetensors state_dict."),
+    feature_views: Optional[int] = typer.Option(
+        None, help="Frozen strategies: augmented views per training image cached besides the plain one (default 0)."
+    ),
+    backbone_lr: Optional[float] = typer.Option(None, help="fine-tune: backbone lr as a fraction of --lr (0.1)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 10)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step (default 128)."),
     lr: Optional[float] = typer.Option(None, help="(Peak) learning rate (default 0.003)."),
@@ -80,17 +88,21 @@ def train(
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
         "weight_decay": weight_decay, "momentum": momentum, "label_smoothing": label_smoothing,
-        "patience": patience, "precision": precision, "device": device, "seed": seed,
+        "patience": patience, "precision": precision, "device": device, "seed": seed, "backbone_lr": backbone_lr,
+    }  # fmt: skip
+    model_flags = {
+        "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,
+        "weights": weights, "feature_views": feature_views,
     }  # fmt: skip
     if resume is not None:
-        given = [k for k, v in {**data_flags, **train_flags, "model": model, "config": config}.items() if v is not None]
+        given = [k for k, v in {**data_flags, **train_flags, **model_flags, "config": config}.items() if v is not None]
         if given or dry_run or name:
             raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given) or 'the other options'}")
         pipeline.resume(resume, log=_log)
         return
     cfg = load_config(config) if config else RunConfig()
     cfg = with_overrides(cfg, "data", **data_flags)
-    cfg = with_overrides(cfg, "model", name=model, options=_parse_options(model_option) if model_option else None)
+    cfg = with_overrides(cfg, "model", **model_flags)
     cfg = with_overrides(cfg, "train", **train_flags)
     pipeline.train(
         cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run,
@@ -129,20 +141,33 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="A run folder (uses best.pt) or a checkpoint .pt file."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    paths: list[Path] = typer.Argument(
+        ..., help="RUN (a run folder or checkpoint .pt) then image files/folders; with --model, images only."
+    ),
+    model: Optional[str] = typer.Option(
+        None, help="A pretrained backbone (e.g. efficientnet_lite0): ImageNet classes, no training, no RUN."
+    ),
+    weights: Optional[str] = typer.Option(None, help="With --model: a local state_dict file for the backbone."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per image."),
     output: Optional[Path] = typer.Option(None, help="Also write a CSV: path, predicted, one column per class."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Predict the first image only; write nothing."),
 ) -> None:
-    """Classify image files with a trained model, preprocessed as its training data was."""
-    from cnnlab.evaluate.predict import predict_images
+    """Classify image files with a trained model (preprocessed as its training data was), or with a
+    pretrained backbone's ImageNet classifier (--model)."""
+    from cnnlab.evaluate.predict import predict_imagenet, predict_images
 
-    ckpt = run / "best.pt" if run.is_dir() else run
     if output is not None and output.exists() and not force and not dry_run:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    classes, preds = predict_images(ckpt, images, limit=1 if dry_run else None)
+    limit = 1 if dry_run else None
+    if model is not None:
+        classes, preds = predict_imagenet(model, paths, weights=weights, limit=limit)
+    else:
+        if len(paths) < 2:
+            raise CnnlabError("give a run folder and at least one image (or --model NAME for ImageNet classes)")
+        run, images = paths[0], paths[1:]
+        ckpt = run / "best.pt" if run.is_dir() else run
+        classes, preds = predict_images(ckpt, images, limit=limit)
     for p in preds:
         order = p.probabilities.argsort()[::-1][:top_k]
         typer.echo(f"{p.path}: " + ", ".join(f"{classes[k]} {100 * p.probabilities[k]:.1f}%" for k in order))

@@ -41,6 +41,7 @@ class DataConfig:
     valid_fraction: float = 0.2  # of the training pool, stratified
     test_fraction: float = 0.2  # of the pool, only for sources without their own test set
     image_size: int | None = None  # pixels, square; None = the source's native size (folders: 64)
+    crop_pct: float = 1.0  # folders: resize the shorter side to image_size / crop_pct, centre-crop image_size
     augment: Augment = "light"
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
     strict: bool = False  # fail on an unreadable image instead of skipping it
@@ -51,14 +52,29 @@ class DataConfig:
         _check_choice("augment preset", self.augment, Augment)
         if self.image_size is not None and self.image_size < 8:
             raise CnnlabError(f"image_size must be >= 8 pixels, got {self.image_size}")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise CnnlabError(f"crop_pct must be in (0, 1], got {self.crop_pct} (0.875 = resize 256, crop 224)")
         if self.train_limit is not None and self.train_limit < 1:
             raise CnnlabError(f"train_limit must be >= 1 image, got {self.train_limit}")
+
+
+Strategy = Literal["auto", "feature-extract", "truncate", "fine-tune", "retrain"]
 
 
 @dataclass
 class ModelConfig:
     name: str = DEFAULT_MODEL
     options: dict[str, Any] = field(default_factory=dict)  # the model's own keyword options, e.g. cnn widths
+    strategy: str | None = None  # pretrained backbones only: auto | feature-extract | truncate | fine-tune | retrain
+    weights: str | None = None  # pretrained backbones only: a local state_dict file instead of the default source
+    feature_views: int = 0  # frozen strategies: augmented views cached per training image besides the plain one
+    strategy_reason: str | None = None  # written by strategy=auto: why it chose what it chose
+
+    def __post_init__(self) -> None:
+        if self.strategy is not None:
+            _check_choice("strategy", self.strategy, Strategy)
+        if self.feature_views < 0:
+            raise CnnlabError(f"feature_views must be >= 0, got {self.feature_views}")
 
 
 @dataclass
@@ -74,6 +90,7 @@ class TrainConfig:
     step_size: int = 5  # epochs between decays, schedule=step
     gamma: float = 0.1  # decay factor, schedule=step
     label_smoothing: float = 0.0
+    backbone_lr: float = 0.1  # fine-tune: the pretrained backbone's learning rate as a fraction of lr
     patience: int | None = None  # epochs without valid-loss improvement before stopping
     precision: Precision = "auto"
     device: Device = "auto"
@@ -90,6 +107,8 @@ class TrainConfig:
             raise CnnlabError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CnnlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.backbone_lr <= 1.0:
+            raise CnnlabError(f"backbone_lr must be in (0, 1], got {self.backbone_lr} (a fraction of --lr, e.g. 0.1)")
         if self.patience is not None and self.patience < 1:
             raise CnnlabError(f"patience must be >= 1 epoch, got {self.patience}")
         _check_choice("optimizer", self.optimizer, Optimizer)

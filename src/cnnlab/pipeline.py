@@ -17,6 +17,7 @@ import torch
 from cnnlab.config import RunConfig, save_config
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import InMemoryBatches, Normalization
+from cnnlab.data.features import FeatureBatches, backbone_features
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
@@ -25,6 +26,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.evaluate.thresholds import parse_rule
 from cnnlab.models import create_model, describe_model
+from cnnlab.models.pretrained import OFFLINE, backbone_preprocessing, is_pretrained_name, load_pretrained
 from cnnlab.runfolder import claim_run_dir, creating_run_dir, default_run_name, open_run
 
 
@@ -54,6 +56,7 @@ def train(
     """
     describe_model(config.model.name)  # an unknown model fails before any data is read
     parse_rule(rule)
+    config = transfer_defaults(config)
     source = _load(config, log)
     if positive is not None and positive not in source.class_names:
         raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
@@ -63,6 +66,7 @@ def train(
     )  # fmt: skip
     log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
+    config = resolve_strategy(config, source, splits, log)
     if dry_run:
         config = replace(config, train=replace(config.train, epochs=1))
         with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +122,50 @@ def _fit_new(config, source, splits, run_dir: Path, *, max_batches=None, log) ->
 def _fit(config: RunConfig, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log):
     t = config.train
     fabric = make_fabric(t)
-    norm = Normalization.from_images(source.images[splits["train"]])
+    norm = training_normalization(config, source.images[splits["train"]])
+    meta = {
+        "model_name": config.model.name,
+        "config": config.to_dict(),
+        "class_names": list(source.class_names),
+        "preprocessing": {
+            "image_size": source.image_size, "channels": source.channels, "crop_pct": config.data.crop_pct,
+            "mean": list(norm.mean), "std": list(norm.std), "resize": "shorter side bicubic, centre crop",
+        },
+    }  # fmt: skip
+    # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed)
+        model = create_model(
+            config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
+            image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
+        ).to(memory_format=torch.channels_last)  # fmt: skip
+        if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
+            load_pretrained(model, config.model.weights)
+        if getattr(model, "frozen", False):
+            train_batches, valid_batches = _feature_batches(config, model, source, splits, norm, max_batches, log)
+            model.features_input = True  # the head trains on cached features; checkpoints hold the whole model
+        else:
+            train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
+        n_params = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
+        log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {fabric.device}")
+        try:
+            return fit(fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, log=log)
+        finally:
+            model.features_input = False
+
+
+def training_normalization(config: RunConfig, train_images: torch.Tensor) -> Normalization:
+    """A pretrained backbone's own mean/std (3 channels: grey images broadcast to RGB); else the train split's."""
+    if is_pretrained_name(config.model.name):
+        prep = backbone_preprocessing(config.model.name)
+        return Normalization(prep.mean, prep.std)
+    return Normalization.from_images(train_images)
+
+
+def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_batches):
+    t = config.train
     images, labels = fabric.to_device(source.images), fabric.to_device(source.labels)
     policy = policy_for(config.data.augment, flip_invariant=source.flip_invariant)
     train_batches = InMemoryBatches(
@@ -128,23 +175,62 @@ def _fit(config: RunConfig, source: Source, splits, run_dir: Path, *, resume=Non
     valid_batches = InMemoryBatches(
         images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches
     )
-    meta = {
-        "model_name": config.model.name,
-        "config": config.to_dict(),
-        "class_names": list(source.class_names),
-        "preprocessing": {
-            "image_size": source.image_size, "channels": source.channels,
-            "mean": list(norm.mean), "std": list(norm.std), "resize": "shorter side bicubic, centre crop",
-        },
-    }  # fmt: skip
-    # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(t.seed)
-        model = create_model(
-            config.model.name, num_classes=len(source.class_names),
-            in_channels=source.channels, image_size=source.image_size, options=config.model.options,
-        ).to(memory_format=torch.channels_last)  # fmt: skip
-        n_params = sum(p.numel() for p in model.parameters())
-        recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
-        log(f"model: {config.model.name}, {n_params:,} parameters; {recipe} on {fabric.device}")
-        return fit(fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, log=log)
+    return train_batches, valid_batches
+
+
+def _feature_batches(config: RunConfig, model, source: Source, splits, norm, max_batches, log):
+    """Frozen strategies: each image through the backbone once (cached), then batches of feature vectors."""
+    t, views = config.train, config.model.feature_views
+    policy = policy_for(config.data.augment if views else "none", flip_invariant=source.flip_invariant)
+    cache = None if max_batches else Path(config.data.root) / "cache"
+    feats = {}
+    for split, n_views in (("train", views), ("valid", 0)):
+        idx = splits[split] if not max_batches else splits[split][: t.batch_size]
+        feats[split] = backbone_features(
+            model, source.images[idx], norm, cache_dir=cache, views=n_views, policy=policy, seed=t.seed, log=log
+        )
+    labels = {s: source.labels[torch.as_tensor(splits[s][: feats[s].shape[1]])] for s in feats}
+    train_batches = FeatureBatches(
+        feats["train"], labels["train"], batch_size=t.batch_size, shuffle=True, seed=t.seed, drop_last=True,
+        max_batches=max_batches,
+    )  # fmt: skip
+    valid_batches = FeatureBatches(feats["valid"], labels["valid"], batch_size=1000, max_batches=max_batches)
+    return train_batches, valid_batches
+
+
+def transfer_defaults(config: RunConfig) -> RunConfig:
+    """Pretrained backbones see images as in pretraining: folders decode at the backbone's input size with its
+    crop (256 -> 224); datasets keep their native size and the model resizes them. With --image-size the
+    backbone runs at that size instead. Non-pretrained models reject the transfer options."""
+    name, m = config.model.name, config.model
+    if not is_pretrained_name(name):
+        if m.strategy not in (None, "retrain") or m.weights is not None:
+            raise CnnlabError(
+                f"--strategy and --weights apply to pretrained backbones ({', '.join(OFFLINE)}, timm/NAME, tv/NAME); "
+                f"'{name}' trains from scratch"
+            )
+        return config
+    data, options = config.data, dict(m.options)
+    if data.image_size is not None:  # the backbone runs at the size asked for (smaller = faster)
+        options.setdefault("input_size", data.image_size)
+    elif data.source.startswith("folder:"):
+        prep = backbone_preprocessing(name)
+        data = replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
+    return replace(config, data=data, model=replace(m, strategy=m.strategy or "auto", options=options))
+
+
+def resolve_strategy(config: RunConfig, source: Source, splits, log) -> RunConfig:
+    """Turn strategy=auto into a concrete strategy by the course's size x similarity rule, and say why."""
+    if config.model.strategy != "auto":
+        if is_pretrained_name(config.model.name):
+            log(f"strategy: {config.model.strategy} (chosen by you)")
+        return config
+    from cnnlab.transfer import choose_strategy
+
+    train_idx = torch.as_tensor(splits["train"])
+    choice = choose_strategy(
+        config.model.name, source.images[train_idx], source.labels[train_idx], len(source.class_names),
+        training_normalization(config, source.images[train_idx]), weights=config.model.weights, seed=config.train.seed,
+    )  # fmt: skip
+    log(f"strategy: {choice.strategy} (auto: {choice.reason})")
+    return replace(config, model=replace(config.model, strategy=choice.strategy, strategy_reason=choice.reason))

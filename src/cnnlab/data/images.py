@@ -19,11 +19,12 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def decode_image(path: Path, *, size: int, channels: int) -> tuple[torch.Tensor, bool]:
+def decode_image(path: Path, *, size: int, channels: int, crop_pct: float = 1.0) -> tuple[torch.Tensor, bool]:
     """Read `path` as a `channels` x size x size uint8 tensor and say whether it was greyscale.
 
-    Resizes the shorter side to `size` (bicubic, antialiased) and centre-crops, so the aspect ratio is
-    kept. Any mode (palette, 16-bit, alpha) is converted; `UnreadableImage` explains a bad file.
+    Resizes the shorter side to `size / crop_pct` (bicubic, antialiased) and centre-crops `size`, so the
+    aspect ratio is kept (ImageNet backbones: 256 -> 224 is crop_pct 0.875). Any mode (palette, 16-bit,
+    alpha) is converted; `UnreadableImage` explains a bad file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -39,7 +40,7 @@ def decode_image(path: Path, *, size: int, channels: int) -> tuple[torch.Tensor,
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     w, h = img.size
-    scale = size / min(w, h)
+    scale = round(size / crop_pct) / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
     img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import DataConfig
+from cnnlab.data.cache import cache_key, load_or_compute
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
 from cnnlab.errors import CnnlabError, unknown_choice
@@ -195,7 +196,24 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
                 raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
             files += [(part, p, label) for p in found]
     size = config.image_size or DEFAULT_FOLDER_SIZE
-    return _decode_folder(path, files, class_names, size, config.strict)
+    return _decode_folder_cached(path, files, class_names, size, config)
+
+
+def _decode_folder_cached(path: Path, files, class_names, size: int, config: DataConfig) -> Source:
+    """Decode once; later epochs reuse the tensor in memory, later runs the copy in <root>/cache/decoded.
+    The key covers every file's path, size and modification time, the target size and the crop."""
+    stats = [(part, str(p), label, *_stat(p)) for part, p, label in files]
+    key = cache_key("decoded-v1", stats, size, config.crop_pct)
+    entry, _ = load_or_compute(
+        Path(config.root) / "cache" / "decoded" / f"{key}.pt",
+        lambda: _decode_folder(path, files, size, config.crop_pct),
+    )
+    return _folder_source(path, files, class_names, entry, config.strict)
+
+
+def _stat(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _class_names(folder: Path) -> list[str]:
@@ -207,16 +225,28 @@ def _class_names(folder: Path) -> list[str]:
     return names
 
 
-def _decode_folder(path: Path, files, class_names, size: int, strict: bool) -> Source:
+def _decode_folder(path: Path, files, size: int, crop_pct: float) -> dict:
+    """{images uint8 [N,3,H,W] of the readable files, grey flags, errors (one string per file, "" if read)}."""
+
     def decode(item):
         try:
-            return decode_image(item[1], size=size, channels=3)
+            return decode_image(item[1], size=size, channels=3, crop_pct=crop_pct)
         except UnreadableImage as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         decoded = list(pool.map(decode, files))
-    skipped = [(str(f[1]), str(d)) for f, d in zip(files, decoded, strict=True) if isinstance(d, Exception)]
+    ok = [d for d in decoded if not isinstance(d, Exception)]
+    return {
+        "images": torch.stack([d[0] for d in ok]) if ok else torch.empty(0, 3, size, size, dtype=torch.uint8),
+        "grey": torch.tensor([d[1] for d in ok], dtype=torch.bool),
+        "errors": [str(d) if isinstance(d, Exception) else "" for d in decoded],
+    }
+
+
+def _folder_source(path: Path, files, class_names, entry: dict, strict: bool) -> Source:
+    errors = entry["errors"]
+    skipped = [(str(f[1]), e) for f, e in zip(files, errors, strict=True) if e]
     if skipped and strict:
         raise CnnlabError(f"unreadable image {skipped[0][0]}: {skipped[0][1]} (remove or replace it)")
     if skipped:
@@ -225,21 +255,20 @@ def _decode_folder(path: Path, files, class_names, size: int, strict: bool) -> S
             "use --strict to fail instead",
             stacklevel=2,
         )
-    kept = [(f, d) for f, d in zip(files, decoded, strict=True) if not isinstance(d, Exception)]
+    kept = [f for f, e in zip(files, errors, strict=True) if not e]
     _check_classes_nonempty(kept, class_names, path)
-    all_grey = all(d[1] for _, d in kept)
-    images = torch.stack([d[0] for _, d in kept])
-    if all_grey:  # R == G == B: keep one channel, as a grey dataset should be
+    images = entry["images"]
+    if bool(entry["grey"].all()):  # R == G == B: keep one channel, as a grey dataset should be
         images = images[:, :1].contiguous()
-    labels = torch.tensor([f[2] for f, _ in kept], dtype=torch.int64)
-    parts = np.array([f[0] for f, _ in kept])
+    labels = torch.tensor([f[2] for f in kept], dtype=torch.int64)
+    parts = np.array([f[0] for f in kept])
     partitions = {p: np.flatnonzero(parts == p) for p in _SPLIT_DIRS if (parts == p).any()}
-    ids = [str(f[1]) for f, _ in kept]
+    ids = [str(f[1]) for f in kept]
     return Source(f"folder:{path}", images, labels, class_names, ids, partitions, True, skipped)
 
 
 def _check_classes_nonempty(kept, class_names, path: Path) -> None:
-    counts = np.bincount([f[2] for f, _ in kept if f[0] == "train"], minlength=len(class_names))
+    counts = np.bincount([f[2] for f in kept if f[0] == "train"], minlength=len(class_names))
     for name, count in zip(class_names, counts, strict=True):
         if count == 0:
             raise CnnlabError(f"class '{name}' in {path} has no readable training images (add some)")

@@ -78,10 +78,21 @@ def make_fabric(config: TrainConfig):
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # no weight decay on biases and norm parameters (1-d tensors), as in timm / torchvision references
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Trainable parameters only; no weight decay on biases and norm parameters (1-d tensors), as in timm /
+    torchvision references; a model's `parameter_groups` (a pretrained backbone) may scale its lr down."""
+    if hasattr(model, "parameter_groups"):
+        spec = model.parameter_groups(config.backbone_lr)
+    else:
+        spec = [(list(model.parameters()), 1.0)]
+    groups = []
+    for params, scale in spec:
+        params = [p for p in params if p.requires_grad]
+        for chosen, decay in (
+            ([p for p in params if p.ndim > 1], config.weight_decay),
+            ([p for p in params if p.ndim <= 1], 0.0),
+        ):
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": decay, "lr": config.lr * scale})
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "adam":
@@ -98,7 +109,8 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total >= 4:
         pct = max(0.25, 2 / total)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=pct)
+        max_lr = [g["lr"] for g in optimizer.param_groups]  # per group: a fine-tuned backbone keeps its lower rate
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
@@ -228,7 +240,7 @@ def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches
     if not math.isfinite(train_loss):
         raise CnnlabError(f"training diverged: loss is {train_loss} in epoch {epoch} (lower --lr, e.g. by 10x)")
     valid_loss, valid_acc = evaluate_loss(model, valid_batches)
-    lr = optimizer.param_groups[0]["lr"]
+    lr = optimizer.param_groups[-1]["lr"]  # the head's (or only) group
     return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0)
 
 

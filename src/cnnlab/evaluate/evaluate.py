@@ -16,7 +16,7 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary
-from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
+from cnnlab.evaluate.predict import model_from_checkpoint, model_logits
 from cnnlab.evaluate.thresholds import ThresholdRule, parse_rule
 from cnnlab.files import write_csv_atomic, write_text_atomic
 from cnnlab.runfolder import open_run
@@ -65,10 +65,11 @@ def evaluate_run(
     prep = ckpt["preprocessing"]
     norm = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
     max_batches = 1 if dry_run else None
+    cache_dir = None if dry_run else Path(config.data.root) / "cache"
     outputs = {}
     for split in ("test", "valid"):
         idx = splits[split]
-        logits = predict_logits(model, source.images[idx], norm, max_batches=max_batches)
+        logits = model_logits(model, source.images[idx], norm, cache_dir=cache_dir, max_batches=max_batches)
         outputs[split] = (idx[: len(logits)], logits)
     tables = {split: _table(source, *outputs[split]) for split in outputs}
     if positive is not None:

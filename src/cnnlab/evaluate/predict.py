@@ -24,11 +24,11 @@ def pick_device() -> torch.device:
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights strictly, in eval mode."""
-    prep = ckpt["preprocessing"]
+    prep, model_config = ckpt["preprocessing"], ckpt["config"]["model"]
     model = create_model(
         ckpt["model_name"], num_classes=len(ckpt["class_names"]),
         in_channels=prep["channels"], image_size=prep["image_size"],
-        options=ckpt["config"]["model"].get("options") or {},
+        options=model_config.get("options") or {}, strategy=model_config.get("strategy"),
     )  # fmt: skip
     try:
         model.load_state_dict(ckpt["model"])
@@ -54,6 +54,21 @@ def predict_logits(
         x = norm.apply(images[start : start + batch_size].to(device))
         out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def model_logits(
+    model: nn.Module, images: torch.Tensor, norm: Normalization, *, cache_dir: Path | None, max_batches=None
+):
+    """`predict_logits`, except that a frozen pretrained backbone reads its cached features (the ones
+    training computed), so evaluating a feature-extraction run costs no second backbone pass."""
+    if not getattr(model, "frozen", False) or cache_dir is None or max_batches is not None:
+        return predict_logits(model, images, norm, max_batches=max_batches)
+    from cnnlab.data.features import backbone_features
+
+    model = model.to(pick_device())
+    features = backbone_features(model, images, norm, cache_dir=cache_dir)[0]
+    with torch.inference_mode():
+        return model.forward_head(features.to(pick_device())).float().cpu()
 
 
 @dataclass
@@ -90,13 +105,37 @@ def predict_images(
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path)
     prep = ckpt["preprocessing"]
+    return _predict_files(model, list(ckpt["class_names"]), prep, inputs, limit)
+
+
+def predict_imagenet(
+    backbone: str, inputs: list[Path], *, weights: str | None = None, limit: int | None = None
+) -> tuple[list[str], list[ImagePrediction]]:
+    """ImageNet-1k class probabilities from a pretrained backbone, no training: its own preprocessing."""
+    from cnnlab.models.pretrained import (
+        PretrainedClassifier,
+        backbone_preprocessing,
+        imagenet_class_names,
+        load_pretrained,
+    )  # fmt: skip
+
+    p = backbone_preprocessing(backbone)
+    model = PretrainedClassifier(1000, 3, p.input_size, backbone=backbone, strategy="feature-extract")
+    if not load_pretrained(model, weights, with_head=True):
+        raise CnnlabError(f"the weights for {backbone} have no ImageNet classifier (pass weights that include it)")
+    prep = {"image_size": p.input_size, "channels": 3, "crop_pct": p.crop_pct, "mean": p.mean, "std": p.std}
+    return _predict_files(model.eval(), imagenet_class_names(), prep, inputs, limit)
+
+
+def _predict_files(model: nn.Module, classes: list[str], prep: dict, inputs: list[Path], limit: int | None):
     norm = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
+    crop_pct = prep.get("crop_pct", 1.0)
     named = {p for p in inputs if not p.is_dir()}
     files = collect_images(inputs)[:limit]
     tensors, kept, skipped = [], [], []
     for path in files:
         try:
-            tensors.append(decode_image(path, size=prep["image_size"], channels=prep["channels"])[0])
+            tensors.append(decode_image(path, size=prep["image_size"], channels=prep["channels"], crop_pct=crop_pct)[0])
             kept.append(path)
         except UnreadableImage as exc:
             if path in named:
@@ -107,4 +146,4 @@ def predict_images(
     if not tensors:
         raise CnnlabError("no readable images to predict (pass image files or folders of images)")
     probs = torch.softmax(predict_logits(model, torch.stack(tensors), norm), dim=1).numpy()
-    return list(ckpt["class_names"]), [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]
+    return classes, [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]

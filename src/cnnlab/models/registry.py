@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from cnnlab.errors import unknown_choice
-from cnnlab.models import capsnet, classic, scratch
+from cnnlab.models import capsnet, classic, pretrained, scratch
 
 
 @dataclass(frozen=True)
@@ -52,26 +53,49 @@ _MODELS: dict[str, ModelEntry] = {
 
 
 def list_models() -> list[str]:
+    """The from-scratch models (scratch, classic, capsnet); see `list_pretrained` for backbones."""
     return sorted(_MODELS)
 
 
+def list_pretrained() -> list[str]:
+    """Backbones with ImageNet weights available offline; `timm/NAME` and `tv/NAME` also work online."""
+    return sorted(pretrained.OFFLINE)
+
+
 def describe_model(name: str) -> ModelEntry:
+    if pretrained.is_pretrained_name(name):
+        arch = pretrained.timm_name(name)  # an unknown timm / torchvision name fails here
+        return ModelEntry(
+            functools.partial(pretrained.PretrainedClassifier, backbone=name),
+            f"ImageNet-pretrained timm '{arch}' + new linear head (--strategy picks what trains)", 32,
+            "inputs resized to the backbone's size inside the model; grey broadcast to RGB",
+        )  # fmt: skip
     if name not in _MODELS:
-        raise unknown_choice("model", name, _MODELS)
+        raise unknown_choice("model", name, [*_MODELS, *pretrained.OFFLINE, "timm/NAME", "tv/NAME"])
     return _MODELS[name]
 
 
 def create_model(
-    name: str, *, num_classes: int, in_channels: int = 1, image_size: int = 28, options: dict | None = None
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    image_size: int = 28,
+    options: dict | None = None,
+    strategy: str | None = None,
 ) -> nn.Module:
     """Build model `name` for `num_classes` classes and `in_channels` x `image_size`^2 inputs.
 
     `options` are the model's own keyword arguments (e.g. cnn's `widths`). An unknown name or option
-    raises a CnnlabError listing the valid ones and the closest match.
+    raises a CnnlabError listing the valid ones and the closest match. Pretrained backbones are built
+    without weights (`pretrained.load_pretrained` adds them) for the transfer `strategy` given.
     """
     entry = describe_model(name)
     options = dict(options or {})
-    valid = [p for p in inspect.signature(entry.build).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    if pretrained.is_pretrained_name(name):
+        options.setdefault("strategy", strategy or "fine-tune")
+    params = inspect.signature(entry.build).parameters.values()
+    valid = [p for p in params if p.kind == p.KEYWORD_ONLY and p.name != "backbone"]
     for key in options:
         if key not in {p.name for p in valid}:
             raise unknown_choice(f"option for model '{name}'", key, [p.name for p in valid] or ["(none)"])

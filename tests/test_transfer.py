@@ -1,0 +1,164 @@
+"""Pretrained backbones (offline EfficientNet-Lite weights), the four transfer strategies, `auto`, caches."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import DataConfig
+from cnnlab.data.batches import Normalization
+from cnnlab.data.features import backbone_features
+from cnnlab.data.samples import write_sample_folder
+from cnnlab.data.sources import load_source
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.models import pretrained as pt
+from cnnlab.transfer import choose_strategy
+from helpers import needs_fashion
+
+LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.fixture(scope="module")
+def lfw(tmp_path_factory):
+    """scikit-image's real LFW crops (100 faces, 100 non-faces) as a train/valid/test image folder."""
+    root = tmp_path_factory.mktemp("lfw")
+    write_sample_folder("lfw", root / "lfw")
+    return root / "lfw"
+
+
+@pytest.fixture(scope="module")
+def coffee(tmp_path_factory):
+    from skimage.data import coffee
+
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(coffee()).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name", LITE)
+def test_offline_lite_weights_load_strictly_and_completely(name):
+    arch, package, accessor = pt.OFFLINE[name]
+    path = getattr(importlib.import_module(package), accessor).get_model_file_path()
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = pt.lite_to_timm(raw)
+    assert len(mapped) == len(raw)  # every tensor of the file has a home
+    model = create_model(name, num_classes=1000, in_channels=3, image_size=224, strategy="feature-extract")
+    assert pt.load_pretrained(model, with_head=True)
+    own = {**{f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}}
+    expected = {f"backbone.{k}": v for k, v in mapped.items() if not k.startswith("classifier.")}
+    assert own.keys() == expected.keys()
+    assert all(torch.equal(own[k], expected[k]) for k in own)
+    assert torch.equal(model.head.weight, mapped["classifier.weight"])
+
+
+def test_coffee_photo_is_an_espresso(cli, coffee):
+    code, out, err = cli("predict", "--model", "efficientnet_lite0", coffee)
+    assert code == 0, err
+    assert out.split(": ", 1)[1].startswith("espresso")
+
+
+def test_weights_problems_are_one_clear_line(cli, coffee, tmp_path, monkeypatch):
+    code, _, err = cli("predict", "--model", "efficientnet_lite0", "--weights", tmp_path / "none.pth", coffee)
+    assert code == 2 and "weights file not found" in err and len(err.strip().splitlines()) == 1
+    other = pt._wheel_weights("efficientnet_lite1")  # a real file, for another architecture
+    code, _, err = cli("predict", "--model", "efficientnet_lite0", "--weights", other, coffee)
+    assert code == 2 and "do not fit timm's 'tf_efficientnet_lite0'" in err
+    monkeypatch.setattr(pt, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(pt, "_hf_cached_file", lambda repo: None)
+    code, _, err = cli("predict", "--model", "tv/resnet18", coffee)
+    assert code == 2 and "huggingface.co is unreachable; pass --weights PATH" in err
+    code, _, err = cli("predict", "--model", "tv/resnt18", coffee)
+    assert code == 2 and "did you mean 'tv/resnet18'" in err
+
+
+def test_truncate_cuts_early_and_freezes():
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=1, image_size=28, strategy="truncate")
+    assert model.num_features == model.backbone.feature_info[model.cut]["num_chs"] == 112
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    x = Normalization((0.5,) * 3, (0.5,) * 3).apply(torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8))
+    assert x.shape == (2, 3, 28, 28)  # grey broadcast to RGB by the backbone's normalisation
+    model.train()(x).sum().backward()
+    assert model.head.weight.grad is not None and not model.backbone.training  # frozen BN stays in eval mode
+    with pytest.raises(CnnlabError, match="cut must be a feature level in 0..3"):
+        create_model("efficientnet_lite0", num_classes=2, strategy="truncate", options={"cut": 4})
+
+
+def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path):
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 64  # small and fast; the key includes it
+    images = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    calls = []
+    original = model.forward_features
+    model.forward_features = lambda x: calls.append(len(x)) or original(x)
+    first = backbone_features(model, images, norm, cache_dir=tmp_path)
+    again = backbone_features(model, images, norm, cache_dir=tmp_path)
+    assert torch.equal(first, again) and calls == [6]  # the second call read the cache
+    backbone_features(model, images.flip(0), norm, cache_dir=tmp_path)
+    assert calls == [6, 6]  # other images, other key
+
+
+def test_folder_decode_cache_follows_file_changes(tmp_path, lfw):
+    config = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
+    first = load_source(config)
+    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 1
+    assert torch.equal(load_source(config).images, first.images)
+    victim = sorted((lfw / "train" / "face").iterdir())[0]
+    Image.fromarray(np.zeros((25, 25), np.uint8)).save(victim)
+    changed = load_source(config)
+    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
+    assert not torch.equal(changed.images, first.images)
+
+
+def test_auto_picks_by_size_and_similarity(lfw, tmp_path, coffee):
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    faces = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=96))
+    choice = choose_strategy("efficientnet_lite0", faces.images, faces.labels, 2, norm)
+    assert choice.small and not choice.similar and choice.strategy == "truncate"
+    from skimage import data as skdata
+
+    photos = torch.stack(
+        [torch.from_numpy(np.array(Image.fromarray(getattr(skdata, n)()).resize((224, 224)))).permute(2, 0, 1)
+         for n in ("coffee", "chelsea", "rocket", "astronaut")]
+    )  # fmt: skip
+    choice = choose_strategy("efficientnet_lite0", photos, torch.tensor([0, 1, 0, 1]), 2, norm)
+    assert choice.similar and choice.strategy == "feature-extract" and choice.confidence > 0.25
+
+
+@needs_fashion
+def test_auto_retrains_on_a_large_dissimilar_dataset():
+    fashion = load_source(DataConfig(source="fashion-mnist"))
+    idx = fashion.partitions["train"]
+    choice = choose_strategy(
+        "efficientnet_lite0", fashion.images[idx], fashion.labels[idx], 10, Normalization((0.5,) * 3, (0.5,) * 3)
+    )
+    assert not choice.small and not choice.similar and choice.strategy == "retrain"
+
+
+def test_strategy_flags_only_for_pretrained_models(cli, tmp_path):
+    code, _, err = cli("train", "--data", "digits", "--model", "mlp", "--strategy", "truncate", "--runs-dir", tmp_path)
+    assert code == 2 and "apply to pretrained backbones" in err and not any(tmp_path.iterdir())
+    code, _, err = cli("train", "--data", "digits", "--model", "efficientnet_lite0", "--strategy", "finetune")
+    assert code == 2 and "did you mean 'fine-tune'" in err
+
+
+def test_feature_extract_run_records_strategy_and_predicts(cli, lfw, tmp_path):
+    runs = tmp_path / "runs"
+    code, out, err = cli(
+        "train", "--data", f"folder:{lfw}", "--model", "efficientnet_lite0", "--image-size", "96", "--epochs", "6",
+        "--batch-size", "16", "--runs-dir", runs, "--name", "fx", "--data-root", tmp_path / "data", "--no-report",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "strategy: truncate (auto: small" in out  # grey faces: small and different
+    accuracy = float(out.split("Test Accuracy (Overall): ")[1].split("%")[0])
+    assert accuracy >= 90.0
+    ckpt = torch.load(runs / "fx" / "best.pt", weights_only=True)
+    assert ckpt["config"]["model"]["strategy"] == "truncate" and ckpt["preprocessing"]["mean"] == [0.5] * 3
+    face = sorted((lfw / "test" / "face").iterdir())[0]
+    code, out, err = cli("predict", runs / "fx", face)
+    assert code == 0 and out.split(": ", 1)[1].startswith("face")
