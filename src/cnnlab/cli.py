@@ -375,6 +375,20 @@ def init_compare(
         typer.echo(f"wrote {output}")
 
 
+@app.command("sample-data")
+def sample_data(
+    name: str = typer.Argument(..., help="lfw (100 faces / 100 non-faces, scikit-image) | fashion (Fashion-MNIST)"),
+    dest: Path = typer.Argument(..., help="A new folder to write DEST/{train,valid,test}/<class>/*.png into."),
+    per_class: int = typer.Option(60, help="fashion: images per class."),
+    seed: int = typer.Option(0, help="Fixes the subset and the split."),
+) -> None:
+    """Write a small real image-folder dataset from data that ships with installed packages (offline)."""
+    from cnnlab.data.samples import write_sample_folder
+
+    counts = write_sample_folder(name, dest, per_class=per_class, seed=seed)
+    typer.echo(f"wrote {dest}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (use --data folder:{dest})")
+
+
 @app.command()
 def models(
     image_size: int = typer.Option(28, help="Input side used to count parameters."),
@@ -382,7 +396,7 @@ def models(
     dry_run: bool = typer.Option(False, "--dry-run", help="Same output (nothing is written anyway)."),
 ) -> None:
     """List the registered models with parameter counts for 10 classes."""
-    from cnnlab.models import create_model, describe_model, list_models
+    from cnnlab.models import create_model, describe_model, list_models, list_pretrained
 
     typer.echo(f"{'model':<16}{'params':>12}  description (at {in_channels}x{image_size}x{image_size}, 10 classes)")
     for model_name in list_models():
@@ -395,6 +409,11 @@ def models(
         typer.echo(f"{model_name:<16}{count:>12}  {entry.summary}")
         if entry.adapted and image_size < 64:
             typer.echo(f"{'':<30}adapted: {entry.adapted}")
+    typer.echo("\npretrained backbones (ImageNet weights; train with --strategy, predict with --model):")
+    for model_name in list_pretrained():
+        net = create_model(model_name, num_classes=10, in_channels=3, image_size=224, strategy="fine-tune")
+        typer.echo(f"{model_name:<20}{sum(p.numel() for p in net.parameters()):>8,}  weights ship with pip (offline)")
+    typer.echo(f"{'timm/NAME, tv/NAME':<30}any timm model / torchvision classic: downloaded, or --weights PATH")
 
 
 def main(argv: list[str] | None = None) -> None:
