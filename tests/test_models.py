@@ -6,9 +6,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, list_models
 
 # every model on the course's grey 28 px input; the cheap ones also on 3 x 32 px colour input
-CASES = [(name, 1, 28) for name in list_models()] + [
-    (name, 3, 32) for name in ("mlp", "simple_cnn", "simple_cnn_bn", "lenet5", "cnn", "capsnet", "resnet18")
-] + [("efficientnet_lite0", 3, 32)]  # a pretrained backbone, trained end to end (fine-tune / retrain)
+CASES = (
+    [(name, 1, 28) for name in list_models()]
+    + [(name, 3, 32) for name in ("mlp", "simple_cnn", "simple_cnn_bn", "lenet5", "cnn", "capsnet", "resnet18")]
+    + [("efficientnet_lite0", 3, 32)]
+)  # the last: a pretrained backbone trained end to end (fine-tune / retrain)
 
 
 @pytest.mark.parametrize(("name", "channels", "size"), CASES)

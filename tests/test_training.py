@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,40 @@ def _quiet(_):
 def test_mlp_on_digits_beats_90_percent(tmp_path):
     result = train(_cfg("digits", "mlp", 10), runs_dir=tmp_path, name="m", log=_quiet, report=False)
     assert result.evaluation["accuracy"] >= 0.90
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """`--devices 2` on the CPU (gloo): same global batches, gradients averaged; only rank 0 writes."""
+    cnnlab = str(Path(sys.executable).parent / "cnnlab")
+    common = ["train", "--data", "digits", "--model", "mlp", "--epochs", "5", "--augment", "none", "--no-report"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+        done = subprocess.run(
+            [cnnlab, *common, *extra, "--runs-dir", str(tmp_path), "--name", name],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        with (tmp_path / name / "metrics.csv").open() as fh:
+            runs[name] = list(csv.DictReader(fh))
+        runs[name + "_acc"] = float(done.stdout.split("Test Accuracy (Overall): ")[1].split("%")[0])
+    assert "x 2 processes (DDP)" in done.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert [r["epoch"] for r in runs["two"]] == ["1", "2", "3", "4", "5"]  # one writer, no duplicate rows
+    for a, b in zip(runs["one"], runs["two"], strict=True):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) <= 0.05 * float(a["train_loss"]) + 0.02
+    assert abs(runs["one_acc"] - runs["two_acc"]) <= 3.0
+
+
+def test_budget_plans_the_epochs_and_records_them(tmp_path):
+    """--budget-minutes replaces --epochs by a measured plan; the run folder says what was planned."""
+    lines = []
+    cfg = _cfg("digits", "mlp", 1, budget_minutes=0.05)
+    result = train(cfg, runs_dir=tmp_path, name="b", log=lines.append, report=False)
+    planned = next(line for line in lines if line.startswith("budget 0.05 min: about"))
+    epochs = int(planned.split("-> ")[1].split()[0])
+    assert epochs >= 1 and len(result.history) == epochs
+    saved = (tmp_path / "b" / "config.yaml").read_text()
+    assert f"epochs: {epochs}\n" in saved and "budget_minutes: 0.05" in saved
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["config"]["train"]["epochs"] == epochs
 
 
 @pytest.mark.slow

@@ -162,3 +162,22 @@ def test_feature_extract_run_records_strategy_and_predicts(cli, lfw, tmp_path):
     face = sorted((lfw / "test" / "face").iterdir())[0]
     code, out, err = cli("predict", runs / "fx", face)
     assert code == 0 and out.split(": ", 1)[1].startswith("face")
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_pretrained_strategies_beat_retraining_on_a_small_folder(cli, tmp_path):
+    """Fashion-MNIST as a folder of 200 training PNGs: ImageNet features help a lot at this size."""
+    folder = tmp_path / "fashion"
+    write_sample_folder("fashion", folder, per_class=30)
+    accuracy = {}
+    for strategy in ("feature-extract", "fine-tune", "retrain"):
+        code, out, err = cli(
+            "train", "--data", f"folder:{folder}", "--model", "efficientnet_lite0", "--strategy", strategy,
+            "--image-size", "64", "--epochs", "8", "--batch-size", "16", "--runs-dir", tmp_path / "runs",
+            "--name", strategy, "--data-root", tmp_path / "data", "--no-report",
+        )  # fmt: skip
+        assert code == 0, err
+        accuracy[strategy] = float(out.split("Test Accuracy (Overall): ")[1].split("%")[0])
+    assert accuracy["feature-extract"] >= accuracy["retrain"] + 20, accuracy
+    assert accuracy["fine-tune"] >= accuracy["retrain"] + 20, accuracy

@@ -57,6 +57,9 @@ def train(
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1) (default 0)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-loss gain."),
+    budget_minutes: Optional[float] = typer.Option(
+        None, help="Measure the speed, then train as many epochs as fit in this many minutes (replaces --epochs)."
+    ),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the training pool for validation (0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test share for sources without a test set (0.2)."),
     augment: Optional[str] = typer.Option(None, help="none | light | standard (default light)."),
@@ -66,6 +69,10 @@ def train(
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
     precision: Optional[str] = typer.Option(None, help="auto | 32-true | bf16-mixed."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    devices: Optional[int] = typer.Option(
+        None, help="Processes (GPUs, or CPU processes) per node; > 1 trains with DDP. --batch-size is the global batch."
+    ),
+    num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP (launch with torchrun)."),
     seed: Optional[int] = typer.Option(None, help="Fixes splits, init and augmentation (default 0)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with data/model/train sections; flags override it."),
     name: Optional[str] = typer.Option(None, help="Run folder name (default <data>-<model>-<time>)."),
@@ -89,6 +96,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
         "weight_decay": weight_decay, "momentum": momentum, "label_smoothing": label_smoothing,
         "patience": patience, "precision": precision, "device": device, "seed": seed, "backbone_lr": backbone_lr,
+        "budget_minutes": budget_minutes, "devices": devices, "num_nodes": num_nodes,
     }  # fmt: skip
     model_flags = {
         "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,

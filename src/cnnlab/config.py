@@ -92,8 +92,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     backbone_lr: float = 0.1  # fine-tune: the pretrained backbone's learning rate as a fraction of lr
     patience: int | None = None  # epochs without valid-loss improvement before stopping
+    budget_minutes: float | None = None  # plan the epochs (and so the schedule) to finish training in this time
     precision: Precision = "auto"
     device: Device = "auto"
+    devices: int = 1  # processes per node; > 1 trains data-parallel (DDP through Lightning Fabric)
+    num_nodes: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +112,19 @@ class TrainConfig:
             raise CnnlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 < self.backbone_lr <= 1.0:
             raise CnnlabError(f"backbone_lr must be in (0, 1], got {self.backbone_lr} (a fraction of --lr, e.g. 0.1)")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise CnnlabError(f"devices and num_nodes must be >= 1, got {self.devices} and {self.num_nodes}")
+        if self.batch_size % (self.devices * self.num_nodes):
+            raise CnnlabError(
+                f"batch_size {self.batch_size} must divide evenly over {self.devices * self.num_nodes} processes "
+                "(it is the global batch; each process takes an equal share)"
+            )
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise CnnlabError(f"budget_minutes must be > 0, got {self.budget_minutes} (e.g. --budget-minutes 5)")
+        if self.budget_minutes is not None and self.devices * self.num_nodes > 1:
+            raise CnnlabError(
+                "--budget-minutes plans single-process runs only (drop --devices/--num-nodes or --epochs)"
+            )
         if self.patience is not None and self.patience < 1:
             raise CnnlabError(f"patience must be >= 1 epoch, got {self.patience}")
         _check_choice("optimizer", self.optimizer, Optimizer)

@@ -57,6 +57,10 @@ def train(
     describe_model(config.model.name)  # an unknown model fails before any data is read
     parse_rule(rule)
     config = transfer_defaults(config)
+    fabric = make_fabric(config.train)
+    if fabric.world_size > 1 and not dry_run:
+        fabric.launch()  # re-runs this command in the other processes (or joins torchrun's)
+    log = log if fabric.is_global_zero else _silent
     source = _load(config, log)
     if positive is not None and positive not in source.class_names:
         raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
@@ -68,14 +72,16 @@ def train(
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
     config = resolve_strategy(config, source, splits, log)
     if dry_run:
-        config = replace(config, train=replace(config.train, epochs=1))
+        config = replace(config, train=replace(config.train, epochs=1, devices=1, num_nodes=1))
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "dry-run"
-            history = _fit_new(config, source, splits, run_dir, max_batches=1, log=log)
+            history = _fit_new(config, make_fabric(config.train), source, splits, run_dir, max_batches=1, log=log)
             evaluation = evaluate_run(run_dir, source=source, dry_run=True, log=log)
         return TrainResult(None, history, evaluation)
-    run_dir = claim_run_dir(Path(runs_dir), name or default_run_name(config), force=force)
-    history = _fit_new(config, source, splits, run_dir, log=log)
+    run_dir = _shared_run_dir(fabric, runs_dir, name or default_run_name(config), force)
+    history = _fit_new(config, fabric, source, splits, run_dir, log=log)
+    if not fabric.is_global_zero:
+        return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
     evaluation = evaluate_run(run_dir, source=source, positive=positive, rule=rule, log=log)
     if report:
@@ -84,6 +90,25 @@ def train(
         log(f"report: {write_report(run_dir, source=source)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _shared_run_dir(fabric, runs_dir: Path, name: str, force: bool) -> Path:
+    """Rank 0 claims the run folder and tells the others its path (or the error, so no rank waits forever)."""
+    claimed, error = None, None
+    if fabric.is_global_zero:
+        try:
+            claimed = str(claim_run_dir(Path(runs_dir), name, force=force))
+        except CnnlabError as exc:
+            error = str(exc)
+    if fabric.world_size > 1:
+        claimed, error = fabric.broadcast((claimed, error), src=0)
+    if error:
+        raise CnnlabError(error)
+    return Path(claimed)
 
 
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
@@ -97,7 +122,8 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
         raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
     log(f"resuming {run_dir} after epoch {last['epoch']} of {config.train.epochs}")
     splits = load_splits(run_dir / "splits.json")
-    history = _fit(config, source, splits, run_dir, resume=last, log=log)
+    config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
+    history = _fit(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
     evaluation = evaluate_run(run_dir, source=source, log=log)
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
@@ -112,16 +138,17 @@ def _load(config: RunConfig, log) -> Source:
     return source
 
 
-def _fit_new(config, source, splits, run_dir: Path, *, max_batches=None, log) -> list[EpochStats]:
+def _fit_new(config, fabric, source, splits, run_dir: Path, *, max_batches=None, log) -> list[EpochStats]:
+    if not fabric.is_global_zero:
+        return _fit(config, fabric, source, splits, run_dir, max_batches=max_batches, log=log)
     with creating_run_dir(run_dir):
         save_config(config, run_dir / "config.yaml")
         save_splits(splits, run_dir / "splits.json", seed=config.train.seed)
-        return _fit(config, source, splits, run_dir, max_batches=max_batches, log=log)
+        return _fit(config, fabric, source, splits, run_dir, max_batches=max_batches, log=log)
 
 
-def _fit(config: RunConfig, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log):
+def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log):
     t = config.train
-    fabric = make_fabric(t)
     norm = training_normalization(config, source.images[splits["train"]])
     meta = {
         "model_name": config.model.name,
@@ -146,14 +173,51 @@ def _fit(config: RunConfig, source: Source, splits, run_dir: Path, *, resume=Non
             model.features_input = True  # the head trains on cached features; checkpoints hold the whole model
         else:
             train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
+        if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
+            config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
+            t, meta["config"] = config.train, config.to_dict()
+            save_config(config, run_dir / "config.yaml")  # the planned epochs, so resume follows the same plan
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
-        log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {fabric.device}")
+        where = f"{fabric.device}" + (f" x {fabric.world_size} processes (DDP)" if fabric.world_size > 1 else "")
+        log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {where}")
         try:
             return fit(fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, log=log)
         finally:
             model.features_input = False
+
+
+def plan_budget(t, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8):
+    """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps and one validation pass on a
+    throwaway copy of the model (the real one, and every RNG, stay untouched), then divide."""
+    import copy
+    import itertools
+    import time
+
+    from cnnlab.engine.fit import build_optimizer, cross_entropy_loss, evaluate_loss
+
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model)
+        optimizer = build_optimizer(probe, t)
+        loss_fn = getattr(probe, "compute_loss", cross_entropy_loss)
+        probe.train()
+        steps = list(itertools.islice(iter(train_batches), probe_steps + 1))
+        for i, (x, y) in enumerate(steps):
+            if i == 1:  # the first step pays one-off costs (allocations, kernel selection)
+                start = time.perf_counter()
+            loss, _ = loss_fn(probe(x), y, t.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        step_s = (time.perf_counter() - start) / max(len(steps) - 1, 1)
+        start = time.perf_counter()
+        evaluate_loss(probe, valid_batches)
+        valid_s = time.perf_counter() - start
+    epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
+    epochs = max(1, int(t.budget_minutes * 60 // epoch_s))
+    log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured -> {epochs} epochs")
+    return replace(t, epochs=epochs)
 
 
 def training_normalization(config: RunConfig, train_images: torch.Tensor) -> Normalization:
@@ -168,12 +232,13 @@ def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_
     t = config.train
     images, labels = fabric.to_device(source.images), fabric.to_device(source.labels)
     policy = policy_for(config.data.augment, flip_invariant=source.flip_invariant)
+    shard = {"rank": fabric.global_rank, "world": fabric.world_size}
     train_batches = InMemoryBatches(
-        images, labels, splits["train"], batch_size=t.batch_size, norm=norm, shuffle=True, policy=policy,
-        seed=t.seed, drop_last=True, max_batches=max_batches,
+        images, labels, splits["train"], batch_size=t.batch_size // fabric.world_size, norm=norm, shuffle=True,
+        policy=policy, seed=t.seed, drop_last=True, max_batches=max_batches, **shard,
     )  # fmt: skip
     valid_batches = InMemoryBatches(
-        images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches
+        images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches, **shard
     )
     return train_batches, valid_batches
 

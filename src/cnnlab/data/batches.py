@@ -52,27 +52,36 @@ class InMemoryBatches:
         seed: int = 0,
         drop_last: bool = False,
         max_batches: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        """Under DDP (`world` processes) each rank takes every world-th image of the shared epoch order and
+        `batch_size` is its share of the global batch, so the union of the ranks' batches is the
+        single-process batch."""
         self.images, self.labels = images, labels
+        self.rank, self.world = rank, world
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
         self.batch_size, self.norm, self.shuffle = batch_size, norm, shuffle
         self.policy = policy or AugmentPolicy()
         self.seed, self.max_batches = seed, max_batches
         # drop a ragged last batch in training (batch norm dislikes a batch of one), never in evaluation
-        self.drop_last = drop_last and len(self.indices) > batch_size
+        self.drop_last = drop_last and len(self.indices) // world > batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.indices)
+        n = len(self.indices) // self.world if self.drop_last else len(self.indices[self.rank :: self.world])
         full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return min(full, self.max_batches) if self.max_batches else full
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self.indices[torch.randperm(len(self.indices), generator=gen)] if self.shuffle else self.indices
+        if self.world > 1:  # the same order on every rank, then this rank's share; its own augmentation draws
+            order = order[self.rank :: self.world]
+            gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.images.device)
             x = self.images[idx]

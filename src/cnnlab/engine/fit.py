@@ -60,7 +60,8 @@ class BestTracker:
 
 
 def make_fabric(config: TrainConfig):
-    """A single-process Fabric for the configured device and precision.
+    """A Fabric for the configured device, precision and process count (DDP when devices x nodes > 1;
+    on CPUs the processes talk over gloo). Call `fabric.launch()` before anything with side effects.
 
     precision=auto picks bf16 autocast only on CUDA with bf16: measured on this project's 2-core AVX2
     CPU, bf16 autocast trains the course CNN 10x slower than fp32 (no native bf16 instructions).
@@ -74,7 +75,11 @@ def make_fabric(config: TrainConfig):
     precision = config.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
-    return Fabric(accelerator=accelerator, devices=1, precision=precision)
+    world = config.devices * config.num_nodes
+    return Fabric(
+        accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy="ddp" if world > 1 else "auto", precision=precision,
+    )  # fmt: skip
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -145,19 +150,32 @@ def train_one_epoch(
         seen += len(y)
         if on_step:
             on_step()
-    return float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)
+    totals = _reduce_sums(fabric, [loss_sum, correct.double(), torch.tensor(float(seen), device=fabric.device)])
+    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
 
 
-@torch.inference_mode()
-def evaluate_loss(model, batches: Iterable) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` over `batches`."""
+def _reduce_sums(fabric, values: list[torch.Tensor]) -> list[float]:
+    """Sums over all processes (identity in a single process)."""
+    stacked = torch.stack([v.detach().double() for v in values])
+    if fabric is not None and fabric.world_size > 1:
+        stacked = fabric.all_reduce(stacked.float(), reduce_op="sum").double()
+    return [float(v) for v in stacked]
+
+
+def evaluate_loss(model, batches: Iterable, fabric=None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` over `batches` (over every process's shard under DDP)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in batches:
-        logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
+    with torch.inference_mode():
+        for x, y in batches:
+            logits = model(x).float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    if fabric is not None and fabric.world_size > 1:  # outside inference mode: collectives need normal tensors
+        loss_sum, correct, seen = _reduce_sums(
+            fabric, [torch.tensor(v, dtype=torch.float64) for v in (loss_sum, correct, seen)]
+        )
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
@@ -190,17 +208,24 @@ def fit(
         torch.set_rng_state(resume["rng_state"])
         start = resume["epoch"] + 1
     fmodel, foptimizer = fabric.setup(model, optimizer)
+    writer = fabric.is_global_zero  # under DDP only rank 0 touches the run folder
     metrics_path = run_dir / "metrics.csv"
-    _truncate_metrics(metrics_path, keep_through=start - 1)
+    if writer:
+        _truncate_metrics(metrics_path, keep_through=start - 1)
     history: list[EpochStats] = []
     saved = start - 1
     for epoch in range(start, config.epochs + 1):
         try:
             loss_fn = getattr(model, "compute_loss", None)
             stats = _run_epoch(
-                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn
+                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn, model
             )
             improved = tracker.update(epoch, stats.valid_loss)
+            if not writer:
+                history.append(stats)
+                if tracker.should_stop():
+                    break
+                continue
             _append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
             weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             if improved:
@@ -225,7 +250,9 @@ def fit(
     return history
 
 
-def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn) -> EpochStats:
+def _run_epoch(
+    fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn, plain_model
+) -> EpochStats:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     train_batches.set_epoch(epoch)
@@ -239,7 +266,8 @@ def _run_epoch(fabric, model, optimizer, scheduler, train_batches, valid_batches
         )  # fmt: skip
     if not math.isfinite(train_loss):
         raise CnnlabError(f"training diverged: loss is {train_loss} in epoch {epoch} (lower --lr, e.g. by 10x)")
-    valid_loss, valid_acc = evaluate_loss(model, valid_batches)
+    with fabric.autocast():  # the unwrapped model: no DDP collectives during an uneven validation shard
+        valid_loss, valid_acc = evaluate_loss(plain_model, valid_batches, fabric)
     lr = optimizer.param_groups[-1]["lr"]  # the head's (or only) group
     return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0)
 

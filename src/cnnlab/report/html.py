@@ -163,6 +163,7 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
         ("model", f"{config.model.name} ({count_parameters(run_dir)} parameters)"),
         ("recipe", recipe(config)),
         ("augmentation", config.data.augment),
+        *_transfer_rows(config.model),
         ("epochs run", f"{len(rows)} of {t.epochs}; best by valid loss: epoch {best['epoch']}"),
         ("test loss", f"{ev['test_loss']:.4f}"),
         ("training time", f"{seconds:.0f} s ({n_train * len(rows) / max(seconds, 1e-9):,.0f} train images/s)"),
@@ -175,6 +176,14 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
         "ev": ev, "binary": ev.get("binary"), "summary": summary, "figs": figs,
         "version": __version__, "run_dir": str(run_dir), "pct": pct, "num": num,
     }  # fmt: skip
+
+
+def _transfer_rows(model) -> list[tuple[str, str]]:
+    """The transfer-learning strategy and, when auto chose it, why (empty for from-scratch models)."""
+    if not model.strategy:
+        return []
+    how = f" (auto: {model.strategy_reason})" if model.strategy_reason else " (chosen by the user)"
+    return [("transfer strategy", model.strategy + how)]
 
 
 def recipe(config) -> str:
