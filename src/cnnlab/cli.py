@@ -67,6 +67,9 @@ def train(
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     data_root: Optional[str] = typer.Option(None, help="Where datasets are found/downloaded (default data/)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
+    stream: Optional[bool] = typer.Option(
+        None, "--stream/--in-memory", help="Folders: decode batch by batch from disk (data larger than memory)."
+    ),
     precision: Optional[str] = typer.Option(None, help="auto | 32-true | bf16-mixed."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     devices: Optional[int] = typer.Option(
@@ -91,6 +94,7 @@ def train(
     data_flags = {
         "source": data, "valid_fraction": valid_fraction, "test_fraction": test_fraction, "augment": augment,
         "image_size": image_size, "train_limit": train_limit, "root": data_root, "strict": strict,
+        "stream": stream,
     }  # fmt: skip
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,

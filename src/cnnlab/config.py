@@ -45,6 +45,7 @@ class DataConfig:
     augment: Augment = "light"
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
     strict: bool = False  # fail on an unreadable image instead of skipping it
+    stream: bool = False  # folders: decode batch by batch from disk instead of once into memory (larger than RAM)
 
     def __post_init__(self) -> None:
         _check_fraction("valid_fraction", self.valid_fraction)

@@ -18,6 +18,7 @@ from cnnlab.config import RunConfig, save_config
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.features import FeatureBatches, backbone_features
+from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
@@ -149,7 +150,7 @@ def _fit_new(config, fabric, source, splits, run_dir: Path, *, max_batches=None,
 
 def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log):
     t = config.train
-    norm = training_normalization(config, source.images[splits["train"]])
+    norm = training_normalization(config, select(source.images, splits["train"]))
     meta = {
         "model_name": config.model.name,
         "config": config.to_dict(),
@@ -252,7 +253,7 @@ def _feature_batches(config: RunConfig, model, source: Source, splits, norm, max
     for split, n_views in (("train", views), ("valid", 0)):
         idx = splits[split] if not max_batches else splits[split][: t.batch_size]
         feats[split] = backbone_features(
-            model, source.images[idx], norm, cache_dir=cache, views=n_views, policy=policy, seed=t.seed, log=log
+            model, select(source.images, idx), norm, cache_dir=cache, views=n_views, policy=policy, seed=t.seed, log=log
         )
     labels = {s: source.labels[torch.as_tensor(splits[s][: feats[s].shape[1]])] for s in feats}
     train_batches = FeatureBatches(
@@ -293,9 +294,10 @@ def resolve_strategy(config: RunConfig, source: Source, splits, log) -> RunConfi
     from cnnlab.transfer import choose_strategy
 
     train_idx = torch.as_tensor(splits["train"])
+    train_images = select(source.images, train_idx)
     choice = choose_strategy(
-        config.model.name, source.images[train_idx], source.labels[train_idx], len(source.class_names),
-        training_normalization(config, source.images[train_idx]), weights=config.model.weights, seed=config.train.seed,
+        config.model.name, train_images, source.labels[train_idx], len(source.class_names),
+        training_normalization(config, train_images), weights=config.model.weights, seed=config.train.seed,
     )  # fmt: skip
     log(f"strategy: {choice.strategy} (auto: {choice.reason})")
     return replace(config, model=replace(config.model, strategy=choice.strategy, strategy_reason=choice.reason))

@@ -21,11 +21,15 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def from_images(cls, images: torch.Tensor) -> Normalization:
-        """Per-channel mean/std of uint8 images [N, C, H, W] (the training split's)."""
-        x = images.double() / 255.0
-        mean = x.mean(dim=(0, 2, 3))
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    def from_images(cls, images) -> Normalization:
+        """Per-channel mean/std of uint8 images [N, C, H, W] (the training split's); streamed images are read
+        in chunks, never all at once."""
+        if isinstance(images, torch.Tensor):
+            x = images.double() / 255.0
+            mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        else:
+            mean, std = _chunked_mean_std(images)
+        std = std.clamp_min(1e-3)
         return cls(tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std))
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
@@ -34,6 +38,18 @@ class Normalization:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         scale = 1.0 / (255.0 * std) if images.dtype == torch.uint8 else 1.0 / std
         return images.float() * scale - mean / std
+
+
+def _chunked_mean_std(images, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    s1 = s2 = 0.0
+    n = 0
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].double() / 255.0
+        s1 = s1 + x.sum(dim=(0, 2, 3))
+        s2 = s2 + (x * x).sum(dim=(0, 2, 3))
+        n += x.numel() // x.shape[1]
+    mean = s1 / n
+    return mean, ((s2 - n * mean * mean) / (n - 1)).clamp_min(0).sqrt()
 
 
 class InMemoryBatches:
@@ -84,7 +100,7 @@ class InMemoryBatches:
             gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.images.device)
-            x = self.images[idx]
+            x = self.images[idx].to(self.labels.device)  # a no-op in memory; streamed batches arrive on the CPU
             if self.policy.active:  # on the 0..1 scale, so padding is black as in RandomCrop(padding)
                 x = augment_batch(x.float() * (1 / 255), self.policy, gen)
             x = self.norm.apply(x)

@@ -23,8 +23,10 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def tensor_digest(t: torch.Tensor) -> str:
-    """A digest of a tensor's bytes and shape: the identity of in-memory images."""
+def tensor_digest(t) -> str:
+    """A digest of a tensor's bytes and shape: the identity of in-memory images (streamed ones hash their files)."""
+    if hasattr(t, "digest"):
+        return t.digest()
     h = hashlib.sha256(str(tuple(t.shape)).encode())
     h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]

@@ -20,7 +20,7 @@ import torch
 from cnnlab.config import DataConfig
 from cnnlab.data.cache import cache_key, load_or_compute
 from cnnlab.data.idx import read_idx
-from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
+from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
 from cnnlab.errors import CnnlabError, unknown_choice
 
 FASHION_CLASSES = [
@@ -196,7 +196,33 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
                 raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
             files += [(part, p, label) for p in found]
     size = config.image_size or DEFAULT_FOLDER_SIZE
+    if config.stream:
+        return _stream_folder(path, files, class_names, size, config)
     return _decode_folder_cached(path, files, class_names, size, config)
+
+
+def _stream_folder(path: Path, files, class_names, size: int, config: DataConfig) -> Source:
+    """The streamed path: check every file's header now (bad files are skipped or fail as in memory), decode
+    later batch by batch. Grey when every file is a grey mode."""
+    from PIL import Image
+
+    from cnnlab.data.lazy import LazyImages
+
+    def probe(item):
+        try:
+            with Image.open(item[1]) as img:
+                img.verify()
+                return img.mode in GREY_MODES, ""
+        except Exception as exc:  # any unreadable header
+            return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        probed = list(pool.map(probe, files))
+    entry = {"errors": [e for _, e in probed], "grey": torch.tensor([g for g, e in probed if not e], dtype=torch.bool)}
+    kept_paths = [f[1] for f, (_, e) in zip(files, probed, strict=True) if not e]
+    channels = 1 if len(entry["grey"]) and bool(entry["grey"].all()) else 3
+    entry["images"] = LazyImages(kept_paths, size=size, channels=channels, crop_pct=config.crop_pct)
+    return _folder_source(path, files, class_names, entry, config.strict)
 
 
 def _decode_folder_cached(path: Path, files, class_names, size: int, config: DataConfig) -> Source:
@@ -258,7 +284,7 @@ def _folder_source(path: Path, files, class_names, entry: dict, strict: bool) ->
     kept = [f for f, e in zip(files, errors, strict=True) if not e]
     _check_classes_nonempty(kept, class_names, path)
     images = entry["images"]
-    if bool(entry["grey"].all()):  # R == G == B: keep one channel, as a grey dataset should be
+    if isinstance(images, torch.Tensor) and bool(entry["grey"].all()):  # R == G == B: keep one channel
         images = images[:, :1].contiguous()
     labels = torch.tensor([f[2] for f in kept], dtype=torch.int64)
     parts = np.array([f[0] for f in kept])

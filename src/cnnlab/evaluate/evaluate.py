@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data.batches import Normalization
+from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
@@ -69,7 +70,7 @@ def evaluate_run(
     outputs = {}
     for split in ("test", "valid"):
         idx = splits[split]
-        logits = model_logits(model, source.images[idx], norm, cache_dir=cache_dir, max_batches=max_batches)
+        logits = model_logits(model, select(source.images, idx), norm, cache_dir=cache_dir, max_batches=max_batches)
         outputs[split] = (idx[: len(logits)], logits)
     tables = {split: _table(source, *outputs[split]) for split in outputs}
     if positive is not None:

@@ -1,0 +1,68 @@
+"""The streamed path: image files decoded batch by batch instead of once into memory (`--stream`).
+
+`LazyImages` looks like the uint8 [N, C, H, W] tensor of the in-memory path wherever batches are cut
+(`images[idx]`, `images[a:b]` decode just those files, on a thread pool) and `select` makes a subset
+without decoding, so a folder larger than memory trains, evaluates and predicts through the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.data.cache import cache_key
+from cnnlab.data.images import decode_image
+
+
+class LazyImages:
+    device = torch.device("cpu")
+    dtype = torch.uint8
+
+    def __init__(self, paths: list[Path], *, size: int, channels: int, crop_pct: float = 1.0) -> None:
+        self.paths, self.size, self.channels, self.crop_pct = list(paths), size, channels, crop_pct
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.size, self.size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _positions(self, idx) -> list[int]:
+        if isinstance(idx, slice):
+            return list(range(len(self.paths)))[idx]
+        if isinstance(idx, int):
+            return [idx]
+        return [int(i) for i in np.asarray(torch.as_tensor(idx).cpu())]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """Decode the images at `idx` (int, slice or index array) into a uint8 tensor."""
+        paths = [self.paths[i] for i in self._positions(idx)]
+
+        def decode(path: Path) -> torch.Tensor:
+            return decode_image(path, size=self.size, channels=self.channels, crop_pct=self.crop_pct)[0]
+
+        decoded = list(self._pool.map(decode, paths))
+        out = (
+            torch.stack(decoded) if decoded else torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
+        )
+        return out[0] if isinstance(idx, int) else out
+
+    def select(self, idx) -> LazyImages:
+        return LazyImages([self.paths[i] for i in self._positions(idx)], size=self.size, channels=self.channels,
+                          crop_pct=self.crop_pct)  # fmt: skip
+
+    def digest(self) -> str:
+        """Identity for caches: every file's path, size and modification time, plus the decode settings."""
+        stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
+        return cache_key("lazy-v1", stats, self.size, self.channels, self.crop_pct)
+
+
+def select(images, idx):
+    """`images[idx]` without decoding anything when `images` is lazy."""
+    return images.select(idx) if isinstance(images, LazyImages) else images[torch.as_tensor(idx)]
