@@ -40,19 +40,21 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
     return model.eval()
 
 
-@torch.inference_mode()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, norm: Normalization, *, batch_size: int = 1000, max_batches=None
 ) -> torch.Tensor:
     """Logits [N, classes] for uint8 images [N, C, H, W], computed batch by batch on the best device."""
     device = pick_device()
-    model = model.to(device).eval()
+    # channels_last weights, as in training: mixed layouts ran 5x slower here. Moved outside inference mode,
+    # so the parameters stay ordinary tensors the caller can still train or export.
+    model = model.to(device, memory_format=torch.channels_last).eval()
     out = []
-    for i, start in enumerate(range(0, len(images), batch_size)):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = norm.apply(images[start : start + batch_size].to(device))
-        out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    with torch.inference_mode():
+        for i, start in enumerate(range(0, len(images), batch_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = norm.apply(images[start : start + batch_size].to(device))
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
