@@ -12,6 +12,7 @@ import torch
 
 from cnnlab.config import RunConfig, with_overrides
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.errors import TrainingInterrupted
 from cnnlab.pipeline import resume, train
 from helpers import needs_fashion
 
@@ -95,7 +96,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         if line.startswith("epoch   2/"):
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="last.pt holds epoch 2"):  # Ctrl-C while the epoch is logged
         train(cfg, runs_dir=tmp_path, name="cut", log=stop_after_epoch_2, report=False)
     cut = tmp_path / "cut"
     assert load_checkpoint(cut / "last.pt")["epoch"] == 2 and len(_metric_rows(cut)) == 2
@@ -108,7 +109,9 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 def test_ctrl_c_leaves_a_loadable_last_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "cnnlab.cli", "train", "--data", "digits", "--model", "mlp", "--epochs", "500",
            "--runs-dir", str(tmp_path), "--name", "long"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that started us in the background leaves SIGINT ignored, and children inherit that: restore it
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
     last = tmp_path / "long" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -213,40 +213,37 @@ def fit(
     if writer:
         _truncate_metrics(metrics_path, keep_through=start - 1)
     history: list[EpochStats] = []
-    saved = start - 1
-    for epoch in range(start, config.epochs + 1):
-        try:
+    saved, epoch = start - 1, start
+    try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
+        for epoch in range(start, config.epochs + 1):
             loss_fn = getattr(model, "compute_loss", None)
             stats = _run_epoch(
                 fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn, model
             )
             improved = tracker.update(epoch, stats.valid_loss)
-            if not writer:
-                history.append(stats)
-                if tracker.should_stop():
-                    break
-                continue
-            _append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
-            weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            if improved:
-                best = {**meta, "model": weights, "epoch": epoch, "best": tracker.state()}
-                save_checkpoint(best, run_dir / "best.pt")
-            last = {
-                **meta, "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "best": tracker.state(), "rng_state": torch.get_rng_state(),
-            }  # fmt: skip
-            save_checkpoint(last, run_dir / "last.pt")
-            saved = epoch
-        except KeyboardInterrupt:
-            done = f"last.pt holds epoch {saved}" if saved else "no epoch finished"
-            raise TrainingInterrupted(
-                f"interrupted in epoch {epoch}; {done} (continue with: cnnlab train --resume {run_dir})"
-            ) from None
-        history.append(stats)
-        log(_format_epoch(stats, config.epochs, improved))
-        if tracker.should_stop():
-            log(f"early stop: valid loss has not improved for {tracker.bad_epochs} epochs")
-            break
+            history.append(stats)
+            if writer:
+                _append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
+                weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                if improved:
+                    best = {**meta, "model": weights, "epoch": epoch, "best": tracker.state()}
+                    save_checkpoint(best, run_dir / "best.pt")
+                last = {
+                    **meta, "model": weights, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": tracker.state(),
+                    "rng_state": torch.get_rng_state(),
+                }  # fmt: skip
+                save_checkpoint(last, run_dir / "last.pt")
+                saved = epoch
+                log(_format_epoch(stats, config.epochs, improved))
+            if tracker.should_stop():
+                log(f"early stop: valid loss has not improved for {tracker.bad_epochs} epochs")
+                break
+    except KeyboardInterrupt:
+        done = f"last.pt holds epoch {saved}" if saved else "no epoch finished"
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch}; {done} (continue with: cnnlab train --resume {run_dir})"
+        ) from None
     return history
 
 
