@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -24,3 +27,18 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence]
     writer.writerow(header)
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
+
+
+def save_torch_atomic(obj: Any, path: Path) -> None:
+    """`torch.save` through a unique temp file and a rename (checkpoints, caches)."""
+    import torch
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

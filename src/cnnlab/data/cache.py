@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cnnlab.files import save_torch_atomic
 
 
 def cache_key(*parts: Any) -> str:
@@ -43,14 +43,7 @@ def load_or_compute(path: Path, compute: Callable[[], dict[str, Any]]) -> tuple[
     value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(value, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_torch_atomic(value, path)
     except OSError as exc:
         warnings.warn(f"cannot write cache {path} ({exc.strerror}); it will be recomputed next time", stacklevel=2)
     return value, False

@@ -7,15 +7,14 @@ Format (an API; bump FORMAT_VERSION and migrate in `load_checkpoint` when it cha
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import save_torch_atomic
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "model", "class_names", "preprocessing", "config")
@@ -23,15 +22,7 @@ REQUIRED_KEYS = ("format_version", "model_name", "model", "class_names", "prepro
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     """Write `payload` to `path` via a temp file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_torch_atomic({"format_version": FORMAT_VERSION, **payload}, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

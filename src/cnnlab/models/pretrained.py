@@ -9,6 +9,7 @@ puts the weights in, so a checkpoint can be rebuilt and loaded without any downl
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ class Preprocessing:
     std: tuple[float, float, float]
 
 
+@functools.cache
 def backbone_preprocessing(name: str) -> Preprocessing:
+    """The backbone's pretraining preprocessing (builds the timm model once per name and process)."""
     import timm
     from timm.data import resolve_data_config
 
