@@ -139,3 +139,34 @@ def test_lab_commands_reject_bad_input(cli, tmp_path, digits_run):
     readers.write_text("name,sensitivity\nA,0.9\n")
     code, _, err = cli("report", digits_run, "--readers", readers)
     assert code == 2 and "missing column(s) specificity" in err and not (digits_run / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--devices", "3", "--batch-size", "128"], "batch_size 128 must divide evenly over 3 processes"),
+        (["--devices", "2", "--budget-minutes", "1"], "--budget-minutes plans single-process runs only"),
+        (["--budget-minutes", "0"], "budget_minutes must be > 0"),
+        (["--backbone-lr", "2"], "backbone_lr must be in (0, 1]"),
+        (["--model", "mlp", "--weights", "w.pth"], "apply to pretrained backbones"),
+        (["--model", "efficientnet_lite0", "--feature-views", "-1"], "feature_views must be >= 0"),
+    ],
+)
+def test_speed_and_transfer_options_are_checked_before_anything_runs(cli, runs, args, fragment):
+    _assert_clean_error(_train(cli, runs, "--data", "digits", *args), runs, fragment)
+
+
+def test_sample_data_never_writes_into_a_used_folder(cli, tmp_path):
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("user data")
+    code, _, err = cli("sample-data", "lfw", dest)
+    assert code == 2 and "already exists and is not empty" in err
+    assert [p.name for p in dest.iterdir()] == ["keep.txt"] and (dest / "keep.txt").read_text() == "user data"
+    code, _, err = cli("sample-data", "lwf", tmp_path / "new")
+    assert code == 2 and "did you mean 'lfw'" in err and not (tmp_path / "new").exists()
+
+
+def test_predict_needs_images_after_the_run(cli, tmp_path):
+    code, _, err = cli("predict", tmp_path)
+    assert code == 2 and "give a run folder and at least one image (or --model NAME" in err
