@@ -1,9 +1,11 @@
 """Training throughput of cnnlab's recipes against this machine's measured peak, in one run.
 
 Peaks: a large fp32 GEMM and a representative channels_last 3x3 conv (forward+backward), fp32 and bf16.
-Recipes: the default model (simple_cnn_bn) and the course CNN (simple_cnn), trained through cnnlab's
-in-memory batches (augmentation included) at batch 256 on real Fashion-MNIST images. FLOPs per step come
-from torch.utils.flop_counter. Prints one JSON line; `fraction_of_conv_peak` is the target's ratio.
+Recipes: the default model (simple_cnn_bn), the course CNN (simple_cnn) and the larger recipe's residual
+net (resnet_small), trained through cnnlab's in-memory batches (augmentation included) at batch 256 on real
+Fashion-MNIST images; the default model also under torch.compile (`--compile`), compile time excluded.
+FLOPs per step come from torch.utils.flop_counter. Prints one JSON line; `fraction_of_conv_peak` is the
+target's ratio, `compiled_vs_eager` the speed-up of --compile.
 
 Usage: .venv/bin/python bench/throughput.py [--steps 30]
 """
@@ -52,7 +54,7 @@ def conv_peak(dtype: torch.dtype) -> float:
     return counter.get_total_flops() / _timed(step, 5) / 1e9
 
 
-def recipe_throughput(name: str, source, steps: int, batch: int = 256) -> dict:
+def recipe_throughput(name: str, source, steps: int, batch: int = 256, compiled: bool = False) -> dict:
     idx = source.partitions["train"][: batch * (steps + 2)]
     norm = Normalization.from_images(source.images[idx])
     batches = InMemoryBatches(
@@ -63,17 +65,18 @@ def recipe_throughput(name: str, source, steps: int, batch: int = 256) -> dict:
     model = create_model(name, num_classes=10).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, TrainConfig())
     data = list(batches)
+    run = torch.compile(model) if compiled else model
 
-    def step(x, y):
-        loss = F.cross_entropy(model(x), y)
+    def step(x, y, counted=run):
+        loss = F.cross_entropy(counted(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as counter:
-        step(*data[0])
+        step(*data[0], counted=model)  # eager: the same FLOPs, counted without tracing the compiler
     flops = counter.get_total_flops()
-    step(*data[1])
+    step(*data[1])  # warm-up (and the one-off compilation)
     start = time.perf_counter()
     for b in batches:  # includes the batch assembly: index, augment, normalise
         step(*b)
@@ -97,11 +100,14 @@ def main() -> None:
     }  # fmt: skip
     result = {"bench": "throughput", "threads": torch.get_num_threads(), "batch": 256, "precision": "fp32"}
     result["peak_gflops"] = {k: round(v, 1) for k, v in peaks.items()}
-    for name in ("simple_cnn_bn", "simple_cnn"):
-        r = recipe_throughput(name, source, args.steps)
+    for name, compiled in (("simple_cnn_bn", False), ("simple_cnn", False), ("resnet_small", False),
+                           ("simple_cnn_bn", True)):  # fmt: skip
+        r = recipe_throughput(name, source, args.steps, compiled=compiled)
         r["fraction_of_conv_peak"] = round(r["gflops"] / peaks["conv_fp32"], 3)
         r["gflops"] = round(r["gflops"], 1)
-        result[name] = r
+        result[name + ("_compiled" if compiled else "")] = r
+    eager, fast = result["simple_cnn_bn"]["images_per_s"], result["simple_cnn_bn_compiled"]["images_per_s"]
+    result["compiled_vs_eager"] = round(fast / eager, 2)
     print(json.dumps(result))
 
 

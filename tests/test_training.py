@@ -66,6 +66,21 @@ def test_budget_plans_the_epochs_and_records_them(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.pt")["config"]["train"]["epochs"] == epochs
 
 
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
+    """--compile trains the same model (losses agree), and best.pt loads into the uncompiled architecture."""
+    runs = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        cfg = _cfg("digits", "mlp", 3, compile=compiled)
+        runs[name] = train(cfg, runs_dir=tmp_path, name=name, log=_quiet, report=False)
+    for a, b in zip(runs["eager"].history, runs["compiled"].history, strict=True):
+        assert abs(a.train_loss - b.train_loss) <= 0.02 * a.train_loss + 1e-3
+    accuracy = {name: run.evaluation["accuracy"] for name, run in runs.items()}
+    assert accuracy["compiled"] >= 0.85 and abs(accuracy["compiled"] - accuracy["eager"]) <= 0.02
+    saved = load_checkpoint(tmp_path / "compiled" / "best.pt")
+    assert not any(k.startswith("_orig_mod") for k in saved["model"])
+    assert saved["config"]["train"]["compile"] is True
+
+
 @pytest.mark.slow
 @needs_fashion
 def test_default_model_reaches_88_percent_on_fashion_mnist_in_two_epochs(tmp_path):
@@ -122,3 +137,14 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint(tmp_path):
     assert err.startswith("error: interrupted in epoch") and "cnnlab train --resume" in err
     ckpt = load_checkpoint(last)
     assert 1 <= ckpt["epoch"] < 500
+
+
+def test_larger_recipe_file_loads_and_its_residual_net_learns_digits(tmp_path):
+    """recipes/fashion-large.yaml is a valid config; its model and optimiser learn real digits."""
+    from cnnlab.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "recipes" / "fashion-large.yaml")
+    assert (cfg.model.name, cfg.train.optimizer, cfg.train.label_smoothing) == ("resnet_small", "sgd", 0.1)
+    cfg = with_overrides(with_overrides(cfg, "data", source="digits"), "train", epochs=6, batch_size=64)
+    result = train(cfg, runs_dir=tmp_path, name="large", log=_quiet, report=False)
+    assert result.evaluation["accuracy"] >= 0.90

@@ -71,6 +71,9 @@ def train(
         None, "--stream/--in-memory", help="Folders: decode batch by batch from disk (data larger than memory)."
     ),
     precision: Optional[str] = typer.Option(None, help="auto | 32-true | bf16-mixed."),
+    compile: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model for training (GPUs; one-off compile time)."
+    ),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
     devices: Optional[int] = typer.Option(
         None, help="Processes (GPUs, or CPU processes) per node; > 1 trains with DDP. --batch-size is the global batch."
@@ -100,7 +103,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
         "weight_decay": weight_decay, "momentum": momentum, "label_smoothing": label_smoothing,
         "patience": patience, "precision": precision, "device": device, "seed": seed, "backbone_lr": backbone_lr,
-        "budget_minutes": budget_minutes, "devices": devices, "num_nodes": num_nodes,
+        "budget_minutes": budget_minutes, "devices": devices, "num_nodes": num_nodes, "compile": compile,
     }  # fmt: skip
     model_flags = {
         "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,

@@ -191,7 +191,8 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
 
 def plan_budget(t, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8):
     """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps and one validation pass on a
-    throwaway copy of the model (the real one, and every RNG, stay untouched), then divide."""
+    throwaway copy of the model (the real one, and every RNG, stay untouched), then divide. With --compile
+    the probe is compiled too and its one-off compile time comes off the budget."""
     import copy
     import itertools
     import time
@@ -202,12 +203,14 @@ def plan_budget(t, fabric, model, train_batches, valid_batches, log, probe_steps
         probe = copy.deepcopy(model)
         optimizer = build_optimizer(probe, t)
         loss_fn = getattr(probe, "compute_loss", cross_entropy_loss)
+        step_model = torch.compile(probe) if t.compile else probe
         probe.train()
         steps = list(itertools.islice(iter(train_batches), probe_steps + 1))
+        start = time.perf_counter()
         for i, (x, y) in enumerate(steps):
-            if i == 1:  # the first step pays one-off costs (allocations, kernel selection)
-                start = time.perf_counter()
-            loss, _ = loss_fn(probe(x), y, t.label_smoothing)
+            if i == 1:  # the first step pays one-off costs (allocations, kernel selection, compilation)
+                first_s, start = time.perf_counter() - start, time.perf_counter()
+            loss, _ = loss_fn(step_model(x), y, t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -216,8 +219,10 @@ def plan_budget(t, fabric, model, train_batches, valid_batches, log, probe_steps
         evaluate_loss(probe, valid_batches)
         valid_s = time.perf_counter() - start
     epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
-    epochs = max(1, int(t.budget_minutes * 60 // epoch_s))
-    log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured -> {epochs} epochs")
+    compile_s = max(first_s - step_s, 0.0) if t.compile and len(steps) > 1 else 0.0
+    epochs = max(1, int((t.budget_minutes * 60 - compile_s) // epoch_s))
+    extra = f", {compile_s:.0f} s compiling" if compile_s else ""
+    log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
     return replace(t, epochs=epochs)
 
 

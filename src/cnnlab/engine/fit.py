@@ -207,7 +207,8 @@ def fit(
         tracker = BestTracker(config.patience, **resume["best"])
         torch.set_rng_state(resume["rng_state"])
         start = resume["epoch"] + 1
-    fmodel, foptimizer = fabric.setup(model, optimizer)
+    # compiled for the training steps only; checkpoints and validation use the plain module (same weights)
+    fmodel, foptimizer = fabric.setup(torch.compile(model) if config.compile else model, optimizer)
     writer = fabric.is_global_zero  # under DDP only rank 0 touches the run folder
     metrics_path = run_dir / "metrics.csv"
     if writer:

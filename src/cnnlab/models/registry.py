@@ -33,6 +33,9 @@ _MODELS: dict[str, ModelEntry] = {
     "cnn": ModelEntry(
         scratch.ConfigurableCNN, "configurable: widths, convs, kernel, padding, pool, fc, dropout, batch_norm", 8
     ),
+    "resnet_small": ModelEntry(
+        scratch.ResNetSmall, "small residual net: conv stem + BasicBlock stages 32/64/128, avg-pool (larger recipe)", 4
+    ),
     "capsnet": ModelEntry(
         capsnet.CapsNet, "capsule network (2017): primary + class capsules, 3 routing iterations", 25
     ),
