@@ -137,3 +137,15 @@ def test_capsnet_coupling_coefficients_sum_to_one_over_parents():
     assert torch.allclose(c.sum(dim=2), torch.ones(3, model.n_primary), atol=1e-5)
     logits = model.eval()(torch.randn(3, 1, 28, 28))
     assert torch.all(logits.exp() < 1)  # logits are log capsule lengths
+
+
+def test_capsnet_learns_real_digits_through_the_engine(tmp_path):
+    """Margin + reconstruction loss through `train` (digits upscaled to 28 px, the paper's optimiser, no decay)."""
+    from cnnlab.config import RunConfig, with_overrides
+    from cnnlab.pipeline import train
+
+    cfg = with_overrides(RunConfig(), "data", source="digits", image_size=28, augment="none")
+    cfg = with_overrides(cfg, "model", name="capsnet")
+    cfg = with_overrides(cfg, "train", epochs=4, optimizer="adam", lr=0.005, weight_decay=0.0)
+    result = train(cfg, runs_dir=tmp_path, name="caps", log=lambda _: None, report=False)
+    assert result.evaluation["accuracy"] >= 0.90
