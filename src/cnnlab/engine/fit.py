@@ -84,17 +84,21 @@ def make_fabric(config: TrainConfig):
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Trainable parameters only; no weight decay on biases and norm parameters (1-d tensors), as in timm /
-    torchvision references; a model's `parameter_groups` (a pretrained backbone) may scale its lr down."""
+    torchvision references, nor on the names a model lists in `no_weight_decay()` (timm's convention); a
+    model's `parameter_groups` (a pretrained backbone) may scale its lr down."""
     if hasattr(model, "parameter_groups"):
         spec = model.parameter_groups(config.backbone_lr)
     else:
         spec = [(list(model.parameters()), 1.0)]
+    named = dict(model.named_parameters())
+    exempt = {id(named[n]) for n in (model.no_weight_decay() if hasattr(model, "no_weight_decay") else ())}
     groups = []
     for params, scale in spec:
         params = [p for p in params if p.requires_grad]
+        decayed = [p for p in params if p.ndim > 1 and id(p) not in exempt]
         for chosen, decay in (
-            ([p for p in params if p.ndim > 1], config.weight_decay),
-            ([p for p in params if p.ndim <= 1], 0.0),
+            (decayed, config.weight_decay),
+            ([p for p in params if all(p is not q for q in decayed)], 0.0),
         ):
             if chosen:
                 groups.append({"params": chosen, "weight_decay": decay, "lr": config.lr * scale})

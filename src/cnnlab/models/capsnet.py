@@ -3,8 +3,8 @@ routing-by-agreement, margin loss and a reconstruction decoder. The class is the
 
 Widths default smaller than the paper's (256-channel stem, 32 primary types) so that an epoch of
 Fashion-MNIST fits a 2-core CPU; pass the paper's via model options. Train it without weight decay, as the
-paper did (`--optimizer adam --lr 0.005 --weight-decay 0`: 90.59% on Fashion-MNIST in 8 epochs): Adam's L2
-decay shrinks the routing matrices W, whose per-element gradients are tiny, and held it at 87.75%.
+paper did (`--optimizer adam --lr 0.005 --weight-decay 0`: 90.59% on Fashion-MNIST in 8 epochs). Adam's L2
+decay at the default 5e-4 held it at 87.75%; the routing matrices W are always exempt (89.76% then).
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class CapsNet(Classifier):
             nn.Linear(1024, c * s * s), nn.Sigmoid(),
         )  # fmt: skip
         self.head = nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        """The routing matrices W: each element gets a tiny gradient (one primary/class pair), and Adam's L2
+        decay, lr-sized after normalisation, shrank them (87.75% -> 89.76% on Fashion-MNIST exempting W)."""
+        return {"W"}
 
     def capsules(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class capsules v [B, classes, class_dim] and the final coupling coefficients c [B, primary, classes]."""
