@@ -150,10 +150,17 @@ def test_lab_commands_reject_bad_input(cli, tmp_path, digits_run):
         (["--backbone-lr", "2"], "backbone_lr must be in (0, 1]"),
         (["--model", "mlp", "--weights", "w.pth"], "apply to pretrained backbones"),
         (["--model", "efficientnet_lite0", "--feature-views", "-1"], "feature_views must be >= 0"),
+        (["--model", "resnet_small", "--model-option", "blocks=0"], "resnet_small needs blocks >= 1"),
     ],
 )
 def test_speed_and_transfer_options_are_checked_before_anything_runs(cli, runs, args, fragment):
     _assert_clean_error(_train(cli, runs, "--data", "digits", *args), runs, fragment)
+
+
+def test_compile_without_a_cpu_compiler_is_refused_up_front(cli, runs, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    result = _train(cli, runs, "--data", "digits", "--model", "mlp", "--compile", "--device", "cpu")
+    _assert_clean_error(result, runs, "--compile on a CPU needs a C++ compiler", "drop --compile")
 
 
 def test_sample_data_never_writes_into_a_used_folder(cli, tmp_path):

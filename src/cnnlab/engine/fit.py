@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -72,6 +73,10 @@ def make_fabric(config: TrainConfig):
     if config.device == "cuda" and not cuda:
         raise CnnlabError("--device cuda requested but no CUDA GPU is visible (use --device auto or cpu)")
     accelerator = "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
+    if config.compile and accelerator == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise CnnlabError(
+            "--compile on a CPU needs a C++ compiler for torch.compile's kernels (install g++, or drop --compile)"
+        )
     precision = config.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
@@ -90,15 +95,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         spec = model.parameter_groups(config.backbone_lr)
     else:
         spec = [(list(model.parameters()), 1.0)]
-    named = dict(model.named_parameters())
-    exempt = {id(named[n]) for n in (model.no_weight_decay() if hasattr(model, "no_weight_decay") else ())}
+    names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    exempt = {id(p) for n, p in model.named_parameters() if n in names}
+
+    def decays(p: torch.Tensor) -> bool:
+        return p.ndim > 1 and id(p) not in exempt
+
     groups = []
     for params, scale in spec:
         params = [p for p in params if p.requires_grad]
-        decayed = [p for p in params if p.ndim > 1 and id(p) not in exempt]
         for chosen, decay in (
-            (decayed, config.weight_decay),
-            ([p for p in params if all(p is not q for q in decayed)], 0.0),
+            ([p for p in params if decays(p)], config.weight_decay),
+            ([p for p in params if not decays(p)], 0.0),
         ):
             if chosen:
                 groups.append({"params": chosen, "weight_decay": decay, "lr": config.lr * scale})
