@@ -31,9 +31,9 @@ from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
+from cnnlab.engine.budget import plan_budget
 from cnnlab.engine.fit import build_optimizer, build_scheduler, evaluate_loss, make_fabric, train_one_epoch
 from cnnlab.models import create_model
-from cnnlab.pipeline import plan_budget
 
 TARGETS = (0.889, 0.91, 0.92, 0.93, 0.935, 0.95)
 
@@ -113,13 +113,14 @@ def cnnlab_recipe(source, model_name: str, t: TrainConfig) -> list[tuple[float, 
         clock = time.perf_counter() - start
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, len(train))
+    loss_fn = model.compute_loss  # the plain module's, before Fabric wraps it
     model, optimizer = fabric.setup(model, optimizer)
     test_idx = splits["test"]
     history = []
     for epoch in range(1, t.epochs + 1):
         start = time.perf_counter()
         train.set_epoch(epoch)
-        train_one_epoch(fabric, model, train, optimizer, scheduler, t.label_smoothing)
+        train_one_epoch(fabric, model, train, optimizer, scheduler, t.label_smoothing, loss_fn=loss_fn)
         evaluate_loss(model, valid)
         clock += time.perf_counter() - start
         history.append((clock, test_accuracy(model, source.images[test_idx], source.labels[test_idx], norm)))
@@ -148,7 +149,7 @@ def main() -> None:
     parser.add_argument("--large-minutes", type=float, default=0.0, help="0 skips the larger recipe")
     args = parser.parse_args()
     source = load_source(DataConfig(source="fashion-mnist"))
-    runs = {"cnnlab": summary(cnnlab_recipe(source, "simple_cnn_bn", TrainConfig(epochs=args.epochs)))}
+    runs = {"cnnlab": summary(cnnlab_recipe(source, "simple_cnn_bn", TrainConfig(epochs=args.epochs, batch_size=128)))}
     if args.large_minutes:
         runs["large"] = summary(cnnlab_recipe(source, "resnet_small", large_recipe(args.large_minutes)))
     runs["course"] = summary(course(source, args.course_minutes))

@@ -9,15 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, ModelConfig, RunConfig
 from cnnlab.data.batches import Normalization
 from cnnlab.data.features import backbone_features
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models import pretrained as pt
-from cnnlab.transfer import choose_strategy
+from cnnlab.transfer import SIMILAR_CONFIDENCE, choose_strategy, imagenet_confidence
 from helpers import needs_fashion
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -78,7 +79,7 @@ def test_weights_problems_are_one_clear_line(cli, coffee, tmp_path, monkeypatch)
 
 def test_truncate_cuts_early_and_freezes():
     model = create_model("efficientnet_lite0", num_classes=2, in_channels=1, image_size=28, strategy="truncate")
-    assert model.num_features == model.backbone.feature_info[model.cut]["num_chs"] == 112
+    assert model.levels == (3,) and model.num_features == model.backbone.feature_info[3]["num_chs"] == 112
     assert not any(p.requires_grad for p in model.backbone.parameters())
     x = Normalization((0.5,) * 3, (0.5,) * 3).apply(torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8))
     assert x.shape == (2, 3, 28, 28)  # grey broadcast to RGB by the backbone's normalisation
@@ -94,8 +95,8 @@ def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path):
     images = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
     norm = Normalization((0.5,) * 3, (0.5,) * 3)
     calls = []
-    original = model.forward_features
-    model.forward_features = lambda x: calls.append(len(x)) or original(x)
+    original = model.forward_levels
+    model.forward_levels = lambda x: calls.append(len(x)) or original(x)
     first = backbone_features(model, images, norm, cache_dir=tmp_path)
     again = backbone_features(model, images, norm, cache_dir=tmp_path)
     assert torch.equal(first, again) and calls == [6]  # the second call read the cache
@@ -115,29 +116,56 @@ def test_folder_decode_cache_follows_file_changes(tmp_path, lfw):
     assert not torch.equal(changed.images, first.images)
 
 
-def test_auto_picks_by_size_and_similarity(lfw, tmp_path, coffee):
+def test_every_frozen_variant_reads_one_all_level_pass():
+    images = Normalization((0.5,) * 3, (0.5,) * 3).apply(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    base = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=64, strategy="feature-extract")
+    all_levels = base.eval().forward_levels(images)
+    for strategy, levels in (("feature-extract", [-1]), ("truncate", [2]), ("feature-extract", [3, -1])):
+        variant = create_model(
+            "efficientnet_lite0", num_classes=2, in_channels=3, image_size=64, strategy=strategy,
+            options={"levels": levels},
+        )  # fmt: skip
+        variant.backbone.load_state_dict(base.backbone.state_dict())  # same backbone, its own head width
+        with torch.inference_mode():
+            assert torch.allclose(variant.eval().forward_features(images), variant.select_levels(all_levels), atol=1e-5)
+
+
+def test_similarity_prior_tells_photos_from_face_crops(lfw, tmp_path):
     norm = Normalization((0.5,) * 3, (0.5,) * 3)
     faces = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=96))
-    choice = choose_strategy("efficientnet_lite0", faces.images, faces.labels, 2, norm)
-    assert choice.small and not choice.similar and choice.strategy == "truncate"
     from skimage import data as skdata
 
     photos = torch.stack(
         [torch.from_numpy(np.array(Image.fromarray(getattr(skdata, n)()).resize((224, 224)))).permute(2, 0, 1)
          for n in ("coffee", "chelsea", "rocket", "astronaut")]
     )  # fmt: skip
-    choice = choose_strategy("efficientnet_lite0", photos, torch.tensor([0, 1, 0, 1]), 2, norm)
-    assert choice.similar and choice.strategy == "feature-extract" and choice.confidence > 0.25
+    assert imagenet_confidence("efficientnet_lite0", photos, norm) > SIMILAR_CONFIDENCE
+    assert imagenet_confidence("efficientnet_lite0", faces.images[:64], norm) < SIMILAR_CONFIDENCE
+
+
+def test_auto_measures_frozen_candidates_on_small_data(lfw, tmp_path):
+    config = RunConfig(
+        data=DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=64),
+        model=ModelConfig(name="efficientnet_lite0", strategy="auto", options={"input_size": 64}),
+    )
+    source = load_source(config.data)
+    splits = make_splits(source.labels.numpy(), source.partitions, valid_fraction=0.2, test_fraction=0.2, seed=0)
+    choice = choose_strategy(config, source, splits, positive="face", cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert choice.prior == "truncate" and "matrix says truncate" in choice.reason  # small and grey
+    assert len(choice.candidates) == 5 and choice.score_name == "auc"
+    best = max(choice.candidates, key=lambda c: (c.valid_score, -c.valid_loss))
+    assert (choice.strategy, choice.levels) == (best.strategy, best.levels) and best.valid_score > 0.9
+    rows = choice.table()
+    assert rows[0]["candidate"] == "feature-extract (final)" and "valid_auc" in rows[0]
 
 
 @needs_fashion
-def test_auto_retrains_on_a_large_dissimilar_dataset():
-    fashion = load_source(DataConfig(source="fashion-mnist"))
-    idx = fashion.partitions["train"]
-    choice = choose_strategy(
-        "efficientnet_lite0", fashion.images[idx], fashion.labels[idx], 10, Normalization((0.5,) * 3, (0.5,) * 3)
-    )
-    assert not choice.small and not choice.similar and choice.strategy == "retrain"
+def test_auto_follows_the_prior_on_a_large_dissimilar_dataset(tmp_path):
+    config = RunConfig(model=ModelConfig(name="efficientnet_lite0", strategy="auto"))
+    fashion = load_source(config.data)
+    splits = make_splits(fashion.labels.numpy(), fashion.partitions, valid_fraction=0.2, test_fraction=0.2, seed=0)
+    choice = choose_strategy(config, fashion, splits, log=lambda _: None)
+    assert choice.strategy == "retrain" and not choice.candidates and "large" in choice.reason
 
 
 def test_strategy_flags_only_for_pretrained_models(cli, tmp_path):
@@ -154,11 +182,14 @@ def test_feature_extract_run_records_strategy_and_predicts(cli, lfw, tmp_path):
         "--batch-size", "16", "--runs-dir", runs, "--name", "fx", "--data-root", tmp_path / "data", "--no-report",
     )  # fmt: skip
     assert code == 0, err
-    assert "strategy: truncate (auto: small" in out  # grey faces: small and different
+    assert "the size x similarity matrix says truncate; measured:" in out  # grey faces: small and different
+    assert "head: L2" in out  # fit to convergence, not by epochs
     accuracy = float(out.split("Test Accuracy (Overall): ")[1].split("%")[0])
-    assert accuracy >= 90.0
+    assert accuracy >= 95.0
     ckpt = torch.load(runs / "fx" / "best.pt", weights_only=True)
-    assert ckpt["config"]["model"]["strategy"] == "truncate" and ckpt["preprocessing"]["mean"] == [0.5] * 3
+    saved = ckpt["config"]["model"]
+    assert saved["strategy"] in ("feature-extract", "truncate") and len(saved["strategy_candidates"]) == 5
+    assert ckpt["preprocessing"]["mean"] == [0.5] * 3 and "head" in ckpt["config"]["decisions"]
     face = sorted((lfw / "test" / "face").iterdir())[0]
     code, out, err = cli("predict", runs / "fx", face)
     assert code == 0 and out.split(": ", 1)[1].startswith("face")

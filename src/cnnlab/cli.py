@@ -49,7 +49,9 @@ def train(
     ),
     backbone_lr: Optional[float] = typer.Option(None, help="fine-tune: backbone lr as a fraction of --lr (0.1)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 10)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step (default 128)."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Images per step (default 128; smaller when the train split is under 8 batches)."
+    ),
     lr: Optional[float] = typer.Option(None, help="(Peak) learning rate (default 0.003)."),
     optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw (default adamw)."),
     schedule: Optional[str] = typer.Option(None, help="none | step | cosine | onecycle (default onecycle)."),
@@ -63,7 +65,12 @@ def train(
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the training pool for validation (0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test share for sources without a test set (0.2)."),
     augment: Optional[str] = typer.Option(None, help="none | light | standard (default light)."),
-    image_size: Optional[int] = typer.Option(None, help="Resize images to this side in pixels."),
+    flips: Optional[bool] = typer.Option(
+        None, "--flips/--no-flips", help="Horizontal flips in augmentation (default: from the data; folders measured)."
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, help="Resize images to this side in pixels (default: native; folders: their common size, else <= 64)."
+    ),
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     data_root: Optional[str] = typer.Option(None, help="Where datasets are found/downloaded (default data/)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
@@ -97,7 +104,7 @@ def train(
     data_flags = {
         "source": data, "valid_fraction": valid_fraction, "test_fraction": test_fraction, "augment": augment,
         "image_size": image_size, "train_limit": train_limit, "root": data_root, "strict": strict,
-        "stream": stream,
+        "stream": stream, "flips": flips,
     }  # fmt: skip
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,

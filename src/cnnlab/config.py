@@ -40,9 +40,10 @@ class DataConfig:
     root: str = "data"  # where downloads and caches live
     valid_fraction: float = 0.2  # of the training pool, stratified
     test_fraction: float = 0.2  # of the pool, only for sources without their own test set
-    image_size: int | None = None  # pixels, square; None = the source's native size (folders: 64)
+    image_size: int | None = None  # pixels, square; None = from the data (folders: their common size, see sources)
     crop_pct: float = 1.0  # folders: resize the shorter side to image_size / crop_pct, centre-crop image_size
     augment: Augment = "light"
+    flips: bool | None = None  # horizontal flips in augmentation; None = from the data (folders: measured)
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
     strict: bool = False  # fail on an unreadable image instead of skipping it
     stream: bool = False  # folders: decode batch by batch from disk instead of once into memory (larger than RAM)
@@ -70,6 +71,7 @@ class ModelConfig:
     weights: str | None = None  # pretrained backbones only: a local state_dict file instead of the default source
     feature_views: int = 0  # frozen strategies: augmented views cached per training image besides the plain one
     strategy_reason: str | None = None  # written by strategy=auto: why it chose what it chose
+    strategy_candidates: list[dict[str, Any]] | None = None  # written by strategy=auto: validation scores
 
     def __post_init__(self) -> None:
         if self.strategy is not None:
@@ -81,7 +83,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128  # images per step
+    batch_size: int | None = None  # images per step; None = 128, smaller when the train split is small
     optimizer: Optimizer = "adamw"
     lr: float = 3e-3  # peak learning rate for onecycle
     momentum: float = 0.9  # sgd only
@@ -104,7 +106,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise CnnlabError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise CnnlabError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
             raise CnnlabError(f"lr must be > 0, got {self.lr} (e.g. --lr 0.003)")
@@ -116,7 +118,7 @@ class TrainConfig:
             raise CnnlabError(f"backbone_lr must be in (0, 1], got {self.backbone_lr} (a fraction of --lr, e.g. 0.1)")
         if self.devices < 1 or self.num_nodes < 1:
             raise CnnlabError(f"devices and num_nodes must be >= 1, got {self.devices} and {self.num_nodes}")
-        if self.batch_size % (self.devices * self.num_nodes):
+        if self.batch_size is not None and self.batch_size % (self.devices * self.num_nodes):
             raise CnnlabError(
                 f"batch_size {self.batch_size} must divide evenly over {self.devices * self.num_nodes} processes "
                 "(it is the global batch; each process takes an equal share)"
@@ -140,6 +142,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decisions: dict[str, str] = field(default_factory=dict)  # what was decided from the data, and why
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,8 +152,10 @@ class RunConfig:
         """Build from nested dicts (YAML), rejecting unknown keys with the closest valid one."""
         raw = raw or {}
         _reject_unknown("config section", raw, [f.name for f in dataclasses.fields(cls)])
-        parts = {}
+        parts: dict[str, Any] = {"decisions": dict(raw.get("decisions") or {})}
         for f in dataclasses.fields(cls):
+            if f.name == "decisions":
+                continue
             section_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[f.name]
             section = raw.get(f.name) or {}
             if not isinstance(section, dict):
@@ -173,6 +178,8 @@ def with_overrides(config: RunConfig, section: str, **values: Any) -> RunConfig:
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         return config
+    if section == "decisions":
+        return dataclasses.replace(config, decisions={**config.decisions, **values})
     part = dataclasses.replace(getattr(config, section), **values)
     return dataclasses.replace(config, **{section: part})
 

@@ -5,6 +5,7 @@ This is the Python API the CLI wraps: `cnnlab.pipeline.train(RunConfig(...))`.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -14,21 +15,24 @@ from typing import Any
 
 import torch
 
-from cnnlab.config import RunConfig, save_config
+from cnnlab.config import RunConfig, save_config, with_overrides
 from cnnlab.data.augment import policy_for
-from cnnlab.data.batches import InMemoryBatches, Normalization
-from cnnlab.data.features import FeatureBatches, backbone_features
+from cnnlab.data.batches import InMemoryBatches
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
+from cnnlab.engine.budget import plan_budget
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.engine.fit import EpochStats, fit, make_fabric
+from cnnlab.engine.flips import FlipCheck
+from cnnlab.engine.head import train_head, write_head_run
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.evaluate.thresholds import parse_rule
 from cnnlab.models import create_model, describe_model
-from cnnlab.models.pretrained import OFFLINE, backbone_preprocessing, is_pretrained_name, load_pretrained
+from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
 from cnnlab.runfolder import claim_run_dir, creating_run_dir, default_run_name, open_run
+from cnnlab.transfer import head_features, resolve_strategy, training_normalization, transfer_defaults
 
 
 @dataclass
@@ -71,7 +75,8 @@ def train(
     )  # fmt: skip
     log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
-    config = resolve_strategy(config, source, splits, log)
+    config = data_decisions(config, source, len(splits["train"]), log)
+    config = resolve_strategy(config, source, splits, positive=positive, measure=not dry_run, log=log)
     if dry_run:
         config = replace(config, train=replace(config.train, epochs=1, devices=1, num_nodes=1))
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,6 +126,8 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
     if last["epoch"] >= config.train.epochs:
         raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
+    if config.model.strategy in FROZEN_STRATEGIES:
+        raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
     log(f"resuming {run_dir} after epoch {last['epoch']} of {config.train.epochs}")
     splits = load_splits(run_dir / "splits.json")
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
@@ -169,75 +176,87 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
         ).to(memory_format=torch.channels_last)  # fmt: skip
         if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
             load_pretrained(model, config.model.weights)
-        if getattr(model, "frozen", False):
-            train_batches, valid_batches = _feature_batches(config, model, source, splits, norm, max_batches, log)
-            model.features_input = True  # the head trains on cached features; checkpoints hold the whole model
-        else:
-            train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
+        if model.frozen:  # a linear head on cached features, fit to convergence: no epochs
+            features = head_features(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
+            log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
+            stats, head = train_head(model, *features, log=log)
+            if fabric.is_global_zero:
+                _record(run_dir, config, meta, head=head.describe())
+                write_head_run(model, stats, run_dir, meta=meta)
+            return [stats]
+        train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
             config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
-            t, meta["config"] = config.train, config.to_dict()
-            save_config(config, run_dir / "config.yaml")  # the planned epochs, so resume follows the same plan
+            t = config.train
+            _record(run_dir, config, meta)  # the planned epochs, so resume follows the same plan
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
         where = f"{fabric.device}" + (f" x {fabric.world_size} processes (DDP)" if fabric.world_size > 1 else "")
         log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {where}")
-        try:
-            return fit(fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, log=log)
-        finally:
-            model.features_input = False
+        flip_check = None
+        if config.data.flips is None and config.data.augment != "none" and resume is None:
+            flip_check = FlipCheck(
+                len(source.class_names), record=lambda flips, why: _decide_flips(run_dir, config, meta, flips, why, log)
+            )
+            log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
+        return fit(
+            fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
+            log=log,
+        )  # fmt: skip
 
 
-def plan_budget(t, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8):
-    """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps and one validation pass on a
-    throwaway copy of the model (the real one, and every RNG, stay untouched), then divide. With --compile
-    the probe is compiled too and its one-off compile time comes off the budget."""
-    import copy
-    import itertools
-    import time
-
-    from cnnlab.engine.fit import build_optimizer, cross_entropy_loss, evaluate_loss
-
-    with torch.random.fork_rng(devices=[]):
-        probe = copy.deepcopy(model)
-        optimizer = build_optimizer(probe, t)
-        loss_fn = getattr(probe, "compute_loss", cross_entropy_loss)
-        step_model = torch.compile(probe) if t.compile else probe
-        probe.train()
-        steps = list(itertools.islice(iter(train_batches), probe_steps + 1))
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(steps):
-            if i == 1:  # the first step pays one-off costs (allocations, kernel selection, compilation)
-                first_s, start = time.perf_counter() - start, time.perf_counter()
-            loss, _ = loss_fn(step_model(x), y, t.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        step_s = (time.perf_counter() - start) / max(len(steps) - 1, 1)
-        start = time.perf_counter()
-        evaluate_loss(probe, valid_batches)
-        valid_s = time.perf_counter() - start
-    epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
-    compile_s = max(first_s - step_s, 0.0) if t.compile and len(steps) > 1 else 0.0
-    epochs = max(1, int((t.budget_minutes * 60 - compile_s) // epoch_s))
-    extra = f", {compile_s:.0f} s compiling" if compile_s else ""
-    log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
-    return replace(t, epochs=epochs)
+def _record(run_dir: Path, config: RunConfig, meta: dict, **decisions: str) -> RunConfig:
+    """Save `config` (with new `decisions`) to config.yaml and the checkpoints' metadata."""
+    config = with_overrides(config, "decisions", **decisions)
+    meta["config"] = config.to_dict()
+    if run_dir.is_dir():  # a dry run's temporary folder may be gone already
+        save_config(config, run_dir / "config.yaml")
+    return config
 
 
-def training_normalization(config: RunConfig, train_images: torch.Tensor) -> Normalization:
-    """A pretrained backbone's own mean/std (3 channels: grey images broadcast to RGB); else the train split's."""
-    if is_pretrained_name(config.model.name):
-        prep = backbone_preprocessing(config.model.name)
-        return Normalization(prep.mean, prep.std)
-    return Normalization.from_images(train_images)
+def _decide_flips(run_dir: Path, config: RunConfig, meta: dict, flips: bool, why: str, log) -> None:
+    log(f"flips: {'on' if flips else 'off'} ({why})")
+    _record(run_dir, replace(config, data=replace(config.data, flips=flips)), meta, flips=why)
+
+
+def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunConfig:
+    """Fix what was read off the data (a folder's image size, whether flips keep labels, the batch size for a
+    small train split) into the config."""
+    if source.size_reason is not None:
+        log(f"image size: {source.image_size} px ({source.size_reason})")
+        config = replace(config, data=replace(config.data, image_size=source.image_size))
+        config = with_overrides(config, "decisions", image_size=source.size_reason)
+    if config.data.flips is None and source.flip_invariant is not None:
+        config = replace(config, data=replace(config.data, flips=source.flip_invariant))
+    if config.train.batch_size is None:
+        batch, why = default_batch_size(n_train)
+        config = replace(config, train=replace(config.train, batch_size=batch))
+        if why:
+            log(f"batch size: {batch} ({why})")
+            config = with_overrides(config, "decisions", batch_size=why)
+    return config
+
+
+DEFAULT_BATCH = 128
+MIN_STEPS = 8  # per epoch: batch norm's running statistics need steps (one 128-batch per epoch left LFW at 55%)
+
+
+def default_batch_size(n_train: int) -> tuple[int, str | None]:
+    """128, or for a train split under MIN_STEPS batches of 128 the power of two (>= 16) giving about
+    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default."""
+    if n_train >= DEFAULT_BATCH * MIN_STEPS:
+        return DEFAULT_BATCH, None
+    batch = max(16, 2 ** int(math.log2(max(n_train // MIN_STEPS, 1))))
+    return batch, f"{n_train} training images: about {max(n_train // batch, 1)} steps per epoch instead of " + (
+        f"{max(n_train // DEFAULT_BATCH, 1)} at {DEFAULT_BATCH}"
+    )
 
 
 def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_batches):
     t = config.train
     images, labels = fabric.to_device(source.images), fabric.to_device(source.labels)
-    policy = policy_for(config.data.augment, flip_invariant=source.flip_invariant)
+    policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off in epoch 1
     shard = {"rank": fabric.global_rank, "world": fabric.world_size}
     train_batches = InMemoryBatches(
         images, labels, splits["train"], batch_size=t.batch_size // fabric.world_size, norm=norm, shuffle=True,
@@ -247,62 +266,3 @@ def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_
         images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches, **shard
     )
     return train_batches, valid_batches
-
-
-def _feature_batches(config: RunConfig, model, source: Source, splits, norm, max_batches, log):
-    """Frozen strategies: each image through the backbone once (cached), then batches of feature vectors."""
-    t, views = config.train, config.model.feature_views
-    policy = policy_for(config.data.augment if views else "none", flip_invariant=source.flip_invariant)
-    cache = None if max_batches else Path(config.data.root) / "cache"
-    feats = {}
-    for split, n_views in (("train", views), ("valid", 0)):
-        idx = splits[split] if not max_batches else splits[split][: t.batch_size]
-        feats[split] = backbone_features(
-            model, select(source.images, idx), norm, cache_dir=cache, views=n_views, policy=policy, seed=t.seed, log=log
-        )
-    labels = {s: source.labels[torch.as_tensor(splits[s][: feats[s].shape[1]])] for s in feats}
-    train_batches = FeatureBatches(
-        feats["train"], labels["train"], batch_size=t.batch_size, shuffle=True, seed=t.seed, drop_last=True,
-        max_batches=max_batches,
-    )  # fmt: skip
-    valid_batches = FeatureBatches(feats["valid"], labels["valid"], batch_size=1000, max_batches=max_batches)
-    return train_batches, valid_batches
-
-
-def transfer_defaults(config: RunConfig) -> RunConfig:
-    """Pretrained backbones see images as in pretraining: folders decode at the backbone's input size with its
-    crop (256 -> 224); datasets keep their native size and the model resizes them. With --image-size the
-    backbone runs at that size instead. Non-pretrained models reject the transfer options."""
-    name, m = config.model.name, config.model
-    if not is_pretrained_name(name):
-        if m.strategy not in (None, "retrain") or m.weights is not None:
-            raise CnnlabError(
-                f"--strategy and --weights apply to pretrained backbones ({', '.join(OFFLINE)}, timm/NAME, tv/NAME); "
-                f"'{name}' trains from scratch"
-            )
-        return config
-    data, options = config.data, dict(m.options)
-    if data.image_size is not None:  # the backbone runs at the size asked for (smaller = faster)
-        options.setdefault("input_size", data.image_size)
-    elif data.source.startswith("folder:"):
-        prep = backbone_preprocessing(name)
-        data = replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
-    return replace(config, data=data, model=replace(m, strategy=m.strategy or "auto", options=options))
-
-
-def resolve_strategy(config: RunConfig, source: Source, splits, log) -> RunConfig:
-    """Turn strategy=auto into a concrete strategy by the course's size x similarity rule, and say why."""
-    if config.model.strategy != "auto":
-        if is_pretrained_name(config.model.name):
-            log(f"strategy: {config.model.strategy} (chosen by you)")
-        return config
-    from cnnlab.transfer import choose_strategy
-
-    train_idx = torch.as_tensor(splits["train"])
-    train_images = select(source.images, train_idx)
-    choice = choose_strategy(
-        config.model.name, train_images, source.labels[train_idx], len(source.class_names),
-        training_normalization(config, train_images), weights=config.model.weights, seed=config.train.seed,
-    )  # fmt: skip
-    log(f"strategy: {choice.strategy} (auto: {choice.reason})")
-    return replace(config, model=replace(config.model, strategy=choice.strategy, strategy_reason=choice.reason))

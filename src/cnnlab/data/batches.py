@@ -7,7 +7,7 @@ in Python. The order of each epoch comes from (seed, epoch), so a resumed run se
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,6 +86,10 @@ class InMemoryBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_flips(self, flips: bool) -> None:
+        """Switch horizontal flips on or off (a folder's flip check decides after the first epoch)."""
+        self.policy = replace(self.policy, flip=flips)
 
     def __len__(self) -> int:
         n = len(self.indices) // self.world if self.drop_last else len(self.indices[self.rank :: self.world])

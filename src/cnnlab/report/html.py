@@ -163,7 +163,7 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
         ("model", f"{config.model.name} ({count_parameters(run_dir)} parameters)"),
         ("recipe", recipe(config)),
         ("augmentation", config.data.augment),
-        *_transfer_rows(config.model),
+        *_transfer_rows(config),
         ("epochs run", f"{len(rows)} of {t.epochs}; best by valid loss: epoch {best['epoch']}"),
         ("test loss", f"{ev['test_loss']:.4f}"),
         ("training time", f"{seconds:.0f} s ({n_train * len(rows) / max(seconds, 1e-9):,.0f} train images/s)"),
@@ -178,12 +178,18 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _transfer_rows(model) -> list[tuple[str, str]]:
-    """The transfer-learning strategy and, when auto chose it, why (empty for from-scratch models)."""
-    if not model.strategy:
-        return []
-    how = f" (auto: {model.strategy_reason})" if model.strategy_reason else " (chosen by the user)"
-    return [("transfer strategy", model.strategy + how)]
+def _transfer_rows(config) -> list[tuple[str, str]]:
+    """The transfer-learning strategy (when auto chose it: why, and the candidates' validation scores), then
+    every other decision taken from the data (image size, flips, batch size, the head's L2)."""
+    model, rows = config.model, []
+    if model.strategy:
+        how = f" (auto: {model.strategy_reason})" if model.strategy_reason else " (chosen by the user)"
+        rows.append(("transfer strategy", model.strategy + how))
+    for row in model.strategy_candidates or []:
+        scores = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in row.items() if k != "candidate")
+        rows.append((f"candidate: {row['candidate']}", scores))
+    rows += [(f"decided: {key.replace('_', ' ')}", why) for key, why in config.decisions.items()]
+    return rows
 
 
 def recipe(config) -> str:

@@ -1,0 +1,141 @@
+"""Default flags on real image folders vs a plain baseline measured in the same run.
+
+For each folder (built here from data that ships offline, as DEST/{train,valid,test}/<class>/*.png):
+(a) `cnnlab train --data folder:X` with default flags (the from-scratch default model),
+(b) `cnnlab train --data folder:X --model efficientnet_lite0` with default flags (strategy auto),
+(c) the baseline: the same backbone's pooled ImageNet features, computed through timm's own preprocessing
+    (PIL, resize + centre crop, its mean/std), and scikit-learn's LogisticRegression(max_iter=5000) fit on
+    train, scored on test.
+Binary folders report AUC (positive class = the first) besides accuracy. Prints one JSON line.
+
+Usage: .venv/bin/python bench/folders.py [--folders digits lfw fashion-600] [--fashion-folder PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import DataConfig, ModelConfig, RunConfig
+from cnnlab.data.samples import write_sample_folder
+from cnnlab.pipeline import train
+
+BACKBONE = "efficientnet_lite0"
+
+
+def write_digits(dest: Path) -> None:
+    """scikit-learn's 1,797 real 8x8 digits as PNGs (one folder per class; cnnlab splits them)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = dest / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img * 255 / 16).round().astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | None, positive: str | None) -> dict:
+    config = RunConfig(data=DataConfig(source=f"folder:{folder}", root=str(root)))
+    if model:
+        config = RunConfig(data=config.data, model=ModelConfig(name=model))
+    start = time.perf_counter()
+    result = train(config, runs_dir=runs, name=name, report=False, positive=positive, log=lambda _: None)
+    seconds = time.perf_counter() - start
+    saved = RunConfig.from_dict(__import__("yaml").safe_load((runs / name / "config.yaml").read_text()))
+    out = {"accuracy": round(result.evaluation["accuracy"], 4), "seconds": round(seconds, 1)}
+    if positive:
+        out["auc"] = round(result.evaluation["binary"]["auc"], 4)
+    if saved.model.strategy:
+        out["strategy"] = saved.model.strategy + (f" levels {saved.model.options['levels']}" if "levels" in
+                                                   saved.model.options else "")  # fmt: skip
+        out["candidates"] = saved.model.strategy_candidates
+    out["decisions"] = saved.decisions
+    return out
+
+
+def sklearn_baseline(folder: Path, positive_first: bool) -> dict:
+    """LogisticRegression on the backbone's pooled features, preprocessing by timm (independent of cnnlab's)."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from timm.data import create_transform, resolve_data_config
+
+    from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
+
+    start = time.perf_counter()
+    model = PretrainedClassifier(2, 3, 224, backbone=BACKBONE, strategy="feature-extract")
+    load_pretrained(model)
+    model.eval()
+    transform = create_transform(**resolve_data_config({}, model=model.backbone))
+    splits = _file_splits(folder)
+    classes = sorted({label for files in splits.values() for _, label in files})
+    feats = {}
+    for split, files in splits.items():
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(files), 64):
+                x = torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in files[i : i + 64]])
+                out.append(model.backbone(x))
+        feats[split] = (torch.cat(out).numpy(), np.array([classes.index(c) for _, c in files]))
+    clf = LogisticRegression(max_iter=5000).fit(*feats["train"])
+    x_test, y_test = feats["test"]
+    result = {"accuracy": round(float(clf.score(x_test, y_test)), 4), "seconds": round(time.perf_counter() - start, 1)}
+    if positive_first and len(classes) == 2:
+        result["auc"] = round(float(roc_auc_score(y_test == 0, clf.predict_proba(x_test)[:, 0])), 4)
+    return result
+
+
+def _file_splits(folder: Path) -> dict[str, list[tuple[Path, str]]]:
+    """train/valid/test file lists; a folder without split dirs gets cnnlab's own seeded split (same files)."""
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import make_splits
+
+    source = load_source(DataConfig(source=f"folder:{folder}", root=str(Path(tempfile.mkdtemp()))))
+    splits = make_splits(source.labels.numpy(), source.partitions, valid_fraction=0.2, test_fraction=0.2, seed=0)
+    return {s: [(Path(source.ids[i]), source.class_names[int(source.labels[i])]) for i in splits[s]] for s in splits}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folders", nargs="+", default=["digits", "lfw", "fashion-600"])
+    parser.add_argument("--fashion-folder", type=Path, help="also run this folder (e.g. all of Fashion-MNIST as PNGs)")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folders = {}
+        for name in args.folders:
+            dest = tmp / name
+            if name == "digits":
+                write_digits(dest)
+            elif name == "lfw":
+                write_sample_folder("lfw", dest)
+            elif name.startswith("fashion-"):
+                write_sample_folder("fashion", dest, per_class=int(name.split("-")[1]) // 10)
+            folders[name] = dest
+        if args.fashion_folder:
+            folders["fashion-folder"] = args.fashion_folder
+        for name, folder in folders.items():
+            positive = "face" if name == "lfw" else None
+            results[name] = {
+                "default": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-default", None, positive),
+                "pretrained_auto": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-lite0", BACKBONE, positive),
+                "sklearn_logreg": sklearn_baseline(folder, positive_first=positive is not None),
+            }
+            best = max(results[name]["default"]["accuracy"], results[name]["pretrained_auto"]["accuracy"])
+            results[name]["best_cnnlab_over_baseline"] = round(best / results[name]["sklearn_logreg"]["accuracy"], 4)
+    print(json.dumps({
+        "bench": "folders", "backbone": BACKBONE, "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "results": results,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
