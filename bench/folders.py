@@ -25,6 +25,7 @@ import torch
 from cnnlab.config import DataConfig, ModelConfig, RunConfig
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.pipeline import train
+from cnnlab.runfolder import open_run
 
 BACKBONE = "efficientnet_lite0"
 
@@ -48,7 +49,7 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
     start = time.perf_counter()
     result = train(config, runs_dir=runs, name=name, report=False, positive=positive, log=lambda _: None)
     seconds = time.perf_counter() - start
-    saved = RunConfig.from_dict(__import__("yaml").safe_load((runs / name / "config.yaml").read_text()))
+    saved = open_run(runs / name)
     out = {"accuracy": round(result.evaluation["accuracy"], 4), "seconds": round(seconds, 1)}
     if positive:
         out["auc"] = round(result.evaluation["binary"]["auc"], 4)

@@ -8,15 +8,17 @@ import torch
 import yaml
 from PIL import Image
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, load_config
 from cnnlab.data.batches import Normalization
+from cnnlab.data.defaults import default_batch_size
 from cnnlab.data.features import backbone_features
 from cnnlab.data.sources import folder_image_size, load_source
 from cnnlab.data.splits import make_splits
+from cnnlab.engine.flips import FlipCheck
 from cnnlab.engine.head import fit_linear_head
+from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import backbone_preprocessing, load_pretrained
-from cnnlab.pipeline import default_batch_size
 from helpers import needs_fashion
 
 
@@ -100,7 +102,8 @@ def test_folder_size_rule(tmp_path):
 
 
 def test_small_train_splits_get_a_batch_that_takes_steps():
-    assert default_batch_size(120) == (16, default_batch_size(120)[1])  # 7 steps per epoch, not 1
+    batch, why = default_batch_size(120)
+    assert batch == 16 and "about 7 steps per epoch instead of 1 at 128" in why
     assert default_batch_size(500)[0] == 32
     assert default_batch_size(48_000) == (128, None)
 
@@ -133,3 +136,22 @@ def test_fashion_folder_turns_flips_on_and_matches_the_builtin_dataset(cli, tmp_
                                  *common)  # fmt: skip
     assert code == 0, err
     assert abs(_accuracy(out) - _accuracy(builtin_out)) <= 1.5, (_accuracy(out), _accuracy(builtin_out))
+
+
+def test_flip_rule_waits_for_a_model_better_than_chance_then_decides_once():
+    recorded = []
+    check = FlipCheck(10, record=lambda flips, why: recorded.append((flips, why)))
+    assert not check.ready(0.40)  # halfway from chance (0.1) to 1 is 0.55
+    assert check.ready(0.90)
+    assert check.decide(2, 0.90, 0.40) is False  # mirroring costs 56%: digits-like
+    assert recorded[0][0] is False and "after epoch 2" in recorded[0][1] and not check.ready(0.95)
+    assert FlipCheck(10, record=lambda *_: None).decide(3, 0.90, 0.75) is True  # 17%: fashion-like
+
+
+def test_config_decisions_must_be_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("decisions: [1, 2]\n")
+    with pytest.raises(CnnlabError, match="'decisions' must be a mapping"):
+        load_config(path)
+    path.write_text("decisions: {flips: measured}\n")
+    assert load_config(path).decisions == {"flips": "measured"}

@@ -212,3 +212,32 @@ def test_pretrained_strategies_beat_retraining_on_a_small_folder(cli, tmp_path):
         accuracy[strategy] = float(out.split("Test Accuracy (Overall): ")[1].split("%")[0])
     assert accuracy["feature-extract"] >= accuracy["retrain"] + 20, accuracy
     assert accuracy["fine-tune"] >= accuracy["retrain"] + 20, accuracy
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "message"),
+    [
+        ("truncate", {"cut": 2, "levels": [2]}, "either cut .* or levels"),
+        ("truncate", {"levels": [2, -1]}, "truncate keeps early levels only"),
+        ("feature-extract", {"levels": [3, 3]}, "levels must not repeat"),
+        ("feature-extract", {"cut": 2}, "cut applies to --strategy truncate"),
+        ("feature-extract", {"levels": [7]}, "feature level in 0..3"),
+    ],
+)
+def test_bad_feature_levels_are_one_clear_error(strategy, options, message):
+    with pytest.raises(CnnlabError, match=message):
+        create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy=strategy,
+                     options=options)  # fmt: skip
+
+
+def test_a_head_run_has_nothing_to_resume(cli, lfw, tmp_path):
+    runs = tmp_path / "runs"
+    code, _, err = cli(
+        "train", "--data", f"folder:{lfw}", "--model", "efficientnet_lite0", "--strategy", "feature-extract",
+        "--image-size", "64", "--runs-dir", runs, "--name", "fx", "--data-root", tmp_path / "data", "--no-report",
+    )  # fmt: skip
+    assert code == 0, err
+    before = (runs / "fx" / "best.pt").read_bytes()
+    code, _, err = cli("train", "--resume", runs / "fx")
+    assert code == 2 and "fit its head to convergence in one step (nothing to resume)" in err
+    assert (runs / "fx" / "best.pt").read_bytes() == before

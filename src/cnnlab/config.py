@@ -152,7 +152,10 @@ class RunConfig:
         """Build from nested dicts (YAML), rejecting unknown keys with the closest valid one."""
         raw = raw or {}
         _reject_unknown("config section", raw, [f.name for f in dataclasses.fields(cls)])
-        parts: dict[str, Any] = {"decisions": dict(raw.get("decisions") or {})}
+        decisions = raw.get("decisions") or {}
+        if not isinstance(decisions, dict):
+            raise CnnlabError(f"config section 'decisions' must be a mapping of name: reason, got {decisions!r}")
+        parts: dict[str, Any] = {"decisions": {str(k): str(v) for k, v in decisions.items()}}
         for f in dataclasses.fields(cls):
             if f.name == "decisions":
                 continue
@@ -178,10 +181,13 @@ def with_overrides(config: RunConfig, section: str, **values: Any) -> RunConfig:
     values = {k: v for k, v in values.items() if v is not None}
     if not values:
         return config
-    if section == "decisions":
-        return dataclasses.replace(config, decisions={**config.decisions, **values})
     part = dataclasses.replace(getattr(config, section), **values)
     return dataclasses.replace(config, **{section: part})
+
+
+def with_decisions(config: RunConfig, **reasons: str) -> RunConfig:
+    """A copy of `config` that records what was decided from the data, and why (`decisions:` in config.yaml)."""
+    return dataclasses.replace(config, decisions={**config.decisions, **reasons})
 
 
 def load_config(path: str | Path) -> RunConfig:

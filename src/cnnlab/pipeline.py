@@ -5,7 +5,6 @@ This is the Python API the CLI wraps: `cnnlab.pipeline.train(RunConfig(...))`.
 
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -15,9 +14,10 @@ from typing import Any
 
 import torch
 
-from cnnlab.config import RunConfig, save_config, with_overrides
+from cnnlab.config import RunConfig, save_config, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import InMemoryBatches
+from cnnlab.data.defaults import data_decisions
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
@@ -75,7 +75,7 @@ def train(
     )  # fmt: skip
     log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
-    config = data_decisions(config, source, len(splits["train"]), log)
+    config = data_decisions(config, source, len(splits["train"]), log)  # image size, flips, batch size
     config = resolve_strategy(config, source, splits, positive=positive, measure=not dry_run, log=log)
     if dry_run:
         config = replace(config, train=replace(config.train, epochs=1, devices=1, num_nodes=1))
@@ -124,10 +124,10 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     last = load_checkpoint(run_dir / "last.pt")
     source = _load(config, log)
     check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
-    if last["epoch"] >= config.train.epochs:
-        raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
     if config.model.strategy in FROZEN_STRATEGIES:
         raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
+    if last["epoch"] >= config.train.epochs:
+        raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
     log(f"resuming {run_dir} after epoch {last['epoch']} of {config.train.epochs}")
     splits = load_splits(run_dir / "splits.json")
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
@@ -181,24 +181,28 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
             log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
             stats, head = train_head(model, *features, log=log)
             if fabric.is_global_zero:
-                _record(run_dir, config, meta, head=head.describe())
+                _record(run_dir, config, meta, writer=True, head=head.describe())
                 write_head_run(model, stats, run_dir, meta=meta)
             return [stats]
         train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
             config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
             t = config.train
-            _record(run_dir, config, meta)  # the planned epochs, so resume follows the same plan
+            _record(run_dir, config, meta, writer=True)  # the planned epochs, so resume follows the same plan
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
         where = f"{fabric.device}" + (f" x {fabric.world_size} processes (DDP)" if fabric.world_size > 1 else "")
         log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {where}")
         flip_check = None
-        if config.data.flips is None and config.data.augment != "none" and resume is None:
-            flip_check = FlipCheck(
-                len(source.class_names), record=lambda flips, why: _decide_flips(run_dir, config, meta, flips, why, log)
-            )
+        if config.data.flips is None and config.data.augment != "none":  # also on resume, if still undecided
+
+            def record_flips(flips: bool, why: str) -> None:
+                log(f"flips: {'on' if flips else 'off'} ({why})")
+                decided = replace(config, data=replace(config.data, flips=flips))
+                _record(run_dir, decided, meta, writer=fabric.is_global_zero, flips=why)
+
+            flip_check = FlipCheck(len(source.class_names), record=record_flips)
             log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
         return fit(
             fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
@@ -206,51 +210,12 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
         )  # fmt: skip
 
 
-def _record(run_dir: Path, config: RunConfig, meta: dict, **decisions: str) -> RunConfig:
-    """Save `config` (with new `decisions`) to config.yaml and the checkpoints' metadata."""
-    config = with_overrides(config, "decisions", **decisions)
+def _record(run_dir: Path, config: RunConfig, meta: dict, *, writer: bool, **decisions: str) -> None:
+    """Put `config` (with new `decisions`) into the checkpoints' metadata; the writer (rank 0) saves config.yaml."""
+    config = with_decisions(config, **decisions)
     meta["config"] = config.to_dict()
-    if run_dir.is_dir():  # a dry run's temporary folder may be gone already
+    if writer and run_dir.is_dir():  # a dry run's temporary folder may be gone already
         save_config(config, run_dir / "config.yaml")
-    return config
-
-
-def _decide_flips(run_dir: Path, config: RunConfig, meta: dict, flips: bool, why: str, log) -> None:
-    log(f"flips: {'on' if flips else 'off'} ({why})")
-    _record(run_dir, replace(config, data=replace(config.data, flips=flips)), meta, flips=why)
-
-
-def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunConfig:
-    """Fix what was read off the data (a folder's image size, whether flips keep labels, the batch size for a
-    small train split) into the config."""
-    if source.size_reason is not None:
-        log(f"image size: {source.image_size} px ({source.size_reason})")
-        config = replace(config, data=replace(config.data, image_size=source.image_size))
-        config = with_overrides(config, "decisions", image_size=source.size_reason)
-    if config.data.flips is None and source.flip_invariant is not None:
-        config = replace(config, data=replace(config.data, flips=source.flip_invariant))
-    if config.train.batch_size is None:
-        batch, why = default_batch_size(n_train)
-        config = replace(config, train=replace(config.train, batch_size=batch))
-        if why:
-            log(f"batch size: {batch} ({why})")
-            config = with_overrides(config, "decisions", batch_size=why)
-    return config
-
-
-DEFAULT_BATCH = 128
-MIN_STEPS = 8  # per epoch: batch norm's running statistics need steps (one 128-batch per epoch left LFW at 55%)
-
-
-def default_batch_size(n_train: int) -> tuple[int, str | None]:
-    """128, or for a train split under MIN_STEPS batches of 128 the power of two (>= 16) giving about
-    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default."""
-    if n_train >= DEFAULT_BATCH * MIN_STEPS:
-        return DEFAULT_BATCH, None
-    batch = max(16, 2 ** int(math.log2(max(n_train // MIN_STEPS, 1))))
-    return batch, f"{n_train} training images: about {max(n_train // batch, 1)} steps per epoch instead of " + (
-        f"{max(n_train // DEFAULT_BATCH, 1)} at {DEFAULT_BATCH}"
-    )
 
 
 def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_batches):

@@ -197,17 +197,23 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
             if part == "train" and not found:
                 raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
             files += [(part, p, label) for p in found]
-    size, reason = (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root))
-    source = (_stream_folder if config.stream else _decode_folder_cached)(path, files, class_names, size, config)
+    stats = [(part, str(p), label, *_stat(p)) for part, p, label in files]  # the caches' keys: paths, sizes, times
+    size, reason = (
+        (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root), stats)
+    )
+    if config.stream:
+        source = _stream_folder(path, files, class_names, size, config)
+    else:
+        source = _decode_folder_cached(path, files, class_names, size, config, stats)
     source.size_reason = reason
     return source
 
 
-def folder_image_size(files, root: Path) -> tuple[int, str]:
+def folder_image_size(files, root: Path, stats=None) -> tuple[int, str]:
     """The side a folder is decoded at when none is given, and why: the images' own size when they all share
     one (up to MAX_NATIVE_SIZE), else their median shorter side capped at DEFAULT_FOLDER_SIZE. Upscaling
     28 px digits to 64 px cost 14x per epoch and lost accuracy; larger photos are shrunk for a CPU budget."""
-    sizes = _image_sizes(files, root)
+    sizes = _image_sizes(files, root, stats or [(part, str(p), label, *_stat(p)) for part, p, label in files])
     readable = sizes[sizes[:, 0] > 0]
     if len(readable) == 0:
         return DEFAULT_FOLDER_SIZE, "no readable image to measure"
@@ -230,7 +236,7 @@ def folder_image_size(files, root: Path) -> tuple[int, str]:
     )
 
 
-def _image_sizes(files, root: Path) -> torch.Tensor:
+def _image_sizes(files, root: Path, stats) -> torch.Tensor:
     """(width, height) of every file from its header ((0, 0) if unreadable), cached like the decoded images."""
     from PIL import Image
 
@@ -245,7 +251,7 @@ def _image_sizes(files, root: Path) -> torch.Tensor:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             return {"sizes": torch.tensor(list(pool.map(size_of, files)), dtype=torch.int64).reshape(-1, 2)}
 
-    key = cache_key("sizes-v1", [(str(p), *_stat(p)) for _, p, _ in files])
+    key = cache_key("sizes-v1", stats)
     return load_or_compute(root / "cache" / "sizes" / f"{key}.pt", compute)[0]["sizes"]
 
 
@@ -273,10 +279,9 @@ def _stream_folder(path: Path, files, class_names, size: int, config: DataConfig
     return _folder_source(path, files, class_names, entry, config.strict)
 
 
-def _decode_folder_cached(path: Path, files, class_names, size: int, config: DataConfig) -> Source:
+def _decode_folder_cached(path: Path, files, class_names, size: int, config: DataConfig, stats) -> Source:
     """Decode once; later epochs reuse the tensor in memory, later runs the copy in <root>/cache/decoded.
     The key covers every file's path, size and modification time, the target size and the crop."""
-    stats = [(part, str(p), label, *_stat(p)) for part, p, label in files]
     key = cache_key("decoded-v1", stats, size, config.crop_pct)
     entry, _ = load_or_compute(
         Path(config.root) / "cache" / "decoded" / f"{key}.pt",

@@ -166,13 +166,14 @@ def _reduce_sums(fabric, values: list[torch.Tensor]) -> list[float]:
     return [float(v) for v in stacked]
 
 
-def evaluate_loss(model, batches: Iterable, fabric=None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` over `batches` (over every process's shard under DDP)."""
+def evaluate_loss(model, batches: Iterable, fabric=None, *, mirror: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` over `batches` (over every process's shard under DDP);
+    with `mirror`, of the horizontally mirrored images (the flip check)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
         for x, y in batches:
-            logits = model(x).float()
+            logits = model(x.flip(-1) if mirror else x).float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -226,11 +227,10 @@ def fit(
             stats = _run_epoch(
                 fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model
             )
-            if flip_check is not None and not flip_check.decided:  # before the checkpoints: they carry the decision
-                with fabric.autocast():
-                    flips = flip_check.decide(model, valid_batches, epoch, stats.valid_acc)
-                if flips is not None:
-                    train_batches.set_flips(flips)
+            if flip_check is not None and flip_check.ready(stats.valid_acc):  # before the checkpoints: they
+                with fabric.autocast():  # carry the decision
+                    _, mirrored = evaluate_loss(model, valid_batches, fabric, mirror=True)
+                train_batches.set_flips(flip_check.decide(epoch, stats.valid_acc, mirrored))
             improved = tracker.update(epoch, stats.valid_loss)
             history.append(stats)
             if writer:

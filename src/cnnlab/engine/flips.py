@@ -1,4 +1,4 @@
-"""Whether horizontal flips keep a folder's labels, decided from the data after the first epoch.
+"""Whether horizontal flips keep a folder's labels, decided from the data once the model beats chance.
 
 A flipped 2 is not a 2, a flipped shoe is still a shoe. For a folder nobody has labelled in that respect,
 training starts without flips; after each epoch, once the model is clearly better than chance (valid
@@ -10,10 +10,8 @@ trains without flips (the safe side). The decision is printed and saved in confi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
 
 # Relative drop measured after one epoch of the default CNN, seeds 0-2: Fashion-MNIST as a folder (10k train
 # PNGs) 18-27% (its shoes all face one way; mirrored they are still shoes, but unseen), LFW faces 0-8%,
@@ -23,19 +21,21 @@ FLIP_DROP = 0.35
 
 @dataclass
 class FlipCheck:
-    """Called by `fit` after each epoch until it decides; `record(flips, reason)` stores the decision."""
+    """The decision rule; `fit` asks `ready` after each epoch and, when ready, measures the mirrored accuracy
+    (with its own validation pass, summed over processes) and calls `decide`, which calls `record` once."""
 
     num_classes: int
     record: Callable[[bool, str], None]
     max_drop: float = FLIP_DROP
     decided: bool = False
 
-    def decide(self, model, valid_batches: Iterable, epoch: int, valid_acc: float) -> bool | None:
-        """True/False once decided (this epoch), None while the model is too weak to tell."""
+    def ready(self, valid_acc: float) -> bool:
+        """Undecided and the model clearly beats chance (valid accuracy halfway from chance to 100%)."""
         chance = 1 / self.num_classes
-        if valid_acc < chance + 0.5 * (1 - chance):
-            return None
-        accuracy, mirrored = flipped_accuracy(model, valid_batches)
+        return not self.decided and valid_acc >= chance + 0.5 * (1 - chance)
+
+    def decide(self, epoch: int, accuracy: float, mirrored: float) -> bool:
+        """Flips on when mirroring the validation images costs at most `max_drop` of the accuracy (relative)."""
         drop = (accuracy - mirrored) / max(accuracy, 1e-9)
         flips = drop <= self.max_drop
         self.decided = True
@@ -45,15 +45,3 @@ class FlipCheck:
             + (f"keep the labels, on from epoch {epoch + 1}" if flips else "change the labels, kept off")
         ))  # fmt: skip
         return flips
-
-
-@torch.inference_mode()
-def flipped_accuracy(model, batches: Iterable) -> tuple[float, float]:
-    """Accuracy on `batches` as they are and horizontally mirrored."""
-    model.eval()
-    correct = mirrored = seen = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        mirrored += int((model(x.flip(-1)).argmax(1) == y).sum())
-        seen += len(y)
-    return correct / max(seen, 1), mirrored / max(seen, 1)

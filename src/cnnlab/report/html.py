@@ -163,7 +163,7 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
         ("model", f"{config.model.name} ({count_parameters(run_dir)} parameters)"),
         ("recipe", recipe(config)),
         ("augmentation", config.data.augment),
-        *_transfer_rows(config),
+        *_decision_rows(config),
         ("epochs run", f"{len(rows)} of {t.epochs}; best by valid loss: epoch {best['epoch']}"),
         ("test loss", f"{ev['test_loss']:.4f}"),
         ("training time", f"{seconds:.0f} s ({n_train * len(rows) / max(seconds, 1e-9):,.0f} train images/s)"),
@@ -178,7 +178,7 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _transfer_rows(config) -> list[tuple[str, str]]:
+def _decision_rows(config) -> list[tuple[str, str]]:
     """The transfer-learning strategy (when auto chose it: why, and the candidates' validation scores), then
     every other decision taken from the data (image size, flips, batch size, the head's L2)."""
     model, rows = config.model, []
