@@ -27,6 +27,8 @@ app = typer.Typer(
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     """cnnlab: images in, a trained and evaluated CNN classifier out."""
+    # `debug` is declared here for parsing and --help; `main` acts on it (see _wants_debug), because errors
+    # are turned into one line outside the app.
 
 
 def _log(message: str) -> None:
@@ -359,39 +361,14 @@ def init_compare(
     dry_run: bool = typer.Option(False, "--dry-run", help="One batch per scheme; write nothing."),
 ) -> None:
     """Train the same model once per weight-init scheme and compare the losses (the course's lesson)."""
-    from cnnlab.config import DataConfig, TrainConfig
-    from cnnlab.data.batches import InMemoryBatches, Normalization
-    from cnnlab.data.sources import load_source
-    from cnnlab.data.splits import make_splits
-    from cnnlab.errors import unknown_choice
-    from cnnlab.lab.init import SCHEMES, compare_inits, plot_init_losses
-    from cnnlab.models import create_model, describe_model
+    from cnnlab.lab.init import SCHEMES, init_comparison, plot_init_losses
 
-    TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)  # validates the numbers
-    describe_model(model)
-    schemes = scheme or list(SCHEMES)
-    for name in schemes:
-        if name not in SCHEMES:
-            raise unknown_choice("init scheme", name, SCHEMES)
     if output.exists() and not force and not dry_run:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    src = load_source(DataConfig(source=data))
-    splits = make_splits(src.labels.numpy(), src.partitions, valid_fraction=0.2, test_fraction=0.2, seed=seed)
-    norm = Normalization.from_images(src.images[splits["train"]])
-    limit = 1 if dry_run else None
-    train_b = InMemoryBatches(src.images, src.labels, splits["train"], batch_size=batch_size, norm=norm,
-                              shuffle=True, seed=seed, drop_last=True, max_batches=limit)  # fmt: skip
-    valid_b = InMemoryBatches(src.images, src.labels, splits["valid"], batch_size=1000, norm=norm, max_batches=limit)
-
-    def build():
-        return create_model(
-            model, num_classes=len(src.class_names), in_channels=src.channels, image_size=src.image_size
-        )
-
-    typer.echo(f"{model} on {data}: {len(splits['train'])} train / {len(splits['valid'])} valid images, "
-               f"{epochs} epochs of SGD lr {lr} per scheme")  # fmt: skip
-    results = compare_inits(build, train_b, valid_b, schemes=schemes, epochs=1 if dry_run else epochs, lr=lr,
-                            seed=seed, log=_log)  # fmt: skip
+    results = init_comparison(
+        data, model, schemes=scheme or list(SCHEMES), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+        dry_run=dry_run, log=_log,
+    )  # fmt: skip
     if not dry_run:
         plot_init_losses(results, output, title=f"weight initialisation: {model} on {data}")
         typer.echo(f"wrote {output}")
@@ -444,13 +421,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=args, prog_name="cnnlab", standalone_mode=True)
     except CnnlabError as exc:
-        if "--debug" in args:
+        if _wants_debug(args):
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+
+
+def _wants_debug(args: list[str]) -> bool:
+    """`--debug` among the root options, i.e. before the command name (`cnnlab --debug train ...`); a value
+    that happens to read `--debug` after the command does not count."""
+    for arg in args:
+        if not arg.startswith("-"):
+            return False
+        if arg == "--debug":
+            return True
+    return False
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ The CLI turns flags into these objects; nothing else reads flags. Units are in t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 
-from cnnlab.errors import CnnlabError, unknown_choice
+from cnnlab.errors import CnnlabError, did_you_mean, unknown_choice
 
 Augment = Literal["none", "light", "standard"]
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -171,8 +170,7 @@ class RunConfig:
 def _reject_unknown(what: str, raw: dict[str, Any], valid: list[str]) -> None:
     for key in raw:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(str(key), valid, cutoff=0.6)
             raise CnnlabError(f"unknown {what} '{key}' ({hint}valid: {', '.join(valid)})")
 
 

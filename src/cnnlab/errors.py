@@ -18,9 +18,19 @@ class TrainingInterrupted(CnnlabError):
     exit_code = 130
 
 
+def did_you_mean(value: str, choices: Iterable[str], *, prefix: str = "", cutoff: float = 0.5) -> str:
+    """The hint `did you mean 'X'? ` for the choice closest to `value` (shown with `prefix`); empty when none is.
+
+    >>> did_you_mean("resnt18", ["resnet18", "vgg16"], prefix="tv/")
+    "did you mean 'tv/resnet18'? "
+    >>> did_you_mean("xyz", ["resnet18"])
+    ''
+    """
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
+    return f"did you mean '{prefix}{close[0]}'? " if close else ""
+
+
 def unknown_choice(what: str, value: str, choices: Iterable[str]) -> CnnlabError:
     """An error for a name not among `choices`, naming the valid ones and the closest match."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return CnnlabError(f"unknown {what} '{value}' ({hint}valid: {', '.join(choices)})")
+    return CnnlabError(f"unknown {what} '{value}' ({did_you_mean(value, choices)}valid: {', '.join(choices)})")

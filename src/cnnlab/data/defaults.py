@@ -35,7 +35,11 @@ MIN_STEPS = 8  # per epoch: batch norm's running statistics need steps (one 128-
 
 def default_batch_size(n_train: int) -> tuple[int, str | None]:
     """128, or for a train split under MIN_STEPS batches of 128 the power of two (>= 16) giving about
-    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default."""
+    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default.
+
+    >>> default_batch_size(120)[0], default_batch_size(500)[0], default_batch_size(48_000)
+    (16, 32, (128, None))
+    """
     if n_train >= DEFAULT_BATCH * MIN_STEPS:
         return DEFAULT_BATCH, None
     batch = max(16, 2 ** int(math.log2(max(n_train // MIN_STEPS, 1))))

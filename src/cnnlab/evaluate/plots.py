@@ -12,34 +12,31 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _plt():
-    import matplotlib
+def new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure outside pyplot: no global figure registry and no backend switch for the process
+    (savefig renders through Agg by itself), so cnnlab's plots never change a caller's matplotlib setup."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _axes(ax, figsize=(5, 4)):
     if ax is not None:
         return ax
-    _, ax = _plt().subplots(figsize=figsize)
-    return ax
+    return new_figure(figsize).subplots()
 
 
 def figure_png_base64(fig) -> str:
-    """PNG bytes of `fig`, base64-encoded for an <img src="data:..."> tag; closes the figure."""
+    """PNG bytes of `fig`, base64-encoded for an <img src="data:..."> tag."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def plot_training_curves(rows: Sequence[dict], *, axes=None):
     """Loss and accuracy per epoch (train and valid) from metrics.csv rows; marks the best epoch."""
     if axes is None:
-        _, axes = _plt().subplots(1, 2, figsize=(10, 3.6))
+        axes = new_figure((10, 3.6)).subplots(1, 2)
     epochs = [int(r["epoch"]) for r in rows]
     best = epochs[int(np.argmin([float(r["valid_loss"]) for r in rows]))]
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
@@ -119,10 +116,10 @@ def plot_reliability(reliability: dict, ece: float, *, ax=None):
 
 def plot_image_grid(images: np.ndarray, titles: Sequence[str], correct: Sequence[bool], *, ncols: int = 8):
     """Images titled `pred (true)`, green when right and red when wrong, as the course draws them."""
-    plt = _plt()
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.5 * ncols, 1.75 * nrows), squeeze=False)
+    fig = new_figure((1.5 * ncols, 1.75 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title, ok in zip(axes.flat, images, titles, correct, strict=False):
@@ -135,7 +132,7 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str], correct: Sequence
 
 def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict]]]):
     """Valid loss and valid accuracy per epoch of several runs, overlaid."""
-    _, axes = _plt().subplots(1, 2, figsize=(10, 3.6))
+    axes = new_figure((10, 3.6)).subplots(1, 2)
     for name, rows in runs:
         epochs = [int(r["epoch"]) for r in rows]
         axes[0].plot(epochs, [float(r["valid_loss"]) for r in rows], "o-", label=name)

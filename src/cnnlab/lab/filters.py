@@ -89,13 +89,11 @@ def log_spectrum(image: np.ndarray) -> np.ndarray:
 def filter_figure(image_name: str, image: np.ndarray, kernels: list[tuple[str, np.ndarray]], out: Path) -> float:
     """Write the figure (image and each filtered image over their spectra); return the largest
     OpenCV-vs-conv2d difference seen."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from cnnlab.evaluate.plots import new_figure
 
     cols = 1 + len(kernels)
-    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.4), squeeze=False)
+    fig = new_figure((3.2 * cols, 6.4))
+    axes = fig.subplots(2, cols, squeeze=False)
     panels = [("original", image)]
     worst = 0.0
     for name, kernel in kernels:
@@ -112,5 +110,4 @@ def filter_figure(image_name: str, image: np.ndarray, kernels: list[tuple[str, n
     fig.suptitle(f"{image_name}: filters and their frequency content", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return worst

@@ -93,15 +93,49 @@ def compare_inits(
     return results
 
 
+def init_comparison(
+    data: str, model: str, *, schemes: list[str], epochs: int, lr: float, batch_size: int, seed: int,
+    dry_run: bool = False, log: Callable[[str], None] = print,
+) -> list[InitResult]:  # fmt: skip
+    """The course's lesson end to end: `model` on data source `data`, trained once per init scheme (one batch
+    each in a dry run). Options are checked before any data is read."""
+    from cnnlab.config import DataConfig, TrainConfig
+    from cnnlab.data.batches import InMemoryBatches, Normalization
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import make_splits
+    from cnnlab.models import create_model, describe_model
+
+    TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)  # validates the numbers
+    describe_model(model)
+    for name in schemes:
+        if name not in SCHEMES:
+            raise unknown_choice("init scheme", name, SCHEMES)
+    src = load_source(DataConfig(source=data))
+    splits = make_splits(src.labels.numpy(), src.partitions, valid_fraction=0.2, test_fraction=0.2, seed=seed)
+    norm = Normalization.from_images(src.images[splits["train"]])
+    limit = 1 if dry_run else None
+    train_b = InMemoryBatches(src.images, src.labels, splits["train"], batch_size=batch_size, norm=norm,
+                              shuffle=True, seed=seed, drop_last=True, max_batches=limit)  # fmt: skip
+    valid_b = InMemoryBatches(src.images, src.labels, splits["valid"], batch_size=1000, norm=norm, max_batches=limit)
+
+    def build() -> nn.Module:
+        return create_model(model, num_classes=len(src.class_names), in_channels=src.channels,
+                            image_size=src.image_size)  # fmt: skip
+
+    log(f"{model} on {data}: {len(splits['train'])} train / {len(splits['valid'])} valid images, "
+        f"{epochs} epochs of SGD lr {lr} per scheme")  # fmt: skip
+    return compare_inits(build, train_b, valid_b, schemes=schemes, epochs=1 if dry_run else epochs, lr=lr,
+                         seed=seed, log=log)  # fmt: skip
+
+
 def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
     """All schemes' training-loss curves (smoothed over 20 batches) on one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    from cnnlab.evaluate.plots import new_figure
+
+    fig = new_figure((8, 4.5))
+    ax = fig.subplots()
     for r in results:
         k = min(20, len(r.step_losses))
         smooth = np.convolve(r.step_losses, np.ones(k) / k, mode="valid")
@@ -111,4 +145,3 @@ def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    plt.close(fig)

@@ -116,9 +116,3 @@ class CapsNet(Classifier):
         recon = self.decoder((v * t.unsqueeze(-1)).flatten(1))
         recon_err = ((recon - _unit_range(x.flatten(1))) ** 2).sum(dim=1)
         return (margin.sum(dim=1) + self.RECON_WEIGHT * recon_err).mean(), logits
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder output from the longest capsule (what the report can show next to the input)."""
-        v, _ = self.capsules(x)
-        mask = F.one_hot(v.norm(dim=-1).argmax(1), self.num_classes).to(v.dtype)
-        return self.decoder((v * mask.unsqueeze(-1)).flatten(1)).view(x.shape)  # on the [0, 1] scale

@@ -8,7 +8,6 @@ puts the weights in, so a checkpoint can be rebuilt and loaded without any downl
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import importlib
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models.base import Classifier
 
 FROZEN_STRATEGIES = ("feature-extract", "truncate")
@@ -56,14 +55,12 @@ def timm_name(name: str) -> str:
     if name.startswith("tv/"):
         arch = name[3:]
         if arch not in TORCHVISION:
-            close = difflib.get_close_matches(arch, TORCHVISION, n=1)
-            hint = f"did you mean 'tv/{close[0]}'? " if close else ""
+            hint = did_you_mean(arch, TORCHVISION, prefix="tv/", cutoff=0.6)
             raise CnnlabError(f"no pretrained torchvision model '{arch}' ({hint}available: {', '.join(TORCHVISION)})")
         return TORCHVISION[arch]
     arch = name[5:]
     if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
-        hint = f"did you mean 'timm/{close[0]}'? " if close else ""
+        hint = did_you_mean(arch, timm.list_models(), prefix="timm/", cutoff=0.6)
         raise CnnlabError(
             f"unknown timm model '{arch}' ({hint}list them with `python -c 'import timm; print(timm.list_models())'`)"
         )
