@@ -30,8 +30,7 @@ def load_model(run: Path | None, train_images: torch.Tensor):
         torch.manual_seed(0)
         return create_model("simple_cnn_bn", num_classes=10).eval(), Normalization.from_images(train_images), "init"
     ckpt = load_checkpoint(run / "best.pt")
-    prep = ckpt["preprocessing"]
-    return model_from_checkpoint(ckpt, run / "best.pt"), Normalization(prep["mean"], prep["std"]), str(run)
+    return model_from_checkpoint(ckpt, run / "best.pt"), ckpt.preprocessing.normalization(), str(run)
 
 
 def onnx_logits(model, x: np.ndarray, batch: int) -> tuple[np.ndarray, float] | None:

@@ -63,7 +63,7 @@ def test_budget_plans_the_epochs_and_records_them(tmp_path):
     assert epochs >= 1 and len(result.history) == epochs
     saved = (tmp_path / "b" / "config.yaml").read_text()
     assert f"epochs: {epochs}\n" in saved and "budget_minutes: 0.05" in saved
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["config"]["train"]["epochs"] == epochs
+    assert load_checkpoint(tmp_path / "b" / "last.pt").config["train"]["epochs"] == epochs
 
 
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
@@ -77,8 +77,8 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path):
     accuracy = {name: run.evaluation["accuracy"] for name, run in runs.items()}
     assert accuracy["compiled"] >= 0.85 and abs(accuracy["compiled"] - accuracy["eager"]) <= 0.02
     saved = load_checkpoint(tmp_path / "compiled" / "best.pt")
-    assert not any(k.startswith("_orig_mod") for k in saved["model"])
-    assert saved["config"]["train"]["compile"] is True
+    assert not any(k.startswith("_orig_mod") for k in saved.weights)
+    assert saved.config["train"]["compile"] is True
 
 
 @pytest.mark.slow
@@ -114,10 +114,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     with pytest.raises(TrainingInterrupted, match="last.pt holds epoch 2"):  # Ctrl-C while the epoch is logged
         train(cfg, runs_dir=tmp_path, name="cut", log=stop_after_epoch_2, report=False)
     cut = tmp_path / "cut"
-    assert load_checkpoint(cut / "last.pt")["epoch"] == 2 and len(_metric_rows(cut)) == 2
+    assert load_checkpoint(cut / "last.pt").epoch == 2 and len(_metric_rows(cut)) == 2
     resume(cut, log=_quiet)
     assert _metric_rows(cut) == _metric_rows(full)
-    a, b = load_checkpoint(full / "best.pt")["model"], load_checkpoint(cut / "best.pt")["model"]
+    a, b = load_checkpoint(full / "best.pt").weights, load_checkpoint(cut / "best.pt").weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -136,7 +136,7 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint(tmp_path):
     assert proc.returncode == 130, err
     assert err.startswith("error: interrupted in epoch") and "cnnlab train --resume" in err
     ckpt = load_checkpoint(last)
-    assert 1 <= ckpt["epoch"] < 500
+    assert 1 <= ckpt.epoch < 500
 
 
 def test_larger_recipe_file_loads_and_its_residual_net_learns_digits(tmp_path):

@@ -22,7 +22,7 @@ from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
 from cnnlab.engine.budget import plan_budget
-from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
+from cnnlab.engine.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
 from cnnlab.engine.fit import EpochStats, fit, make_fabric
 from cnnlab.engine.flips import FlipCheck
 from cnnlab.engine.head import train_head, write_head_run
@@ -126,9 +126,9 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
     if config.model.strategy in FROZEN_STRATEGIES:
         raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
-    if last["epoch"] >= config.train.epochs:
+    if last.epoch >= config.train.epochs:
         raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
-    log(f"resuming {run_dir} after epoch {last['epoch']} of {config.train.epochs}")
+    log(f"resuming {run_dir} after epoch {last.epoch} of {config.train.epochs}")
     splits = load_splits(run_dir / "splits.json")
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
     history = _fit(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
@@ -158,15 +158,8 @@ def _fit_new(config, fabric, source, splits, run_dir: Path, *, max_batches=None,
 def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log):
     t = config.train
     norm = training_normalization(config, select(source.images, splits["train"]))
-    meta = {
-        "model_name": config.model.name,
-        "config": config.to_dict(),
-        "class_names": list(source.class_names),
-        "preprocessing": {
-            "image_size": source.image_size, "channels": source.channels, "crop_pct": config.data.crop_pct,
-            "mean": list(norm.mean), "std": list(norm.std), "resize": "shorter side bicubic, centre crop",
-        },
-    }  # fmt: skip
+    inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
+    meta = Checkpoint(config.model.name, list(source.class_names), inputs, config.to_dict())  # weights come later
     # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
@@ -210,10 +203,10 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
         )  # fmt: skip
 
 
-def _record(run_dir: Path, config: RunConfig, meta: dict, *, writer: bool, **decisions: str) -> None:
+def _record(run_dir: Path, config: RunConfig, meta: Checkpoint, *, writer: bool, **decisions: str) -> None:
     """Put `config` (with new `decisions`) into the checkpoints' metadata; the writer (rank 0) saves config.yaml."""
     config = with_decisions(config, **decisions)
-    meta["config"] = config.to_dict()
+    meta.config = config.to_dict()
     if writer and run_dir.is_dir():  # a dry run's temporary folder may be gone already
         save_config(config, run_dir / "config.yaml")
 

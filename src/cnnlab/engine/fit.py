@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import TrainConfig
-from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.engine.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from cnnlab.engine.flips import FlipCheck
 from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
@@ -192,28 +192,28 @@ def fit(
     config: TrainConfig,
     run_dir: Path,
     *,
-    meta: dict[str, Any],
-    resume: dict[str, Any] | None = None,
+    meta: Checkpoint,
+    resume: Checkpoint | None = None,
     flip_check: FlipCheck | None = None,
     log: Callable[[str], None] = print,
 ) -> list[EpochStats]:
     """Train `model` for `config.epochs`, writing metrics.csv, best.pt and last.pt into `run_dir`.
 
-    `meta` (model_name, config, class_names, preprocessing) goes into every checkpoint. With `resume`
-    (a loaded last.pt) training continues after its epoch and ends with the same weights as an
-    uninterrupted run. With `flip_check`, training starts without flips and the check decides whether the
-    later epochs flip (see engine/flips.py). Must run inside a seeded `torch.random.fork_rng()`.
+    `meta` (a Checkpoint without weights: model, classes, preprocessing, config) is the template of every
+    checkpoint written. With `resume` (a loaded last.pt) training continues after its epoch and ends with the
+    same weights as an uninterrupted run. With `flip_check`, training starts without flips and the check
+    decides whether the later epochs flip (see engine/flips.py). Must run inside a seeded `fork_rng()`.
     """
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(train_batches))
     tracker, start = BestTracker(config.patience), 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        tracker = BestTracker(config.patience, **resume["best"])
-        torch.set_rng_state(resume["rng_state"])
-        start = resume["epoch"] + 1
+        model.load_state_dict(resume.weights)
+        optimizer.load_state_dict(resume.training.optimizer)
+        scheduler.load_state_dict(resume.training.scheduler)
+        tracker = BestTracker(config.patience, **resume.best)
+        torch.set_rng_state(resume.training.rng_state)
+        start = resume.epoch + 1
     # compiled for the training steps only; checkpoints and validation use the plain module (same weights)
     fmodel, foptimizer = fabric.setup(torch.compile(model) if config.compile else model, optimizer)
     writer = fabric.is_global_zero  # under DDP only rank 0 touches the run folder
@@ -237,14 +237,11 @@ def fit(
                 append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
                 weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 if improved:
-                    best = {**meta, "model": weights, "epoch": epoch, "best": tracker.state()}
-                    save_checkpoint(best, run_dir / "best.pt")
-                last = {
-                    **meta, "model": weights, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": tracker.state(),
-                    "rng_state": torch.get_rng_state(),
-                }  # fmt: skip
-                save_checkpoint(last, run_dir / "last.pt")
+                    save_checkpoint(meta.at(weights, epoch=epoch, best=tracker.state()), run_dir / "best.pt")
+                state = TrainingState(optimizer.state_dict(), scheduler.state_dict(), torch.get_rng_state())
+                save_checkpoint(
+                    meta.at(weights, epoch=epoch, best=tracker.state(), training=state), run_dir / "last.pt"
+                )
                 saved = epoch
                 log(_format_epoch(stats, config.epochs, improved))
             if tracker.should_stop():

@@ -13,12 +13,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.engine.checkpoint import Checkpoint, save_checkpoint
 from cnnlab.engine.fit import EpochStats, append_metrics
 
 # L2 strengths tried, on the mean cross-entropy of centred features scaled to unit RMS: loss + l2/2 * ||W||^2. From
@@ -128,11 +127,11 @@ def train_head(
     return stats, head
 
 
-def write_head_run(model, stats: EpochStats, run_dir: Path, *, meta: dict[str, Any]) -> None:
+def write_head_run(model, stats: EpochStats, run_dir: Path, *, meta: Checkpoint) -> None:
     """The run folder as `fit` leaves it: one metrics.csv row, best.pt and last.pt (the whole model, so it
     takes images; there is nothing to resume)."""
     append_metrics(run_dir / "metrics.csv", stats)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     best = {"best_loss": stats.valid_loss, "best_epoch": 1, "bad_epochs": 0}
     for name in ("best.pt", "last.pt"):
-        save_checkpoint({**meta, "model": weights, "epoch": 1, "best": best}, run_dir / name)
+        save_checkpoint(meta.at(weights, epoch=1, best=best), run_dir / name)

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.batches import Normalization
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
@@ -63,8 +62,7 @@ def evaluate_run(
     source = source or load_source(config.data)
     check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
-    prep = ckpt["preprocessing"]
-    norm = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
+    norm = ckpt.preprocessing.normalization()
     max_batches = 1 if dry_run else None
     cache_dir = None if dry_run else Path(config.data.root) / "cache"
     outputs = {}
@@ -80,7 +78,7 @@ def evaluate_run(
         "n_test": int(len(idx)),
         "test_loss": float(F.cross_entropy(logits, torch.as_tensor(tables["test"].labels))),
         "checkpoint": str(ckpt_path),
-        "epoch": int(ckpt.get("epoch", 0)),
+        "epoch": ckpt.epoch,
         **multiclass_summary(tables["test"]),
     }
     if positive is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 
 from cnnlab.data.batches import Normalization
 from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.base import Classifier
@@ -23,19 +22,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: Path) -> Classifier:
+def model_from_checkpoint(ckpt: Checkpoint, path: Path) -> Classifier:
     """Rebuild the model a checkpoint describes and load its weights strictly, in eval mode."""
-    prep, model_config = ckpt["preprocessing"], ckpt["config"]["model"]
+    prep, model_config = ckpt.preprocessing, ckpt.config.get("model", {})
     model = create_model(
-        ckpt["model_name"], num_classes=len(ckpt["class_names"]),
-        in_channels=prep["channels"], image_size=prep["image_size"],
-        options=model_config.get("options") or {}, strategy=model_config.get("strategy"),
+        ckpt.model_name, num_classes=len(ckpt.class_names), in_channels=prep.channels, image_size=prep.image_size,
+        options=model_config.get("options") or {}, strategy=ckpt.strategy,
     )  # fmt: skip
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.weights)
     except RuntimeError as exc:
         raise CnnlabError(
-            f"checkpoint {path} does not fit model '{ckpt['model_name']}': {str(exc).splitlines()[0][:160]} "
+            f"checkpoint {path} does not fit model '{ckpt.model_name}': {str(exc).splitlines()[0][:160]} "
             "(the file was changed or made by another version; retrain)"
         ) from exc
     return model.eval()
@@ -107,8 +105,7 @@ def predict_images(
     """
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path)
-    prep = ckpt["preprocessing"]
-    return _predict_files(model, list(ckpt["class_names"]), prep, inputs, limit)
+    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit)
 
 
 def predict_imagenet(
@@ -126,19 +123,17 @@ def predict_imagenet(
     model = PretrainedClassifier(1000, 3, p.input_size, backbone=backbone, strategy="feature-extract")
     if not load_pretrained(model, weights, with_head=True):
         raise CnnlabError(f"the weights for {backbone} have no ImageNet classifier (pass weights that include it)")
-    prep = {"image_size": p.input_size, "channels": 3, "crop_pct": p.crop_pct, "mean": p.mean, "std": p.std}
+    prep = InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
     return _predict_files(model.eval(), imagenet_class_names(), prep, inputs, limit)
 
 
-def _predict_files(model: nn.Module, classes: list[str], prep: dict, inputs: list[Path], limit: int | None):
-    norm = Normalization(tuple(prep["mean"]), tuple(prep["std"]))
-    crop_pct = prep.get("crop_pct", 1.0)
+def _predict_files(model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None):
     named = {p for p in inputs if not p.is_dir()}
     files = collect_images(inputs)[:limit]
     tensors, kept, skipped = [], [], []
     for path in files:
         try:
-            tensors.append(decode_image(path, size=prep["image_size"], channels=prep["channels"], crop_pct=crop_pct)[0])
+            tensors.append(decode_image(path, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct)[0])
             kept.append(path)
         except UnreadableImage as exc:
             if path in named:
@@ -148,5 +143,5 @@ def _predict_files(model: nn.Module, classes: list[str], prep: dict, inputs: lis
         warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
     if not tensors:
         raise CnnlabError("no readable images to predict (pass image files or folders of images)")
-    probs = torch.softmax(predict_logits(model, torch.stack(tensors), norm), dim=1).numpy()
+    probs = torch.softmax(predict_logits(model, torch.stack(tensors), prep.normalization()), dim=1).numpy()
     return classes, [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]

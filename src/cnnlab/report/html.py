@@ -202,7 +202,7 @@ def recipe(config) -> str:
 def count_parameters(run_dir: Path) -> str:
     from cnnlab.engine.checkpoint import load_checkpoint
 
-    weights = load_checkpoint(run_dir / "best.pt")["model"]
+    weights = load_checkpoint(run_dir / "best.pt").weights
     buffers = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm statistics, not parameters
     return f"{sum(v.numel() for k, v in weights.items() if not k.endswith(buffers)):,}"
 
