@@ -17,12 +17,13 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cnnlab.config import DataConfig, ModelConfig, RunConfig
+from cnnlab.config import DataConfig, EvaluationConfig, ModelConfig, RunConfig
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.pipeline import train
 from cnnlab.runfolder import open_run
@@ -43,11 +44,13 @@ def write_digits(dest: Path) -> None:
 
 
 def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | None, positive: str | None) -> dict:
-    config = RunConfig(data=DataConfig(source=f"folder:{folder}", root=str(root)))
+    config = RunConfig(
+        data=DataConfig(source=f"folder:{folder}", root=str(root)), evaluation=EvaluationConfig(positive=positive)
+    )
     if model:
-        config = RunConfig(data=config.data, model=ModelConfig(name=model))
+        config = replace(config, model=ModelConfig(name=model))
     start = time.perf_counter()
-    result = train(config, runs_dir=runs, name=name, report=False, positive=positive, log=lambda _: None)
+    result = train(config, runs_dir=runs, name=name, report=False, log=lambda _: None)
     seconds = time.perf_counter() - start
     saved = open_run(runs / name)
     out = {"accuracy": round(result.evaluation["accuracy"], 4), "seconds": round(seconds, 1)}

@@ -90,3 +90,32 @@ def test_dry_run_writes_nothing(cli, tmp_path):
     code, out, err = cli("train", "--data", "digits", "--runs-dir", runs, "--dry-run")
     assert code == 0, err
     assert "dry run ok" in out and not runs.exists()
+
+
+def test_positive_class_travels_one_route_through_dry_run_evaluate_and_report(cli, tmp_path):
+    """--positive is stored in config.yaml: the dry run scores it, a later evaluate (and resume) reads it, and
+    the report recomputes the binary block with the run's seed (7 here), exactly as `cnnlab evaluate` does."""
+    runs = tmp_path / "runs"
+    common = ("--data", "digits", "--model", "mlp", "--seed", "7", "--positive", "3", "--runs-dir", runs)
+    code, out, err = cli("train", *common, "--epochs", "1", "--dry-run")
+    assert code == 0, err
+    assert "3 vs rest: AUC" in out and not runs.exists()
+    code, out, err = cli("train", *common, "--epochs", "2", "--name", "r", "--no-report")
+    assert code == 0, err
+    saved = json.loads((runs / "r" / "eval.json").read_text())["binary"]
+    assert saved["positive"] == "3"
+    (runs / "r" / "eval.json").unlink()
+    code, _, err = cli("evaluate", runs / "r")  # no flag: the run's own positive class
+    assert code == 0, err
+    assert json.loads((runs / "r" / "eval.json").read_text())["binary"] == saved
+    code, _, err = cli("report", runs / "r", "--threshold-rule", "youden")
+    assert code == 0, err
+    assert json.loads((runs / "r" / "eval.json").read_text())["binary"]["threshold_rule"] == "youden"
+    code, _, err = cli("report", runs / "r", "--threshold-rule", "sensitivity:0.95")
+    assert code == 0, err
+    again = json.loads((runs / "r" / "eval.json").read_text())["binary"]
+    assert again["auc_ci95"] == saved["auc_ci95"]  # the run's seed, not 0
+    assert again["threshold"] == pytest.approx(saved["threshold"], abs=1e-6)  # the CSV keeps 6 decimals
+    assert [again[k] for k in ("tp", "fp", "fn", "tn")] == [saved[k] for k in ("tp", "fp", "fn", "tn")]
+    code, _, err = cli("report", runs / "r", "--threshold-rule", "sensitivty:0.9")
+    assert code == 2 and "unknown threshold rule" in err

@@ -19,9 +19,9 @@ SECTIONS = ["summary", "curves", "per-class", "confusion", "roc", "calibration",
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     cfg = with_overrides(with_overrides(RunConfig(), "data", source="digits"), "model", name="mlp")
-    cfg = with_overrides(cfg, "train", epochs=4)
+    cfg = with_overrides(with_overrides(cfg, "train", epochs=4), "evaluation", positive="8")
     runs = tmp_path_factory.mktemp("runs")
-    return train(cfg, runs_dir=runs, name="digits", positive="8", log=lambda _: None).run_dir
+    return train(cfg, runs_dir=runs, name="digits", log=lambda _: None).run_dir
 
 
 def test_train_writes_report_with_binary_block(digits_run):

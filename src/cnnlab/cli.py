@@ -13,9 +13,9 @@ import typer
 
 from cnnlab.errors import CnnlabError
 
-RULE_DEFAULT = "sensitivity:0.95"
 RULE_HELP = (
-    "How --positive picks its threshold on validation: sensitivity:X, specificity:X, youden, max-f1, cost:R, fixed:T."
+    "How --positive picks its threshold on validation: sensitivity:X, specificity:X, youden, max-f1, cost:R, "
+    "fixed:T (default sensitivity:0.95)."
 )
 
 app = typer.Typer(
@@ -95,7 +95,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder of the same name."),
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR from its last.pt (no other options)."),
     positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
-    threshold_rule: str = typer.Option(RULE_DEFAULT, help=RULE_HELP),
+    threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
@@ -118,8 +118,10 @@ def train(
         "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,
         "weights": weights, "feature_views": feature_views,
     }  # fmt: skip
+    eval_flags = {"positive": positive, "threshold_rule": threshold_rule}
     if resume is not None:
-        given = [k for k, v in {**data_flags, **train_flags, **model_flags, "config": config}.items() if v is not None]
+        flags = {**data_flags, **train_flags, **model_flags, **eval_flags, "config": config}
+        given = [k for k, v in flags.items() if v is not None]
         if given or dry_run or name:
             raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given) or 'the other options'}")
         pipeline.resume(resume, log=_log)
@@ -128,10 +130,8 @@ def train(
     cfg = with_overrides(cfg, "data", **data_flags)
     cfg = with_overrides(cfg, "model", **model_flags)
     cfg = with_overrides(cfg, "train", **train_flags)
-    pipeline.train(
-        cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run,
-        positive=positive, rule=threshold_rule, report=report, log=_log,
-    )  # fmt: skip
+    cfg = with_overrides(cfg, "evaluation", **eval_flags)
+    pipeline.train(cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run, report=report, log=_log)
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -153,8 +153,10 @@ def _parse_options(items: list[str]) -> dict:
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     checkpoint: Optional[Path] = typer.Option(None, help="Score this checkpoint instead of RUN/best.pt."),
-    positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
-    threshold_rule: str = typer.Option(RULE_DEFAULT, help=RULE_HELP),
+    positive: Optional[str] = typer.Option(
+        None, help="Also score CLASS vs the rest (default: the run's own --positive, if it had one)."
+    ),
+    threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Score one batch; write nothing."),
 ) -> None:
     """Score a run's best checkpoint on its test split; write predictions.csv and eval.json."""
@@ -211,20 +213,27 @@ def _write_prediction_csv(path: Path, classes: list[str], preds) -> None:
 def report(
     run: Path = typer.Argument(..., help="A run folder that has been evaluated."),
     positive: Optional[str] = typer.Option(None, help="Add the ROC/threshold section for CLASS vs the rest."),
-    threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP + " Default sensitivity:0.95."),
+    threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     readers: Optional[Path] = typer.Option(None, help="CSV name,sensitivity,specificity drawn on the ROC plot."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),
 ) -> None:
-    """Write RUN/report.html: one self-contained page with every figure embedded."""
+    """Write RUN/report.html: one self-contained page with every figure embedded. With --positive or
+    --threshold-rule, eval.json's binary block is recomputed first from the saved predictions."""
+    from cnnlab.config import parse_rule
+    from cnnlab.evaluate.evaluate import rescore_binary
     from cnnlab.report.html import load_evaluation, read_readers, write_report
 
+    if threshold_rule is not None:
+        parse_rule(threshold_rule)  # an invalid rule fails before anything is read
     if dry_run:
         load_evaluation(run)
         if readers:
             read_readers(readers)
         typer.echo(f"dry run ok: {run} can be reported (nothing written)")
         return
-    typer.echo(f"wrote {write_report(run, positive=positive, rule=threshold_rule, readers=readers)}")
+    if positive is not None or threshold_rule is not None:
+        rescore_binary(run, positive=positive, rule=threshold_rule)
+    typer.echo(f"wrote {write_report(run, readers=readers)}")
 
 
 @app.command()

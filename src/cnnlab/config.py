@@ -6,6 +6,7 @@ The CLI turns flags into these objects; nothing else reads flags. Units are in t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -21,6 +22,38 @@ Precision = Literal["auto", "32-true", "bf16-mixed"]
 Device = Literal["auto", "cpu", "cuda"]
 
 DEFAULT_MODEL = "simple_cnn_bn"
+
+# ---- decision-threshold rules (see evaluate/thresholds.py for what each means) ------------------------
+
+DEFAULT_RULE = "sensitivity:0.95"  # miss few cases: the conservative medical choice
+RULES = ("sensitivity:X", "specificity:X", "youden", "max-f1", "cost:R", "fixed:T")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    kind: str  # sensitivity | specificity | youden | max-f1 | cost | fixed
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+
+def parse_rule(text: str) -> ThresholdRule:
+    """Parse `sensitivity:0.95`, `youden`, `cost:5`, ... with an error that lists the valid forms."""
+    kind, _, raw = text.strip().partition(":")
+    if kind in ("youden", "max-f1") and not raw:
+        return ThresholdRule(kind)
+    if kind in ("sensitivity", "specificity", "cost", "fixed") and raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        bounded = kind != "cost"
+        if not math.isfinite(value) or (bounded and not 0 <= value <= 1) or (not bounded and value <= 0):
+            limits = "a number in [0, 1]" if bounded else "a positive number (FN cost / FP cost)"
+            raise CnnlabError(f"threshold rule '{text}': the value must be {limits}")
+        return ThresholdRule(kind, value)
+    raise CnnlabError(f"unknown threshold rule '{text}' (valid: {', '.join(RULES)}; e.g. sensitivity:0.95)")
 
 
 def _check_choice(what: str, value: str, literal: Any) -> None:
@@ -137,10 +170,24 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    positive: str | None = None  # also score this class vs the rest (ROC/AUC, a threshold chosen on validation)
+    threshold_rule: str = DEFAULT_RULE  # how that threshold is chosen: sensitivity:X, specificity:X, youden, ...
+
+    def __post_init__(self) -> None:
+        self.threshold_rule = str(parse_rule(self.threshold_rule))  # an invalid rule fails here, once
+
+    @property
+    def rule(self) -> ThresholdRule:
+        return parse_rule(self.threshold_rule)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     decisions: dict[str, str] = field(default_factory=dict)  # what was decided from the data, and why
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +205,8 @@ class RunConfig:
         for f in dataclasses.fields(cls):
             if f.name == "decisions":
                 continue
-            section_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[f.name]
+            sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "evaluation": EvaluationConfig}
+            section_cls = sections[f.name]
             section = raw.get(f.name) or {}
             if not isinstance(section, dict):
                 raise CnnlabError(f"config section '{f.name}' must be a mapping, got {section!r}")

@@ -6,7 +6,6 @@ This is the Python API the CLI wraps: `cnnlab.pipeline.train(RunConfig(...))`.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 
 import torch
 
-from cnnlab.config import RunConfig, save_config, with_decisions
+from cnnlab.config import RunConfig, save_config
 from cnnlab.data.augment import policy_for
-from cnnlab.data.batches import InMemoryBatches
+from cnnlab.data.batches import run_batches
 from cnnlab.data.defaults import data_decisions
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
@@ -25,14 +24,12 @@ from cnnlab.engine.budget import plan_budget
 from cnnlab.engine.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
 from cnnlab.engine.fit import EpochStats, fit, make_fabric
 from cnnlab.engine.flips import FlipCheck
-from cnnlab.engine.head import train_head, write_head_run
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
-from cnnlab.evaluate.thresholds import parse_rule
 from cnnlab.models import create_model, describe_model
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
-from cnnlab.runfolder import claim_run_dir, creating_run_dir, default_run_name, open_run
-from cnnlab.transfer import head_features, resolve_strategy, training_normalization, transfer_defaults
+from cnnlab.runfolder import claim_shared_run_dir, creating_run_dir, default_run_name, open_run, record_config
+from cnnlab.transfer import fit_frozen_head, resolve_strategy, training_normalization, transfer_defaults
 
 
 @dataclass
@@ -49,24 +46,24 @@ def train(
     name: str | None = None,
     force: bool = False,
     dry_run: bool = False,
-    positive: str | None = None,
-    rule: str = "sensitivity:0.95",
     report: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train `config` into `runs_dir/name`, then evaluate the best checkpoint on the test split.
 
     Every input is checked before the run folder is created; a failure before the first saved epoch
-    removes the folder. `dry_run` trains and scores one batch in a temporary folder.
+    removes the folder. `dry_run` trains and scores one batch in a temporary folder. A positive class
+    (`config.evaluation`) is checked against the data here, once; evaluation and the report read it from the
+    run's config.yaml and eval.json.
     """
     describe_model(config.model.name)  # an unknown model fails before any data is read
-    parse_rule(rule)
     config = transfer_defaults(config)
     fabric = make_fabric(config.train)
     if fabric.world_size > 1 and not dry_run:
         fabric.launch()  # re-runs this command in the other processes (or joins torchrun's)
     log = log if fabric.is_global_zero else _silent
-    source = _load(config, log)
+    source = load_source(config.data, log=log)
+    positive = config.evaluation.positive
     if positive is not None and positive not in source.class_names:
         raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
     splits = make_splits(
@@ -84,12 +81,12 @@ def train(
             history = _fit_new(config, make_fabric(config.train), source, splits, run_dir, max_batches=1, log=log)
             evaluation = evaluate_run(run_dir, source=source, dry_run=True, log=log)
         return TrainResult(None, history, evaluation)
-    run_dir = _shared_run_dir(fabric, runs_dir, name or default_run_name(config), force)
+    run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(config), force=force)
     history = _fit_new(config, fabric, source, splits, run_dir, log=log)
     if not fabric.is_global_zero:
         return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
-    evaluation = evaluate_run(run_dir, source=source, positive=positive, rule=rule, log=log)
+    evaluation = evaluate_run(run_dir, source=source, log=log)  # positive class and rule from config.yaml
     if report:
         from cnnlab.report.html import write_report
 
@@ -102,27 +99,12 @@ def _silent(_: str) -> None:
     pass
 
 
-def _shared_run_dir(fabric, runs_dir: Path, name: str, force: bool) -> Path:
-    """Rank 0 claims the run folder and tells the others its path (or the error, so no rank waits forever)."""
-    claimed, error = None, None
-    if fabric.is_global_zero:
-        try:
-            claimed = str(claim_run_dir(Path(runs_dir), name, force=force))
-        except CnnlabError as exc:
-            error = str(exc)
-    if fabric.world_size > 1:
-        claimed, error = fabric.broadcast((claimed, error), src=0)
-    if error:
-        raise CnnlabError(error)
-    return Path(claimed)
-
-
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     """Continue `run_dir` from last.pt to its configured epochs; the result equals an uninterrupted run."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     last = load_checkpoint(run_dir / "last.pt")
-    source = _load(config, log)
+    source = load_source(config.data, log=log)
     check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
     if config.model.strategy in FROZEN_STRATEGIES:
         raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
@@ -135,15 +117,6 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     evaluation = evaluate_run(run_dir, source=source, log=log)
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
-
-
-def _load(config: RunConfig, log) -> Source:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        source = load_source(config.data)
-    for w in caught:
-        log(f"warning: {w.message}")
-    return source
 
 
 def _fit_new(config, fabric, source, splits, run_dir: Path, *, max_batches=None, log) -> list[EpochStats]:
@@ -170,18 +143,21 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
         if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
             load_pretrained(model, config.model.weights)
         if model.frozen:  # a linear head on cached features, fit to convergence: no epochs
-            features = head_features(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
-            log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
-            stats, head = train_head(model, *features, log=log)
-            if fabric.is_global_zero:
-                _record(run_dir, config, meta, writer=True, head=head.describe())
-                write_head_run(model, stats, run_dir, meta=meta)
+            stats = fit_frozen_head(
+                model, config, source, splits, norm, run_dir, meta, writer=fabric.is_global_zero,
+                dry_run=max_batches is not None, log=log,
+            )  # fmt: skip
             return [stats]
-        train_batches, valid_batches = _image_batches(config, fabric, source, splits, norm, max_batches)
+        policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
+        train_batches, valid_batches = run_batches(
+            fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
+            norm=norm, policy=policy, seed=t.seed, max_batches=max_batches, rank=fabric.global_rank,
+            world=fabric.world_size,
+        )  # fmt: skip
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
             config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
             t = config.train
-            _record(run_dir, config, meta, writer=True)  # the planned epochs, so resume follows the same plan
+            record_config(run_dir, config, meta, writer=True)  # the planned epochs, so resume follows the same plan
         n_params = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
@@ -193,7 +169,7 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
             def record_flips(flips: bool, why: str) -> None:
                 log(f"flips: {'on' if flips else 'off'} ({why})")
                 decided = replace(config, data=replace(config.data, flips=flips))
-                _record(run_dir, decided, meta, writer=fabric.is_global_zero, flips=why)
+                record_config(run_dir, decided, meta, writer=fabric.is_global_zero, flips=why)
 
             flip_check = FlipCheck(len(source.class_names), record=record_flips)
             log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
@@ -201,26 +177,3 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
             fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
             log=log,
         )  # fmt: skip
-
-
-def _record(run_dir: Path, config: RunConfig, meta: Checkpoint, *, writer: bool, **decisions: str) -> None:
-    """Put `config` (with new `decisions`) into the checkpoints' metadata; the writer (rank 0) saves config.yaml."""
-    config = with_decisions(config, **decisions)
-    meta.config = config.to_dict()
-    if writer and run_dir.is_dir():  # a dry run's temporary folder may be gone already
-        save_config(config, run_dir / "config.yaml")
-
-
-def _image_batches(config: RunConfig, fabric, source: Source, splits, norm, max_batches):
-    t = config.train
-    images, labels = fabric.to_device(source.images), fabric.to_device(source.labels)
-    policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off in epoch 1
-    shard = {"rank": fabric.global_rank, "world": fabric.world_size}
-    train_batches = InMemoryBatches(
-        images, labels, splits["train"], batch_size=t.batch_size // fabric.world_size, norm=norm, shuffle=True,
-        policy=policy, seed=t.seed, drop_last=True, max_batches=max_batches, **shard,
-    )  # fmt: skip
-    valid_batches = InMemoryBatches(
-        images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches, **shard
-    )
-    return train_batches, valid_batches

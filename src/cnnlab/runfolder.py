@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cnnlab.config import RunConfig, load_config
+from cnnlab.config import RunConfig, load_config, save_config, with_decisions
 from cnnlab.errors import CnnlabError
 
 
@@ -57,3 +57,28 @@ def open_run(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.yaml").is_file():
         raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no config.yaml)")
     return load_config(run_dir / "config.yaml")
+
+
+def claim_shared_run_dir(fabric, runs_dir: Path, name: str, *, force: bool) -> Path:
+    """`claim_run_dir` under DDP: rank 0 claims the folder and tells the others its path (or the error, so no
+    rank waits forever)."""
+    claimed, error = None, None
+    if fabric.is_global_zero:
+        try:
+            claimed = str(claim_run_dir(Path(runs_dir), name, force=force))
+        except CnnlabError as exc:
+            error = str(exc)
+    if fabric.world_size > 1:
+        claimed, error = fabric.broadcast((claimed, error), src=0)
+    if error:
+        raise CnnlabError(error)
+    return Path(claimed)
+
+
+def record_config(run_dir: Path, config: RunConfig, template, *, writer: bool, **decisions: str) -> None:
+    """A decision taken during the run: `config` (with the new `decisions`) goes into the checkpoint `template`
+    and, for the writer (rank 0), into config.yaml, so resume and evaluation follow it."""
+    config = with_decisions(config, **decisions)
+    template.config = config.to_dict()
+    if writer and run_dir.is_dir():  # a dry run's temporary folder may be gone already
+        save_config(config, run_dir / "config.yaml")

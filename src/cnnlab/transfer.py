@@ -301,3 +301,19 @@ def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry
     y_train, y_valid = (source.labels[torch.as_tensor(splits[s][: f.shape[1]])] for s, f in
                         (("train", train_all), ("valid", valid_all)))  # fmt: skip
     return model.select_levels(train_all), y_train, model.select_levels(valid_all[0]), y_valid
+
+
+def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_dir: Path, template, *, writer: bool,
+                    dry_run: bool, log):  # fmt: skip
+    """A frozen strategy's whole training: features from the shared cache, the head fit to convergence, the run
+    folder written as `fit` would (best.pt = last.pt, one metrics row). Returns the one EpochStats."""
+    from cnnlab.engine.head import train_head, write_head_run
+    from cnnlab.runfolder import record_config
+
+    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
+    log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
+    stats, head = train_head(model, *features, log=log)
+    if writer:
+        record_config(run_dir, config, template, writer=True, head=head.describe())
+        write_head_run(model, stats, run_dir, meta=template)
+    return stats

@@ -109,3 +109,20 @@ class InMemoryBatches:
                 x = augment_batch(x.float() * (1 / 255), self.policy, gen)
             x = self.norm.apply(x)
             yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]
+
+
+def run_batches(
+    images: torch.Tensor, labels: torch.Tensor, splits: dict[str, np.ndarray], *, batch_size: int, norm: Normalization,
+    policy: AugmentPolicy, seed: int, max_batches: int | None = None, rank: int = 0, world: int = 1,
+) -> tuple[InMemoryBatches, InMemoryBatches]:  # fmt: skip
+    """(train, valid) batches of a run: shuffled, augmented training batches of the global `batch_size` split
+    over `world` processes (ragged last batch dropped), and validation batches of 1000 in order."""
+    shard = {"rank": rank, "world": world}
+    train = InMemoryBatches(
+        images, labels, splits["train"], batch_size=batch_size // world, norm=norm, shuffle=True, policy=policy,
+        seed=seed, drop_last=True, max_batches=max_batches, **shard,
+    )  # fmt: skip
+    valid = InMemoryBatches(
+        images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches, **shard
+    )
+    return train, valid

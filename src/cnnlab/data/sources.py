@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +57,20 @@ class Source:
         return int(self.images.shape[-1])
 
 
-def load_source(config: DataConfig) -> Source:
-    """Load the source named in `config` (see SOURCE_NAMES); errors say how to get the data."""
+def load_source(config: DataConfig, *, log: Callable[[str], None] | None = None) -> Source:
+    """Load the source named in `config` (see SOURCE_NAMES); errors say how to get the data. With `log`, the
+    warnings (skipped unreadable files) become `warning: ...` lines there instead of Python warnings."""
+    if log is None:
+        return _load_source(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = _load_source(config)
+    for w in caught:
+        log(f"warning: {w.message}")
+    return source
+
+
+def _load_source(config: DataConfig) -> Source:
     name = config.source
     if name.startswith("folder:"):
         return _load_folder(Path(name[len("folder:") :]).expanduser(), config)

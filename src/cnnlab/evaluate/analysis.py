@@ -131,11 +131,19 @@ def binary_summary(
         at_valid = binary_metrics(y_valid, s_valid, threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.DegenerateMetricWarning)
-        auc = M.roc_auc(y_test, s_test)
-        ci = M.bootstrap_auc_ci(y_test, s_test, n_boot=n_boot, seed=seed)
+        block = binary_block(y_test, s_test, threshold, positive=positive, n_boot=n_boot, seed=seed)
         _, _, ap = M.precision_recall(y_test, s_test)
     return {
-        "positive": positive, "auc": auc, "auc_ci95": list(ci), "average_precision": ap,
-        "threshold": threshold, "threshold_rule": str(rule), "threshold_chosen_on": source,
-        **binary_metrics(y_test, s_test, threshold), "valid_at_threshold": at_valid,
+        **block, "average_precision": ap, "threshold_rule": str(rule), "threshold_chosen_on": source,
+        "valid_at_threshold": at_valid,
+    }  # fmt: skip
+
+
+def binary_block(y, score, threshold: float, *, positive: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The binary result every route reports (evaluate, report, score): the positive class, AUC with its
+    bootstrap 95% CI, the threshold and the confusion counts and rates at it."""
+    return {
+        "positive": positive, "auc": M.roc_auc(y, score),
+        "auc_ci95": list(M.bootstrap_auc_ci(y, score, n_boot=n_boot, seed=seed)), "threshold": threshold,
+        **binary_metrics(y, score, threshold),
     }  # fmt: skip

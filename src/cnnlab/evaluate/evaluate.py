@@ -11,13 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.config import with_overrides
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
-from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
 from cnnlab.evaluate.predict import model_from_checkpoint, model_logits
-from cnnlab.evaluate.thresholds import ThresholdRule, parse_rule
 from cnnlab.files import write_csv_atomic, write_text_atomic
 from cnnlab.runfolder import open_run
 
@@ -43,19 +44,21 @@ def evaluate_run(
     checkpoint: Path | None = None,
     source: Source | None = None,
     positive: str | None = None,
-    rule: ThresholdRule | str = "sensitivity:0.95",
+    rule: str | None = None,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `run_dir`'s best.pt (or `checkpoint`) on its test split; write the result files.
 
     Writes predictions.csv (test), valid_predictions.csv (for threshold choice later) and eval.json,
-    each atomically. With `positive`, eval.json gains a `binary` block (that class vs the rest) with
-    the threshold chosen by `rule` on validation. With `dry_run`, one batch is scored, nothing written.
+    each atomically. With a positive class (the run's `evaluation.positive`, or `positive` for this
+    evaluation), eval.json gains a `binary` block (that class vs the rest) with the threshold chosen by the
+    rule on validation. With `dry_run`, one batch is scored, nothing written.
     """
-    rule = parse_rule(rule) if isinstance(rule, str) else rule
     run_dir = Path(run_dir)
     config = open_run(run_dir)
+    wanted = with_overrides(config, "evaluation", positive=positive, threshold_rule=rule).evaluation  # validated
+    positive, rule = wanted.positive, wanted.rule
     splits = load_splits(run_dir / "splits.json")
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
     ckpt = load_checkpoint(ckpt_path)
@@ -85,6 +88,8 @@ def evaluate_run(
         result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed)
     if dry_run:
         log(f"dry run ok: scored {len(idx)} test images (nothing written)")
+        if "binary" in result:
+            log(format_binary(result["binary"]))
         return result
     for split, name in (("test", "predictions.csv"), ("valid", "valid_predictions.csv")):
         write_predictions(run_dir / name, source, *outputs[split])
@@ -92,6 +97,29 @@ def evaluate_run(
     log(format_accuracy_table(result))
     if "binary" in result:
         log(format_binary(result["binary"]))
+    return result
+
+
+def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> dict[str, Any]:
+    """Recompute eval.json's `binary` block from the saved test and validation predictions (no model run) for
+    another positive class or threshold rule; the same helper, seed and checks as `evaluate_run` (thresholds
+    agree with it to the CSV's 6 decimals)."""
+    run_dir = Path(run_dir)
+    config = open_run(run_dir)
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
+    result = json.loads(path.read_text())
+    old = result.get("binary") or {}
+    wanted = with_overrides(config, "evaluation", positive=positive or old.get("positive"),
+                            threshold_rule=rule or old.get("threshold_rule")).evaluation  # fmt: skip
+    if wanted.positive is None:
+        raise CnnlabError("no positive class to score (pass --positive CLASS)")
+    test = read_predictions(run_dir / "predictions.csv")
+    valid_path = run_dir / "valid_predictions.csv"
+    valid = read_predictions(valid_path) if valid_path.is_file() else None
+    result["binary"] = binary_summary(test, valid, wanted.positive, wanted.rule, seed=config.train.seed)
+    write_eval_json(path, result)
     return result
 
 

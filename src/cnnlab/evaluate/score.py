@@ -16,9 +16,13 @@ from typing import Any
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.evaluate import metrics as M
-from cnnlab.evaluate.analysis import PredictionTable, multiclass_summary, parse_probability, read_csv_rows
-from cnnlab.evaluate.thresholds import binary_metrics
+from cnnlab.evaluate.analysis import (
+    PredictionTable,
+    binary_block,
+    multiclass_summary,
+    parse_probability,
+    read_csv_rows,
+)
 
 ISIC_FOLDERS = {"melanoma": (1, 0), "seborrheic_keratosis": (0, 1), "nevus": (0, 0)}
 NOT_SCORES = {"id", "label", "predicted"}
@@ -81,11 +85,7 @@ def _score_isic(pred_path: Path, rows, id_col: str, truth: Path | None, t: float
     y = _isic_truth(pred_path, ids, truth)
     out: dict[str, Any] = {"format": "isic2017", "n": len(ids), "threshold": t}
     for k, (task, name) in enumerate((("task_1", "melanoma"), ("task_2", "seborrheic_keratosis"))):
-        out[f"category_{k + 1}"] = {
-            "task": task, "positive": name, "auc": M.roc_auc(y[:, k], scores[:, k]),
-            "auc_ci95": list(M.bootstrap_auc_ci(y[:, k], scores[:, k])),
-            **binary_metrics(y[:, k], scores[:, k], t),
-        }  # fmt: skip
+        out[f"category_{k + 1}"] = {"task": task, **binary_block(y[:, k], scores[:, k], t, positive=name)}
     out["category_3_mean_auc"] = (out["category_1"]["auc"] + out["category_2"]["auc"]) / 2
     return out
 
@@ -139,8 +139,7 @@ def _score_generic(pred_path, rows, header, id_col, truth, positive, t) -> dict[
     if positive is not None:
         k = table.class_index(positive)
         y, s = table.labels == k, scores[:, k]
-        out["binary"] = {"positive": positive, "threshold": t, "auc": M.roc_auc(y, s),
-                         "auc_ci95": list(M.bootstrap_auc_ci(y, s)), **binary_metrics(y, s, t)}  # fmt: skip
+        out["binary"] = binary_block(y, s, t, positive=positive)
     return out
 
 
@@ -167,5 +166,4 @@ def _score_binary(labels: list[str], score: np.ndarray, positive: str | None, t:
     elif positive not in values:
         raise CnnlabError(f"unknown positive class '{positive}' (labels in {where}: {', '.join(values[:10])})")
     y = np.array([lbl == positive for lbl in labels])
-    return {"format": "binary", "n": len(labels), "positive": positive, "threshold": t, "auc": M.roc_auc(y, score),
-            "auc_ci95": list(M.bootstrap_auc_ci(y, score)), **binary_metrics(y, score, t)}  # fmt: skip
+    return {"format": "binary", "n": len(labels), **binary_block(y, score, t, positive=positive)}

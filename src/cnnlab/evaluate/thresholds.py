@@ -12,40 +12,13 @@ A case is called positive when its score >= threshold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from cnnlab.config import DEFAULT_RULE, RULES, ThresholdRule, parse_rule
 from cnnlab.errors import CnnlabError
 
-RULES = ("sensitivity:X", "specificity:X", "youden", "max-f1", "cost:R", "fixed:T")
-
-
-@dataclass(frozen=True)
-class ThresholdRule:
-    kind: str  # sensitivity | specificity | youden | max-f1 | cost | fixed
-    value: float | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
-
-
-def parse_rule(text: str) -> ThresholdRule:
-    """Parse `sensitivity:0.95`, `youden`, `cost:5`, ... with an error that lists the valid forms."""
-    kind, _, raw = text.strip().partition(":")
-    if kind in ("youden", "max-f1") and not raw:
-        return ThresholdRule(kind)
-    if kind in ("sensitivity", "specificity", "cost", "fixed") and raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = float("nan")
-        bounded = kind != "cost"
-        if not np.isfinite(value) or (bounded and not 0 <= value <= 1) or (not bounded and value <= 0):
-            limits = "a number in [0, 1]" if bounded else "a positive number (FN cost / FP cost)"
-            raise CnnlabError(f"threshold rule '{text}': the value must be {limits}")
-        return ThresholdRule(kind, value)
-    raise CnnlabError(f"unknown threshold rule '{text}' (valid: {', '.join(RULES)}; e.g. sensitivity:0.95)")
+# the rule grammar is part of the run configuration (validated once, when the config is built)
+__all__ = ["DEFAULT_RULE", "RULES", "ThresholdRule", "parse_rule", "choose_threshold", "binary_metrics"]
 
 
 def _operating_points(y: np.ndarray, s: np.ndarray):

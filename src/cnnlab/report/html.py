@@ -19,9 +19,7 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import metrics as M
 from cnnlab.evaluate import plots
-from cnnlab.evaluate.analysis import PredictionTable, binary_summary, read_predictions
-from cnnlab.evaluate.evaluate import write_eval_json
-from cnnlab.evaluate.thresholds import parse_rule
+from cnnlab.evaluate.analysis import PredictionTable, read_predictions
 from cnnlab.files import write_text_atomic
 from cnnlab.runfolder import open_run
 
@@ -64,40 +62,22 @@ def write_report(
     run_dir: Path,
     *,
     source: Source | None = None,
-    positive: str | None = None,
-    rule: str | None = None,
     readers: Path | None = None,
 ) -> Path:
-    """Render RUN/report.html. With `positive` (or a `binary` block already in eval.json), the ROC and
-    threshold section is included; a new positive class or rule updates eval.json first."""
+    """Render RUN/report.html from what evaluation wrote (eval.json, predictions, metrics); writes nothing else.
+    With a `binary` block in eval.json, the ROC and threshold section is included."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     ev = load_evaluation(run_dir)
     rows = read_metrics(run_dir)
     test = read_predictions(run_dir / "predictions.csv")
     reader_points = read_readers(readers) if readers else None
-    ev = _update_binary(run_dir, ev, test, positive, rule)
     source = source or load_source(config.data)
     figs = _figures(rows, ev, test, source, reader_points)
     html = _render("report.html.j2", **_context(run_dir, config, ev, rows, figs))
     out = run_dir / "report.html"
     write_text_atomic(out, html)
     return out
-
-
-def _update_binary(run_dir: Path, ev: dict, test: PredictionTable, positive, rule) -> dict:
-    old = ev.get("binary")
-    positive = positive or (old or {}).get("positive")
-    if positive is None:
-        return ev
-    rule = rule or (old or {}).get("threshold_rule") or "sensitivity:0.95"
-    if old and old["positive"] == positive and old["threshold_rule"] == str(parse_rule(rule)):
-        return ev
-    valid_path = run_dir / "valid_predictions.csv"
-    valid = read_predictions(valid_path) if valid_path.is_file() else None
-    ev["binary"] = binary_summary(test, valid, positive, parse_rule(rule))
-    write_eval_json(run_dir / "eval.json", ev)
-    return json.loads((run_dir / "eval.json").read_text())
 
 
 def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[str, str]:
