@@ -4,13 +4,17 @@
     SubsetRandomSampler, batch 20, SGD lr 0.01 without momentum, log_softmax fed to CrossEntropyLoss,
     validation loss every epoch; runs for --course-minutes.
 (b) cnnlab default: `simple_cnn_bn`, in-memory uint8 batches with light augmentation, AdamW one-cycle
-    peak 3e-3, batch 128, --epochs epochs, validation every epoch (the engine's recipe, built from its parts).
+    peak 3e-3, batch 128, epochs planned by cnnlab's --budget-minutes (default 5), validation every epoch
+    (the engine's recipe, built from its parts), in fp32 and, where this CPU runs bf16 natively, in bf16
+    autocast too; `precision_chosen` is what `--precision auto` picks here (engine/precision.py).
 (c) with --large-minutes M, the larger recipe (recipes/fashion-large.yaml): `resnet_small`, SGD-nesterov
-    one-cycle peak 0.1, label smoothing 0.1, batch 256, epochs planned by cnnlab's --budget-minutes M.
-Test accuracy is measured after every epoch outside the clock. Prints one JSON line with the seconds
-each needed to reach 88.9/91/92/93/93.5/95% and the speed-up at 88.9% (the course's best in 12 minutes).
+    one-cycle peak 0.1, label smoothing 0.1, batch 256, epochs planned by --budget-minutes M, in the chosen
+    precision.
+Test accuracy is measured after every epoch outside the clock. Prints one JSON line with the CPU, the
+seconds each needed to reach 88.9/91/92/93/93.5/95% and the speed-up at 88.9% (the course's best in 12
+minutes).
 
-Usage: .venv/bin/python bench/time_to_accuracy.py [--course-minutes 8] [--epochs 10] [--large-minutes 30]
+Usage: .venv/bin/python bench/time_to_accuracy.py [--course-minutes 8] [--budget-minutes 5] [--large-minutes 30]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
 from cnnlab.engine.budget import plan_budget
 from cnnlab.engine.fit import build_optimizer, build_scheduler, evaluate_loss, make_fabric, train_one_epoch
+from cnnlab.engine.precision import BF16, FP32, CpuInfo, decide_precision
 from cnnlab.models import create_model
 
 TARGETS = (0.889, 0.91, 0.92, 0.93, 0.935, 0.95)
@@ -121,7 +126,8 @@ def cnnlab_recipe(source, model_name: str, t: TrainConfig) -> list[tuple[float, 
         start = time.perf_counter()
         train.set_epoch(epoch)
         train_one_epoch(fabric, model, train, optimizer, scheduler, t.label_smoothing, loss_fn=loss_fn)
-        evaluate_loss(model, valid)
+        with fabric.autocast():
+            evaluate_loss(model, valid)
         clock += time.perf_counter() - start
         history.append((clock, test_accuracy(model, source.images[test_idx], source.labels[test_idx], norm)))
     return history
@@ -142,20 +148,40 @@ def time_to(history: list[tuple[float, float]]) -> dict[str, float | None]:
     return {f"{100 * t:g}%": next((round(s, 1) for s, a in history if a >= t), None) for t in TARGETS}
 
 
+def chosen_precision(model_name: str, batch: int) -> str:
+    """What `--precision auto` picks for this model here (measured, or read from cnnlab's cache)."""
+    from cnnlab.config import ModelConfig, RunConfig
+
+    config = RunConfig(model=ModelConfig(name=model_name), train=TrainConfig(batch_size=batch))
+
+    def build():
+        return create_model(model_name, num_classes=10).to(memory_format=torch.channels_last)
+
+    decided = decide_precision(config, build, num_classes=10, in_channels=1, image_size=28, log=lambda _: None)
+    return decided.train.precision
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--course-minutes", type=float, default=8.0)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--budget-minutes", type=float, default=5.0, help="the default recipe's budget")
     parser.add_argument("--large-minutes", type=float, default=0.0, help="0 skips the larger recipe")
     args = parser.parse_args()
     source = load_source(DataConfig(source="fashion-mnist"))
-    runs = {"cnnlab": summary(cnnlab_recipe(source, "simple_cnn_bn", TrainConfig(epochs=args.epochs, batch_size=128)))}
+    cpu = CpuInfo.here()
+    chosen = chosen_precision("simple_cnn_bn", 128)
+    runs = {}
+    for precision in (FP32, BF16) if cpu.bf16 else (FP32,):
+        t = TrainConfig(batch_size=128, budget_minutes=args.budget_minutes, precision=precision)
+        runs[f"cnnlab_{precision}"] = summary(cnnlab_recipe(source, "simple_cnn_bn", t))
     if args.large_minutes:
-        runs["large"] = summary(cnnlab_recipe(source, "resnet_small", large_recipe(args.large_minutes)))
+        large = replace(large_recipe(args.large_minutes), precision=chosen_precision("resnet_small", 256))
+        runs[f"large_{large.precision}"] = summary(cnnlab_recipe(source, "resnet_small", large))
     runs["course"] = summary(course(source, args.course_minutes))
-    a, b = runs["course"]["seconds_to"]["88.9%"], runs["cnnlab"]["seconds_to"]["88.9%"]
+    a, b = runs["course"]["seconds_to"]["88.9%"], runs[f"cnnlab_{chosen}"]["seconds_to"]["88.9%"]
     print(json.dumps({
-        "bench": "time_to_accuracy", "threads": torch.get_num_threads(), **runs,
+        "bench": "time_to_accuracy", "cpu": cpu.name, "capability": cpu.capability, "native_bf16": cpu.bf16,
+        "threads": torch.get_num_threads(), "precision_chosen": chosen, **runs,
         "speedup_at_88.9%": round(a / b, 1) if a and b else None,
         "course_not_reached_88.9%_by": None if a else runs["course"]["seconds"],
     }))  # fmt: skip

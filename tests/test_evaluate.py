@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -52,7 +53,16 @@ def test_run_folder_has_the_documented_files(folder_run):
     with (result.run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds"}
+    assert set(rows[0]) == {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "valid_loss",
+        "valid_acc",
+        "lr",
+        "seconds",
+        "images_per_s",
+    }
 
 
 def test_eval_json_agrees_with_predictions_csv(folder_run):
@@ -119,3 +129,56 @@ def test_positive_class_travels_one_route_through_dry_run_evaluate_and_report(cl
     assert [again[k] for k in ("tp", "fp", "fn", "tn")] == [saved[k] for k in ("tp", "fp", "fn", "tn")]
     code, _, err = cli("report", runs / "r", "--threshold-rule", "sensitivty:0.9")
     assert code == 2 and "unknown threshold rule" in err
+
+
+def test_mirror_averaging_is_the_mean_of_the_two_softmaxes():
+    import torch
+
+    from cnnlab.evaluate.predict import mean_of_views
+
+    a, b = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    assert torch.allclose(mean_of_views(a, b).softmax(1), (a.softmax(1) + b.softmax(1)) / 2)
+
+
+def test_test_time_flips_are_chosen_on_validation_then_followed(tmp_path):
+    """With label-keeping flips, evaluation compares the validation loss with and without mirror averaging,
+    scores test once in the chosen way, and records the choice for later evaluations and predictions."""
+    import yaml
+
+    from cnnlab.evaluate.analysis import read_predictions
+    from cnnlab.evaluate.evaluate import evaluate_run
+
+    cfg = with_overrides(RunConfig(), "data", source="digits", flips=True)
+    cfg = with_overrides(cfg, "train", epochs=3)
+    lines = []
+    run = train(cfg, runs_dir=tmp_path, name="tta", log=lines.append, report=False).run_dir
+    line = next(x for x in lines if x.startswith("test-time flips: "))
+    found = re.search(r"valid loss ([\d.]+) averaged with mirror images vs ([\d.]+) without", line)
+    with_mirror, without = float(found[1]), float(found[2])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["tta"] is saved["evaluation"]["tta"] is (with_mirror < without)
+    assert saved["decisions"]["tta"] in line
+    valid = read_predictions(run / "valid_predictions.csv")  # written the chosen way
+    loss = -np.log(np.clip(valid.probs[np.arange(len(valid.labels)), valid.labels], 1e-12, 1)).mean()
+    assert loss == pytest.approx(min(with_mirror, without), abs=2e-3)
+    again = []
+    assert evaluate_run(run, log=again.append)["accuracy"] == ev["accuracy"]
+    assert not any(x.startswith("test-time flips") for x in again)  # follows the record, no new choice
+
+
+def test_flips_that_change_labels_are_never_averaged(tmp_path):
+    """Digits change meaning when mirrored (flips off): evaluation never averages, and records no choice."""
+    cfg = with_overrides(RunConfig(), "data", source="digits")
+    cfg = with_overrides(cfg, "model", name="mlp")
+    result = train(
+        with_overrides(cfg, "train", epochs=1), runs_dir=tmp_path, name="d", log=lambda _: None, report=False
+    )
+    assert result.evaluation["tta"] is False
+    assert "tta" not in yaml_of(result.run_dir)["decisions"] and yaml_of(result.run_dir)["data"]["flips"] is False
+
+
+def yaml_of(run_dir):
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -79,11 +79,16 @@ def train(
     stream: Optional[bool] = typer.Option(
         None, "--stream/--in-memory", help="Folders: decode batch by batch from disk (data larger than memory)."
     ),
-    precision: Optional[str] = typer.Option(None, help="auto | 32-true | bf16-mixed."),
+    precision: Optional[str] = typer.Option(
+        None, help="auto (bf16 where measured faster on this machine) | 32-true | bf16-mixed."
+    ),
     compile: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the model for training (GPUs; one-off compile time)."
     ),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
+    logger: Optional[str] = typer.Option(
+        None, help="csv (metrics.csv, default) | tensorboard (also RUN/tensorboard/: tensorboard --logdir runs)."
+    ),
     devices: Optional[int] = typer.Option(
         None, help="Processes (GPUs, or CPU processes) per node; > 1 trains with DDP. --batch-size is the global batch."
     ),
@@ -113,6 +118,7 @@ def train(
         "weight_decay": weight_decay, "momentum": momentum, "label_smoothing": label_smoothing,
         "patience": patience, "precision": precision, "device": device, "seed": seed, "backbone_lr": backbone_lr,
         "budget_minutes": budget_minutes, "devices": devices, "num_nodes": num_nodes, "compile": compile,
+        "logger": logger,
     }  # fmt: skip
     model_flags = {
         "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,
@@ -182,6 +188,7 @@ def predict(
     """Classify image files with a trained model (preprocessed as its training data was), or with a
     pretrained backbone's ImageNet classifier (--model)."""
     from cnnlab.evaluate.predict import predict_imagenet, predict_images
+    from cnnlab.runfolder import open_run
 
     if output is not None and output.exists() and not force and not dry_run:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
@@ -193,7 +200,8 @@ def predict(
             raise CnnlabError("give a run folder and at least one image (or --model NAME for ImageNet classes)")
         run, images = paths[0], paths[1:]
         ckpt = run / "best.pt" if run.is_dir() else run
-        classes, preds = predict_images(ckpt, images, limit=limit)
+        tta = run.is_dir() and bool(open_run(run).evaluation.tta)  # as the run's evaluation decided
+        classes, preds = predict_images(ckpt, images, limit=limit, tta=tta)
     for p in preds:
         order = p.probabilities.argsort()[::-1][:top_k]
         typer.echo(f"{p.path}: " + ", ".join(f"{classes[k]} {100 * p.probabilities[k]:.1f}%" for k in order))

@@ -19,6 +19,7 @@ Augment = Literal["none", "light", "standard"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 Precision = Literal["auto", "32-true", "bf16-mixed"]
+Logger = Literal["csv", "tensorboard"]  # metrics.csv is always written; tensorboard adds RUN/tensorboard/
 Device = Literal["auto", "cpu", "cuda"]
 
 DEFAULT_MODEL = "simple_cnn_bn"
@@ -129,6 +130,7 @@ class TrainConfig:
     patience: int | None = None  # epochs without valid-loss improvement before stopping
     budget_minutes: float | None = None  # plan the epochs (and so the schedule) to finish training in this time
     precision: Precision = "auto"
+    logger: Logger = "csv"
     compile: bool = False  # torch.compile the training step's model (pays off on GPUs; on CPU measured ~1x)
     device: Device = "auto"
     devices: int = 1  # processes per node; > 1 trains data-parallel (DDP through Lightning Fabric)
@@ -166,6 +168,7 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, Optimizer)
         _check_choice("schedule", self.schedule, Schedule)
         _check_choice("precision", self.precision, Precision)
+        _check_choice("logger", self.logger, Logger)
         _check_choice("device", self.device, Device)
 
 
@@ -173,6 +176,7 @@ class TrainConfig:
 class EvaluationConfig:
     positive: str | None = None  # also score this class vs the rest (ROC/AUC, a threshold chosen on validation)
     threshold_rule: str = DEFAULT_RULE  # how that threshold is chosen: sensitivity:X, specificity:X, youden, ...
+    tta: bool | None = None  # average with the mirrored image at test time; None = decided on validation loss
 
     def __post_init__(self) -> None:
         self.threshold_rule = str(parse_rule(self.threshold_rule))  # an invalid rule fails here, once

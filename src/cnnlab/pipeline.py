@@ -22,8 +22,9 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
 from cnnlab.engine.budget import plan_budget
 from cnnlab.engine.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
-from cnnlab.engine.fit import EpochStats, fit, make_fabric
+from cnnlab.engine.fit import EpochStats, accelerator_for, fit, make_fabric
 from cnnlab.engine.flips import FlipCheck
+from cnnlab.engine.precision import decide_precision
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.models import create_model, describe_model
@@ -58,10 +59,12 @@ def train(
     """
     describe_model(config.model.name)  # an unknown model fails before any data is read
     config = transfer_defaults(config)
-    fabric = make_fabric(config.train)
-    if fabric.world_size > 1 and not dry_run:
-        fabric.launch()  # re-runs this command in the other processes (or joins torchrun's)
-    log = log if fabric.is_global_zero else _silent
+    accelerator_for(config.train)  # an impossible device fails before any data is read
+    launcher = None  # several processes: the Fabric must exist (and launch) before the data is read
+    if config.train.devices * config.train.num_nodes > 1 and not dry_run:
+        launcher = make_fabric(config.train)
+        launcher.launch()  # re-runs this command in the other processes (or joins torchrun's)
+    log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)
     positive = config.evaluation.positive
     if positive is not None and positive not in source.class_names:
@@ -74,6 +77,7 @@ def train(
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
     config = data_decisions(config, source, len(splits["train"]), log)  # image size, flips, batch size
     config = resolve_strategy(config, source, splits, positive=positive, measure=not dry_run, log=log)
+    config = _decide_precision(config, source, measure=not dry_run and launcher is None, log=log)
     if dry_run:
         config = replace(config, train=replace(config.train, epochs=1, devices=1, num_nodes=1))
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,12 +85,14 @@ def train(
             history = _fit_new(config, make_fabric(config.train), source, splits, run_dir, max_batches=1, log=log)
             evaluation = evaluate_run(run_dir, source=source, dry_run=True, log=log)
         return TrainResult(None, history, evaluation)
+    fabric = launcher or make_fabric(config.train)
     run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(config), force=force)
     history = _fit_new(config, fabric, source, splits, run_dir, log=log)
     if not fabric.is_global_zero:
         return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
     evaluation = evaluate_run(run_dir, source=source, log=log)  # positive class and rule from config.yaml
+    _log_evaluation(config, run_dir, source, history, log)
     if report:
         from cnnlab.report.html import write_report
 
@@ -97,6 +103,34 @@ def train(
 
 def _silent(_: str) -> None:
     pass
+
+
+def _log_evaluation(config: RunConfig, run_dir: Path, source: Source, history: list[EpochStats], log) -> None:
+    """With --logger tensorboard: the test result joins the run's curves."""
+    if config.train.logger == "tensorboard" and history:
+        from cnnlab.watch import log_evaluation
+
+        log(f"tensorboard: {log_evaluation(run_dir, source, epoch=history[-1].epoch)} "
+            "(view with: tensorboard --logdir runs)")  # fmt: skip
+
+
+def _decide_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
+    """`precision: auto` made concrete by timing this model on this machine (engine/precision.py); heads on
+    frozen features are fit in fp32 and need no decision."""
+    if config.model.strategy in FROZEN_STRATEGIES:
+        return config
+
+    def build() -> torch.nn.Module:
+        return create_model(
+            config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
+            image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
+        ).to(memory_format=torch.channels_last)  # fmt: skip
+
+    channels = 3 if is_pretrained_name(config.model.name) else source.channels  # grey broadcasts to RGB there
+    return decide_precision(
+        config, build, num_classes=len(source.class_names), in_channels=channels,
+        image_size=source.image_size, measure=measure, log=log,
+    )  # fmt: skip
 
 
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
@@ -115,6 +149,7 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
     history = _fit(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
     evaluation = evaluate_run(run_dir, source=source, log=log)
+    _log_evaluation(config, run_dir, source, history, log)
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
 

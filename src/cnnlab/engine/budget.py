@@ -27,13 +27,15 @@ def plan_budget(t: TrainConfig, fabric, model, train_batches, valid_batches, log
         for i, (x, y) in enumerate(steps):
             if i == 1:  # the first step pays one-off costs (allocations, kernel selection, compilation)
                 first_s, start = time.perf_counter() - start, time.perf_counter()
-            loss, _ = probe.compute_loss(step_model(x), y, t.label_smoothing)
+            with fabric.autocast():  # the run's precision: the plan follows the measured choice
+                loss, _ = probe.compute_loss(step_model(x), y, t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         step_s = (time.perf_counter() - start) / max(len(steps) - 1, 1)
         start = time.perf_counter()
-        evaluate_loss(probe, valid_batches)
+        with fabric.autocast():
+            evaluate_loss(probe, valid_batches)
         valid_s = time.perf_counter() - start
     epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
     compile_s = max(first_s - step_s, 0.0) if t.compile and len(steps) > 1 else 0.0

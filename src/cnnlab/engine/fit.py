@@ -26,7 +26,7 @@ from cnnlab.engine.flips import FlipCheck
 from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds"]
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "images_per_s"]
 
 
 @dataclass
@@ -37,7 +37,8 @@ class EpochStats:
     valid_loss: float
     valid_acc: float
     lr: float
-    seconds: float
+    seconds: float  # training and validation
+    images_per_s: float = math.nan  # training images per second of training (augmentation included)
 
 
 class BestTracker:
@@ -61,15 +62,9 @@ class BestTracker:
         return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
 
-def make_fabric(config: TrainConfig):
-    """A Fabric for the configured device, precision and process count (DDP when devices x nodes > 1;
-    on CPUs the processes talk over gloo). Call `fabric.launch()` before anything with side effects.
-
-    precision=auto picks bf16 autocast only on CUDA with bf16: measured on this project's 2-core AVX2
-    CPU, bf16 autocast trains the course CNN 10x slower than fp32 (no native bf16 instructions).
-    """
-    from lightning.fabric import Fabric
-
+def accelerator_for(config: TrainConfig) -> str:
+    """ "cuda" or "cpu" for the configured device; an impossible request (no GPU, --compile without a C++
+    compiler) is a user error raised before any data is read."""
     cuda = torch.cuda.is_available()
     if config.device == "cuda" and not cuda:
         raise CnnlabError("--device cuda requested but no CUDA GPU is visible (use --device auto or cpu)")
@@ -78,6 +73,20 @@ def make_fabric(config: TrainConfig):
         raise CnnlabError(
             "--compile on a CPU needs a C++ compiler for torch.compile's kernels (install g++, or drop --compile)"
         )
+    return accelerator
+
+
+def make_fabric(config: TrainConfig):
+    """A Fabric for the configured device, precision and process count (DDP when devices x nodes > 1;
+    on CPUs the processes talk over gloo). Call `fabric.launch()` before anything with side effects.
+
+    A new run's `auto` precision is decided by measurement first (engine/precision.py). An `auto` left here
+    (a run folder from before that, several processes) means bf16 autocast on CUDA with bf16, else fp32:
+    CPUs without native bf16 train 10x slower in it.
+    """
+    from lightning.fabric import Fabric
+
+    accelerator = accelerator_for(config)
     precision = config.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
@@ -137,8 +146,9 @@ def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
 def train_one_epoch(
     fabric, model, batches: Iterable, optimizer, scheduler, label_smoothing: float, *, loss_fn, on_step=None
 ):
-    """One pass over `batches`; returns (mean loss, accuracy). `loss_fn` is the plain model's `compute_loss`
-    (`model` may be a compiled or DDP wrapper). Sums stay on the device (no sync per step)."""
+    """One pass over `batches`; returns (mean loss, accuracy, images seen over all processes). `loss_fn` is
+    the plain model's `compute_loss` (`model` may be a compiled or DDP wrapper). Sums stay on the device (no
+    sync per step); `on_step` gets each step's loss tensor."""
     model.train()
     loss_sum = torch.zeros((), device=fabric.device)
     correct = torch.zeros((), device=fabric.device, dtype=torch.int64)
@@ -153,9 +163,9 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         if on_step:
-            on_step()
+            on_step(loss)
     totals = _reduce_sums(fabric, [loss_sum, correct.double(), torch.tensor(float(seen), device=fabric.device)])
-    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1), int(totals[2])
 
 
 def _reduce_sums(fabric, values: list[torch.Tensor]) -> list[float]:
@@ -217,6 +227,11 @@ def fit(
     # compiled for the training steps only; checkpoints and validation use the plain module (same weights)
     fmodel, foptimizer = fabric.setup(torch.compile(model) if config.compile else model, optimizer)
     writer = fabric.is_global_zero  # under DDP only rank 0 touches the run folder
+    watch = None
+    if writer and config.logger == "tensorboard":
+        from cnnlab.watch import TensorBoardLog
+
+        watch = TensorBoardLog(run_dir, steps_per_epoch=len(train_batches), start_epoch=start, config=meta.config)
     metrics_path = run_dir / "metrics.csv"
     if writer:
         _truncate_metrics(metrics_path, keep_through=start - 1)
@@ -225,7 +240,7 @@ def fit(
     try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
         for epoch in range(start, config.epochs + 1):
             stats = _run_epoch(
-                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model
+                fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model, watch
             )
             if flip_check is not None and flip_check.ready(stats.valid_acc):  # before the checkpoints: they
                 with fabric.autocast():  # carry the decision
@@ -244,6 +259,8 @@ def fit(
                 )
                 saved = epoch
                 log(_format_epoch(stats, config.epochs, improved))
+                if watch is not None:
+                    watch.epoch(stats)
             if tracker.should_stop():
                 log(f"early stop: valid loss has not improved for {tracker.bad_epochs} epochs")
                 break
@@ -252,11 +269,14 @@ def fit(
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}; {done} (continue with: cnnlab train --resume {run_dir})"
         ) from None
+    finally:
+        if watch is not None:
+            watch.close()
     return history
 
 
 def _run_epoch(
-    fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, plain_model
+    fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, plain_model, watch=None
 ) -> EpochStats:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -265,16 +285,23 @@ def _run_epoch(
     columns = (TextColumn(f"epoch {epoch}/{config.epochs}"), BarColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not sys.stdout.isatty()) as bar:
         task = bar.add_task("train", total=len(train_batches))
-        train_loss, train_acc = train_one_epoch(
-            fabric, model, train_batches, optimizer, scheduler, config.label_smoothing,
-            on_step=lambda: bar.advance(task), loss_fn=plain_model.compute_loss,
+
+        def on_step(loss: torch.Tensor) -> None:
+            bar.advance(task)
+            if watch is not None:
+                watch.step(loss, optimizer.param_groups[-1]["lr"])
+
+        train_loss, train_acc, seen = train_one_epoch(
+            fabric, model, train_batches, optimizer, scheduler, config.label_smoothing, on_step=on_step,
+            loss_fn=plain_model.compute_loss,
         )  # fmt: skip
+    train_s = time.perf_counter() - t0
     if not math.isfinite(train_loss):
         raise CnnlabError(f"training diverged: loss is {train_loss} in epoch {epoch} (lower --lr, e.g. by 10x)")
     with fabric.autocast():  # the unwrapped model: no DDP collectives during an uneven validation shard
         valid_loss, valid_acc = evaluate_loss(plain_model, valid_batches, fabric)
     lr = optimizer.param_groups[-1]["lr"]  # the head's (or only) group
-    return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0)
+    return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0, seen / train_s)
 
 
 def _format_epoch(s: EpochStats, total: int, improved: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import with_overrides
+from cnnlab.config import save_config, with_decisions, with_overrides
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
-from cnnlab.evaluate.predict import model_from_checkpoint, model_logits
+from cnnlab.evaluate.predict import mean_of_views, model_from_checkpoint, model_logits, predict_logits
 from cnnlab.files import write_csv_atomic, write_text_atomic
 from cnnlab.runfolder import open_run
 
@@ -68,11 +69,19 @@ def evaluate_run(
     norm = ckpt.preprocessing.normalization()
     max_batches = 1 if dry_run else None
     cache_dir = None if dry_run else Path(config.data.root) / "cache"
-    outputs = {}
-    for split in ("test", "valid"):
-        idx = splits[split]
-        logits = model_logits(model, select(source.images, idx), norm, cache_dir=cache_dir, max_batches=max_batches)
-        outputs[split] = (idx[: len(logits)], logits)
+    valid_idx = splits["valid"]
+    tta, why, valid_logits = _choose_tta(
+        config, model, select(source.images, valid_idx), source.labels[valid_idx], norm, cache_dir=cache_dir,
+        max_batches=max_batches,
+    )  # fmt: skip
+    test_idx = splits["test"]  # touched once, in the way validation chose
+    test_logits = model_logits(
+        model, select(source.images, test_idx), norm, cache_dir=cache_dir, max_batches=max_batches, tta=tta
+    )
+    outputs = {
+        "test": (test_idx[: len(test_logits)], test_logits),
+        "valid": (valid_idx[: len(valid_logits)], valid_logits),
+    }
     tables = {split: _table(source, *outputs[split]) for split in outputs}
     if positive is not None:
         tables["test"].class_index(positive)  # an unknown class fails before anything is written
@@ -82,6 +91,7 @@ def evaluate_run(
         "test_loss": float(F.cross_entropy(logits, torch.as_tensor(tables["test"].labels))),
         "checkpoint": str(ckpt_path),
         "epoch": ckpt.epoch,
+        "tta": tta,
         **multiclass_summary(tables["test"]),
     }
     if positive is not None:
@@ -91,6 +101,10 @@ def evaluate_run(
         if "binary" in result:
             log(format_binary(result["binary"]))
         return result
+    if why is not None:  # decided now: later evaluations and `cnnlab predict RUN` follow it
+        log(f"test-time flips: {'on' if tta else 'off'} ({why})")
+        decided = replace(config, evaluation=replace(config.evaluation, tta=tta))
+        save_config(with_decisions(decided, tta=why), run_dir / "config.yaml")
     for split, name in (("test", "predictions.csv"), ("valid", "valid_predictions.csv")):
         write_predictions(run_dir / name, source, *outputs[split])
     write_eval_json(run_dir / "eval.json", result)
@@ -98,6 +112,26 @@ def evaluate_run(
     if "binary" in result:
         log(format_binary(result["binary"]))
     return result
+
+
+def _choose_tta(
+    config, model, images, labels, norm, *, cache_dir, max_batches
+) -> tuple[bool, str | None, torch.Tensor]:
+    """Whether to average each image's prediction with its mirror image's: never where flips change the
+    label (or the backbone is frozen on cached features); as configured; or, by default, when that lowers the
+    validation loss. Returns (tta, why when decided here, the validation logits in the chosen way)."""
+    plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches)
+    wanted = config.evaluation.tta
+    if wanted is False or model.frozen or not config.data.flips:
+        return False, None, plain
+    both = mean_of_views(plain, predict_logits(model, images, norm, max_batches=max_batches, mirror=True))
+    if wanted:
+        return True, None, both
+    y = torch.as_tensor(labels[: len(plain)])
+    plain_loss, both_loss = float(F.cross_entropy(plain, y)), float(F.cross_entropy(both, y))
+    use = both_loss < plain_loss
+    why = f"valid loss {both_loss:.4f} averaged with mirror images vs {plain_loss:.4f} without"
+    return use, why, both if use else plain
 
 
 def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> dict[str, Any]:

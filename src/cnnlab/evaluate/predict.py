@@ -40,9 +40,16 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path) -> Classifier:
 
 
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, norm: Normalization, *, batch_size: int = 1000, max_batches=None
+    model: nn.Module,
+    images: torch.Tensor,
+    norm: Normalization,
+    *,
+    batch_size: int = 1000,
+    max_batches=None,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Logits [N, classes] for uint8 images [N, C, H, W], computed batch by batch on the best device."""
+    """Logits [N, classes] for uint8 images [N, C, H, W], computed batch by batch on the best device; with
+    `mirror`, of the horizontally mirrored images."""
     device = pick_device()
     # channels_last weights, as in training: mixed layouts ran 5x slower here. Moved outside inference mode,
     # so the parameters stay ordinary tensors the caller can still train or export.
@@ -53,15 +60,27 @@ def predict_logits(
             if max_batches is not None and i >= max_batches:
                 break
             x = norm.apply(images[start : start + batch_size].to(device))
+            x = x.flip(-1) if mirror else x
             out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def model_logits(
-    model: Classifier, images: torch.Tensor, norm: Normalization, *, cache_dir: Path | None, max_batches=None
+    model: Classifier,
+    images: torch.Tensor,
+    norm: Normalization,
+    *,
+    cache_dir: Path | None,
+    max_batches=None,
+    tta: bool = False,
 ):
     """`predict_logits`, except that a frozen pretrained backbone reads its cached features (the ones
-    training computed), so evaluating a feature-extraction run costs no second backbone pass."""
+    training computed), so evaluating a feature-extraction run costs no second backbone pass. With `tta`,
+    log of the mean probability of each image and its mirror image (flip test-time augmentation)."""
+    if tta:
+        plain = predict_logits(model, images, norm, max_batches=max_batches)
+        mirrored = predict_logits(model, images, norm, max_batches=max_batches, mirror=True)
+        return mean_of_views(plain, mirrored)
     if not model.frozen or cache_dir is None or max_batches is not None:
         return predict_logits(model, images, norm, max_batches=max_batches)
     from cnnlab.data.features import backbone_features
@@ -70,6 +89,11 @@ def model_logits(
     features = model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir)[0])
     with torch.inference_mode():
         return model.forward_head(features.to(pick_device())).float().cpu()
+
+
+def mean_of_views(*logits: torch.Tensor) -> torch.Tensor:
+    """Log of the mean softmax over views: logits again, in the sense that softmax gives the mean back."""
+    return torch.stack([v.float().log_softmax(1) for v in logits]).logsumexp(0) - torch.log(torch.tensor(len(logits)))
 
 
 @dataclass
@@ -95,9 +119,10 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 def predict_images(
-    checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None
+    checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None, tta: bool = False
 ) -> tuple[list[str], list[ImagePrediction]]:
-    """Class probabilities for image files, preprocessed as the checkpoint's training data was.
+    """Class probabilities for image files, preprocessed as the checkpoint's training data was (with `tta`,
+    averaged with the mirror image, as the run's evaluation decided).
 
     Any size or mode is converted (resize the shorter side, centre crop, grey or RGB as trained).
     A file named directly that cannot be read is an error; unreadable files inside folders are skipped
@@ -105,7 +130,7 @@ def predict_images(
     """
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path)
-    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit)
+    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta)
 
 
 def predict_imagenet(
@@ -127,7 +152,9 @@ def predict_imagenet(
     return _predict_files(model.eval(), imagenet_class_names(), prep, inputs, limit)
 
 
-def _predict_files(model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None):
+def _predict_files(
+    model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False
+):
     named = {p for p in inputs if not p.is_dir()}
     files = collect_images(inputs)[:limit]
     tensors, kept, skipped = [], [], []
@@ -143,5 +170,9 @@ def _predict_files(model: nn.Module, classes: list[str], prep: InputSpec, inputs
         warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
     if not tensors:
         raise CnnlabError("no readable images to predict (pass image files or folders of images)")
-    probs = torch.softmax(predict_logits(model, torch.stack(tensors), prep.normalization()), dim=1).numpy()
+    images, norm = torch.stack(tensors), prep.normalization()
+    logits = predict_logits(model, images, norm)
+    if tta:
+        logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))
+    probs = torch.softmax(logits, dim=1).numpy()
     return classes, [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]

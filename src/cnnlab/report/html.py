@@ -99,8 +99,8 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
         figs["roc"] = enc(roc.figure)
         precision, recall, ap = M.precision_recall(y, s)
         figs["pr"] = enc(plots.plot_precision_recall(b["positive"], precision, recall, ap).figure)
-    figs["samples"] = enc(_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
-    figs["top_losses"] = enc(_grid(test, source, _top_losses(test), with_prob=True))
+    figs["samples"] = enc(prediction_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
+    figs["top_losses"] = enc(prediction_grid(test, source, _top_losses(test), with_prob=True))
     return figs
 
 
@@ -116,7 +116,8 @@ def _top_losses(test: PredictionTable) -> np.ndarray:
     return wrong[np.argsort(-losses[wrong], kind="stable")][:N_TOP_LOSSES]
 
 
-def _grid(test: PredictionTable, source: Source, rows: np.ndarray, *, with_prob: bool = False):
+def prediction_grid(test: PredictionTable, source: Source, rows: np.ndarray, *, with_prob: bool = False):
+    """A figure of the test images at `rows` of `test`, titled `pred (true)` (with the probability)."""
     where = {sid: i for i, sid in enumerate(source.ids)}
     missing = [test.ids[r] for r in rows if test.ids[r] not in where]
     if missing:
