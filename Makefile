@@ -19,7 +19,7 @@ browser:
 	sh scripts/install_browser.sh
 
 demo: $(STAMP) data
-	$(BIN)/cnnlab train --data fashion-mnist --epochs 6 --runs-dir runs
+	$(BIN)/cnnlab train --data fashion-mnist --budget-minutes 5 --runs-dir runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

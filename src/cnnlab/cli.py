@@ -101,6 +101,12 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR from its last.pt (no other options)."),
     positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
     threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
+    tta: Optional[bool] = typer.Option(
+        None,
+        "--tta/--no-tta",
+        help="Average test predictions with mirror images (default: where flips keep labels "
+        "and it lowers the validation loss).",
+    ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
@@ -124,7 +130,7 @@ def train(
         "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,
         "weights": weights, "feature_views": feature_views,
     }  # fmt: skip
-    eval_flags = {"positive": positive, "threshold_rule": threshold_rule}
+    eval_flags = {"positive": positive, "threshold_rule": threshold_rule, "tta": tta}
     if resume is not None:
         flags = {**data_flags, **train_flags, **model_flags, **eval_flags, "config": config}
         given = [k for k, v in flags.items() if v is not None]

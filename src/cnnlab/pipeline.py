@@ -120,17 +120,19 @@ def _decide_precision(config: RunConfig, source: Source, *, measure: bool, log) 
     if config.model.strategy in FROZEN_STRATEGIES:
         return config
 
-    def build() -> torch.nn.Module:
-        return create_model(
-            config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
-            image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
-        ).to(memory_format=torch.channels_last)  # fmt: skip
-
     channels = 3 if is_pretrained_name(config.model.name) else source.channels  # grey broadcasts to RGB there
     return decide_precision(
-        config, build, num_classes=len(source.class_names), in_channels=channels,
+        config, lambda: _build_model(config, source), num_classes=len(source.class_names), in_channels=channels,
         image_size=source.image_size, measure=measure, log=log,
     )  # fmt: skip
+
+
+def _build_model(config: RunConfig, source: Source) -> torch.nn.Module:
+    """The run's model, untrained (pretrained weights are loaded by the caller), channels_last."""
+    return create_model(
+        config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
+        image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
+    ).to(memory_format=torch.channels_last)  # fmt: skip
 
 
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
@@ -171,10 +173,7 @@ def _fit(config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, re
     # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
-        model = create_model(
-            config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
-            image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
-        ).to(memory_format=torch.channels_last)  # fmt: skip
+        model = _build_model(config, source)
         if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
             load_pretrained(model, config.model.weights)
         if model.frozen:  # a linear head on cached features, fit to convergence: no epochs

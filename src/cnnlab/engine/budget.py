@@ -12,33 +12,37 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.engine.fit import build_optimizer, evaluate_loss
 
+WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
+
 
 def plan_budget(t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8) -> TrainConfig:
-    """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps and one validation pass on a
-    throwaway copy of the model (the real one, and every RNG, stay untouched), then divide. With --compile
-    the probe is compiled too and its one-off compile time comes off the budget."""
+    """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps (the median, after warm-up) and
+    one validation pass on a throwaway copy of the model (the real one, and every RNG, stay untouched), then
+    divide. With --compile the probe is compiled too and its one-off compile time comes off the budget."""
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)
         optimizer = build_optimizer(probe, t)
         step_model = torch.compile(probe) if t.compile else probe
         probe.train()
-        steps = list(itertools.islice(iter(train_batches), probe_steps + 1))
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(steps):
-            if i == 1:  # the first step pays one-off costs (allocations, kernel selection, compilation)
-                first_s, start = time.perf_counter() - start, time.perf_counter()
+        times = []
+        for x, y in itertools.islice(iter(train_batches), probe_steps + WARMUP_STEPS):
+            start = time.perf_counter()
             with fabric.autocast():  # the run's precision: the plan follows the measured choice
                 loss, _ = probe.compute_loss(step_model(x), y, t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        step_s = (time.perf_counter() - start) / max(len(steps) - 1, 1)
-        start = time.perf_counter()
+            times.append(time.perf_counter() - start)
+        measured = sorted(times[WARMUP_STEPS:] or times)
+        step_s = measured[len(measured) // 2]
         with fabric.autocast():
+            evaluate_loss(probe, itertools.islice(iter(valid_batches), 1))  # warm-up for the eval shapes
+            start = time.perf_counter()
             evaluate_loss(probe, valid_batches)
-        valid_s = time.perf_counter() - start
+            valid_s = time.perf_counter() - start
+    first_s = times[0]
     epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
-    compile_s = max(first_s - step_s, 0.0) if t.compile and len(steps) > 1 else 0.0
+    compile_s = max(first_s - step_s, 0.0) if t.compile else 0.0
     epochs = max(1, int((t.budget_minutes * 60 - compile_s) // epoch_s))
     extra = f", {compile_s:.0f} s compiling" if compile_s else ""
     log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")

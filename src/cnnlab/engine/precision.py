@@ -155,6 +155,22 @@ def decide_precision(
     return _decided(config, precision, f"{why}: {steps}", log)
 
 
+def auto_precision(model_name: str, *, batch: int, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+                   log: Callable[[str], None] = lambda _: None) -> str:  # fmt: skip
+    """What `--precision auto` picks here for `model_name` at this input and batch (measured, or cached)."""
+    from cnnlab.config import ModelConfig, TrainConfig
+    from cnnlab.models import create_model
+
+    config = RunConfig(model=ModelConfig(name=model_name), train=TrainConfig(batch_size=batch))
+
+    def build() -> Classifier:
+        model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return model.to(memory_format=torch.channels_last)
+
+    shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    return decide_precision(config, build, **shape, log=log).train.precision
+
+
 def _decided(config: RunConfig, precision: str, why: str, log: Callable[[str], None]) -> RunConfig:
     log(f"precision: {precision} ({why})")
     config = replace(config, train=replace(config.train, precision=precision))

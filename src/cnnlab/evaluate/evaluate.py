@@ -117,12 +117,12 @@ def evaluate_run(
 def _choose_tta(
     config, model, images, labels, norm, *, cache_dir, max_batches
 ) -> tuple[bool, str | None, torch.Tensor]:
-    """Whether to average each image's prediction with its mirror image's: never where flips change the
-    label (or the backbone is frozen on cached features); as configured; or, by default, when that lowers the
-    validation loss. Returns (tta, why when decided here, the validation logits in the chosen way)."""
+    """Whether to average each image's prediction with its mirror image's: as configured (--tta/--no-tta); by
+    default never where flips change the label (or a frozen backbone reads cached features), otherwise when
+    that lowers the validation loss. Returns (tta, why when decided here, the validation logits so made)."""
     plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches)
     wanted = config.evaluation.tta
-    if wanted is False or model.frozen or not config.data.flips:
+    if wanted is False or (wanted is None and (model.frozen or not config.data.flips)):
         return False, None, plain
     both = mean_of_views(plain, predict_logits(model, images, norm, max_batches=max_batches, mirror=True))
     if wanted:
