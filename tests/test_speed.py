@@ -139,3 +139,23 @@ def test_tensorboard_log_holds_the_scalars_and_the_test_images(tmp_path, cli):
 def test_an_unknown_logger_is_one_clear_error():
     with pytest.raises(CnnlabError, match="logger"):
         with_overrides(RunConfig(), "train", logger="wandb")
+
+
+def test_a_resumed_run_continues_the_same_tensorboard_curves(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cnnlab.errors import TrainingInterrupted
+    from cnnlab.pipeline import resume
+
+    cfg = with_overrides(_cfg(tmp_path, logger="tensorboard"), "train", epochs=4)
+
+    def stop_after_epoch_2(line):
+        if line.startswith("epoch   2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, runs_dir=tmp_path / "runs", name="cut", log=stop_after_epoch_2, report=False)
+    resume(tmp_path / "runs" / "cut", log=lambda _: None)
+    events = EventAccumulator(str(tmp_path / "runs" / "cut" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("accuracy/valid")] == [1, 2, 3, 4]  # epoch 2 once, then 3 and 4
+    assert [e.step for e in events.Scalars("test/accuracy")] == [4]

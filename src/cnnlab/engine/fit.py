@@ -258,9 +258,9 @@ def fit(
                     meta.at(weights, epoch=epoch, best=tracker.state(), training=state), run_dir / "last.pt"
                 )
                 saved = epoch
-                log(_format_epoch(stats, config.epochs, improved))
-                if watch is not None:
+                if watch is not None:  # right after last.pt: a resumed run's curves have every saved epoch once
                     watch.epoch(stats)
+                log(_format_epoch(stats, config.epochs, improved))
             if tracker.should_stop():
                 log(f"early stop: valid loss has not improved for {tracker.bad_epochs} epochs")
                 break
