@@ -178,6 +178,22 @@ def evaluate(
 
 
 @app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
+    format: str = typer.Option(
+        "onnx", "--format", help="onnx (ONNX opset 18 via torch.export, dynamic batch, metadata)."
+    ),
+    output: Optional[Path] = typer.Option(None, help="Where to write the file (default RUN/model.onnx)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+    parity_images: int = typer.Option(1000, min=1, help="Test images for the parity check against PyTorch."),
+) -> None:
+    """Export a run's best checkpoint (ONNX) after checking it predicts as PyTorch does; writes RUN/export.json."""
+    from cnnlab.export import export_run
+
+    export_run(run, fmt=format, output=output, force=force, parity_images=parity_images, log=_log)
+
+
+@app.command()
 def predict(
     paths: list[Path] = typer.Argument(
         ..., help="RUN (a run folder or checkpoint .pt) then image files/folders; with --model, images only."

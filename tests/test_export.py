@@ -1,0 +1,70 @@
+"""`cnnlab export`: an ONNX file that predicts as the run does, carries its preprocessing, and is only
+written after a passing parity check; bad requests are one clear line and leave nothing behind."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnlab import export as E
+from cnnlab.config import RunConfig, with_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.pipeline import train
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    cfg = with_overrides(RunConfig(), "data", source="digits")
+    cfg = with_overrides(cfg, "model", name="cnn", options={"widths": [16, 32]})
+    cfg = with_overrides(cfg, "train", epochs=4)
+    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"), name="d", log=lambda _: None, report=False).run_dir
+
+
+def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_run, tmp_path):
+    import onnx
+
+    from cnnlab.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "digits.onnx"
+    result = E.export_run(digits_run, output=out, log=lambda _: None)
+    assert result["passed"] and result["same_argmax"] == 1.0 and result["relative_diff"] <= E.PARITY_TOLERANCE
+    assert result["accuracy_onnx"] == result["accuracy_torch"] >= 0.85  # a real model: digits at 8x8 px
+    assert json.loads((digits_run / "export.json").read_text()) == result
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    ckpt = load_checkpoint(digits_run / "best.pt")
+    assert json.loads(meta["class_names"]) == list(ckpt.class_names)
+    assert (int(meta["image_size"]), int(meta["channels"])) == (ckpt.preprocessing.image_size, 1)
+    assert json.loads(meta["mean"]) == pytest.approx(list(ckpt.preprocessing.mean))
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded into the convolutions
+    x = np.random.default_rng(0).normal(size=(7, 1, 8, 8)).astype(np.float32)
+    assert E.onnx_logits(out, x).shape == (7, 10) and E.onnx_logits(out, x[:3]).shape == (3, 10)  # any batch
+
+
+def test_a_failed_parity_check_writes_nothing(digits_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "PARITY_TOLERANCE", -1.0)
+    (digits_run / "export.json").unlink(missing_ok=True)
+    with pytest.raises(CnnlabError, match="parity check failed"):
+        E.export_run(digits_run, output=tmp_path / "m.onnx", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == [] and not (digits_run / "export.json").exists()
+
+
+def test_bad_export_requests_are_one_clear_line(digits_run, tmp_path, cli):
+    existing = tmp_path / "mine.onnx"
+    existing.write_text("a user's file")
+    cases = [
+        (["export", digits_run, "--output", existing], "already exists"),
+        (["export", digits_run, "--format", "tflite", "--output", tmp_path / "x"], "unknown export format"),
+        (["export", tmp_path / "nowhere"], "run folder not found"),
+    ]
+    for args, message in cases:
+        code, _, err = cli(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert existing.read_text() == "a user's file"
+
+
+def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 not a model")
+    with pytest.raises(CnnlabError, match="not a readable ONNX model"):
+        E.onnx_logits(bad, np.zeros((1, 1, 8, 8), np.float32))
