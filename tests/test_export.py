@@ -68,3 +68,46 @@ def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\x08\x07 not a model")
     with pytest.raises(CnnlabError, match="not a readable ONNX model"):
         E.onnx_logits(bad, np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_run, tmp_path, cli):
+    """`cnnlab predict model.onnx IMAGES` runs on ONNX Runtime alone and gives the run's labels."""
+    import subprocess
+    import sys
+
+    from helpers import write_digit_folder
+
+    model = tmp_path / "digits.onnx"
+    E.export_run(digits_run, output=model, log=lambda _: None)
+    images = write_digit_folder(tmp_path / "images", classes=tuple(range(10)), per_class=3, size=8)
+    script = (
+        "import sys\nfrom cnnlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, "predict", str(model), str(images)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-1500:]
+    code, out, err = cli("predict", digits_run, images)
+    assert code == 0, err
+
+    def labels(text):
+        return [line.split(": ")[1].split(" ")[0] for line in text.strip().splitlines()]
+
+    assert len(labels(done.stdout)) == 30 and labels(done.stdout) == labels(out)
+
+
+def test_an_onnx_file_without_cnnlab_metadata_is_a_clear_error(tmp_path, cli):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(img)
+    code, _, err = cli("predict", path, img)
+    assert code == 2 and "lacks cnnlab's preprocessing metadata" in err and len(err.strip().splitlines()) == 1

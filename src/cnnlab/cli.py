@@ -207,14 +207,21 @@ def predict(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Predict the first image only; write nothing."),
 ) -> None:
-    """Classify image files with a trained model (preprocessed as its training data was), or with a
-    pretrained backbone's ImageNet classifier (--model)."""
-    from cnnlab.evaluate.predict import predict_imagenet, predict_images
-    from cnnlab.runfolder import open_run
-
+    """Classify image files with a trained model (RUN, its checkpoint, or a file made by `cnnlab export`: then
+    ONNX Runtime alone, no torch), preprocessed as its training data was, or with a pretrained backbone's
+    ImageNet classifier (--model)."""
     if output is not None and output.exists() and not force and not dry_run:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
     limit = 1 if dry_run else None
+    if model is None and len(paths) >= 2 and paths[0].suffix == ".onnx":
+        from cnnlab.onnx_predict import predict_onnx
+
+        classes, preds = predict_onnx(paths[0], paths[1:], limit=limit)
+        _echo_predictions(classes, preds, top_k, output, dry_run)
+        return
+    from cnnlab.evaluate.predict import predict_imagenet, predict_images
+    from cnnlab.runfolder import open_run
+
     if model is not None:
         classes, preds = predict_imagenet(model, paths, weights=weights, limit=limit)
     else:
@@ -224,6 +231,11 @@ def predict(
         ckpt = run / "best.pt" if run.is_dir() else run
         tta = run.is_dir() and bool(open_run(run).evaluation.tta)  # as the run's evaluation decided
         classes, preds = predict_images(ckpt, images, limit=limit, tta=tta)
+    _echo_predictions(classes, preds, top_k, output, dry_run)
+
+
+def _echo_predictions(classes: list[str], preds, top_k: int, output: Path | None, dry_run: bool) -> None:
+    """The top classes per image, and the CSV when asked for."""
     for p in preds:
         order = p.probabilities.argsort()[::-1][:top_k]
         typer.echo(f"{p.path}: " + ", ".join(f"{classes[k]} {100 * p.probabilities[k]:.1f}%" for k in order))

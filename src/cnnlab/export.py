@@ -28,7 +28,10 @@ from cnnlab.errors import CnnlabError
 FORMATS = ("onnx",)
 PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
 OPSET = 18  # the torch.export-based exporter's baseline
-RESIZE_RULE = "shorter side to size / crop_pct (bilinear), centre crop to size; grey or RGB as `channels`"
+RESIZE_RULE = (
+    "shorter side to round(image_size / crop_pct) (bicubic, antialiased), centre crop to image_size; "
+    "grey (L) or RGB as `channels` (data.images.decode_array)"
+)
 
 
 def export_run(

@@ -1,11 +1,20 @@
-"""Decoding image files into fixed-size uint8 tensors, the same way for training and prediction."""
+"""Decoding image files into fixed-size uint8 arrays, the same way for training and prediction.
+
+torch is imported only by `decode_image`: predicting from an exported ONNX file decodes without it.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -20,7 +29,15 @@ def is_image_file(path: Path) -> bool:
 
 
 def decode_image(path: Path, *, size: int, channels: int, crop_pct: float = 1.0) -> tuple[torch.Tensor, bool]:
-    """Read `path` as a `channels` x size x size uint8 tensor and say whether it was greyscale.
+    """`decode_array` as a torch tensor."""
+    import torch
+
+    array, grey = decode_array(path, size=size, channels=channels, crop_pct=crop_pct)
+    return torch.from_numpy(array), grey
+
+
+def decode_array(path: Path, *, size: int, channels: int, crop_pct: float = 1.0) -> tuple[np.ndarray, bool]:
+    """Read `path` as a `channels` x size x size uint8 array and say whether it was greyscale.
 
     Resizes the shorter side to `size / crop_pct` (bicubic, antialiased) and centre-crops `size`, so the
     aspect ratio is kept (ImageNet backbones: 256 -> 224 is crop_pct 0.875). Any mode (palette, 16-bit,
@@ -48,4 +65,43 @@ def decode_image(path: Path, *, size: int, channels: int, crop_pct: float = 1.0)
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), grey
+    return array.transpose(2, 0, 1).copy(), grey  # a writable C-order copy (PIL's buffer is read-only)
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files named directly, plus image files found (recursively) in folders named."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if is_image_file(p))
+            if not found:
+                raise CnnlabError(f"folder {item} holds no image files (expected .jpg, .png, ...)")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise CnnlabError(f"image not found: {item} (check the path)")
+    return files
+
+
+def decode_files(
+    inputs: list[Path], *, size: int, channels: int, crop_pct: float, limit: int | None = None
+) -> tuple[np.ndarray, list[Path]]:
+    """The images named or found in folders as one uint8 array [N, C, size, size], and their paths. A file
+    named directly that cannot be read is an error; unreadable files inside folders are skipped with a
+    warning."""
+    named = {p for p in inputs if not p.is_dir()}
+    arrays, kept, skipped = [], [], []
+    for path in collect_images(inputs)[:limit]:
+        try:
+            arrays.append(decode_array(path, size=size, channels=channels, crop_pct=crop_pct)[0])
+            kept.append(path)
+        except UnreadableImage as exc:
+            if path in named:
+                raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
+            skipped.append(path)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=3)
+    if not arrays:
+        raise CnnlabError("no readable images to predict (pass image files or folders of images)")
+    return np.stack(arrays), kept

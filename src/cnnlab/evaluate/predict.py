@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.batches import Normalization
-from cnnlab.data.images import UnreadableImage, decode_image, is_image_file
+from cnnlab.data.images import decode_files
 from cnnlab.engine.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
@@ -102,22 +101,6 @@ class ImagePrediction:
     probabilities: np.ndarray  # one per class
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    """Files named directly, plus image files found (recursively) in folders named."""
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if is_image_file(p))
-            if not found:
-                raise CnnlabError(f"folder {item} holds no image files (expected .jpg, .png, ...)")
-            files += found
-        elif item.exists():
-            files.append(item)
-        else:
-            raise CnnlabError(f"image not found: {item} (check the path)")
-    return files
-
-
 def predict_images(
     checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None, tta: bool = False
 ) -> tuple[list[str], list[ImagePrediction]]:
@@ -155,22 +138,10 @@ def predict_imagenet(
 def _predict_files(
     model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False
 ):
-    named = {p for p in inputs if not p.is_dir()}
-    files = collect_images(inputs)[:limit]
-    tensors, kept, skipped = [], [], []
-    for path in files:
-        try:
-            tensors.append(decode_image(path, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct)[0])
-            kept.append(path)
-        except UnreadableImage as exc:
-            if path in named:
-                raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
-            skipped.append(path)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
-    if not tensors:
-        raise CnnlabError("no readable images to predict (pass image files or folders of images)")
-    images, norm = torch.stack(tensors), prep.normalization()
+    arrays, kept = decode_files(
+        inputs, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct, limit=limit
+    )
+    images, norm = torch.from_numpy(arrays), prep.normalization()
     logits = predict_logits(model, images, norm)
     if tta:
         logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))

@@ -1,0 +1,52 @@
+"""Predicting from a file made by `cnnlab export`, with ONNX Runtime alone: torch is never imported here.
+
+The file's metadata says how to prepare an image (size, channels, mean/std, crop fraction), so the same
+decoding as training (`data.images.decode_array`) and a numpy normalisation give the file its input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.data.images import decode_files
+from cnnlab.errors import CnnlabError
+
+NEEDED = ("class_names", "image_size", "channels", "mean", "std", "crop_pct")
+
+
+@dataclass
+class FilePrediction:
+    path: str
+    probabilities: np.ndarray  # one per class, in the file's class order
+
+
+def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = None):
+    """(class names, [FilePrediction]) for image files, from an exported ONNX file."""
+    import onnxruntime as ort
+
+    if not Path(model_path).is_file():
+        raise CnnlabError(f"model file not found: {model_path} (make one with: cnnlab export RUN)")
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
+        raise CnnlabError(f"{model_path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from exc
+    meta = session.get_modelmeta().custom_metadata_map
+    missing = [k for k in NEEDED if k not in meta]
+    if missing:
+        raise CnnlabError(
+            f"{model_path} lacks cnnlab's preprocessing metadata ({', '.join(missing)}); export it with cnnlab export"
+        )
+    size, channels = int(meta["image_size"]), int(meta["channels"])
+    mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
+    arrays, kept = decode_files(inputs, size=size, channels=channels, crop_pct=float(meta["crop_pct"]), limit=limit)
+    x = np.ascontiguousarray(((arrays.astype(np.float32) / 255 - mean) / std).astype(np.float32))
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(None, {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    probs = z / z.sum(1, keepdims=True)
+    return json.loads(meta["class_names"]), [FilePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]
