@@ -29,7 +29,7 @@ def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_run, tm
     result = E.export_run(digits_run, output=out, log=lambda _: None)
     assert result["passed"] and result["same_argmax"] == 1.0 and result["relative_diff"] <= E.PARITY_TOLERANCE
     assert result["accuracy_onnx"] == result["accuracy_torch"] >= 0.85  # a real model: digits at 8x8 px
-    assert json.loads((digits_run / "export.json").read_text()) == result
+    assert json.loads((digits_run / "export.json").read_text())["digits.onnx"] == result
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     ckpt = load_checkpoint(digits_run / "best.pt")
@@ -111,3 +111,22 @@ def test_an_onnx_file_without_cnnlab_metadata_is_a_clear_error(tmp_path, cli):
     Image.new("L", (8, 8)).save(img)
     code, _, err = cli("predict", path, img)
     assert code == 2 and "lacks cnnlab's preprocessing metadata" in err and len(err.strip().splitlines()) == 1
+
+
+def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_run, tmp_path, cli):
+    from cnnlab.data.splits import load_splits
+
+    out = tmp_path / "digits.int8.onnx"
+    result = E.export_run(digits_run, output=out, int8=True, calibration=100, log=lambda _: None)
+    q = result["int8"]
+    splits = load_splits(digits_run / "splits.json")
+    used = set(q["calibration_indices"])
+    assert len(used) == 100 and used <= set(splits["valid"].tolist()) and not used & set(splits["test"].tolist())
+    assert q["accuracy_delta"] >= -E.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
+    assert json.loads((digits_run / "export.json").read_text())[out.name]["int8"] == q
+    images = tmp_path / "images"
+    from helpers import write_digit_folder
+
+    write_digit_folder(images, classes=(0, 1, 2), per_class=2, size=8)
+    code, stdout, err = cli("predict", out, images)  # the int8 file keeps the preprocessing metadata
+    assert code == 0 and len(stdout.strip().splitlines()) == 6, err

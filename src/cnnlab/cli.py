@@ -186,11 +186,16 @@ def export(
     output: Optional[Path] = typer.Option(None, help="Where to write the file (default RUN/model.onnx)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
     parity_images: int = typer.Option(1000, min=1, help="Test images for the parity check against PyTorch."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 quantisation (ONNX Runtime), calibrated on valid."),
+    calibration: int = typer.Option(500, min=1, help="--int8: validation images for the activation ranges."),
 ) -> None:
     """Export a run's best checkpoint (ONNX) after checking it predicts as PyTorch does; writes RUN/export.json."""
     from cnnlab.export import export_run
 
-    export_run(run, fmt=format, output=output, force=force, parity_images=parity_images, log=_log)
+    export_run(
+        run, fmt=format, output=output, force=force, parity_images=parity_images, int8=int8,
+        calibration=calibration, log=_log,
+    )  # fmt: skip
 
 
 @app.command()

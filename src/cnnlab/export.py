@@ -27,6 +27,7 @@ from cnnlab.errors import CnnlabError
 
 FORMATS = ("onnx",)
 PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
+INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
 OPSET = 18  # the torch.export-based exporter's baseline
 RESIZE_RULE = (
     "shorter side to round(image_size / crop_pct) (bicubic, antialiased), centre crop to image_size; "
@@ -36,11 +37,13 @@ RESIZE_RULE = (
 
 def export_run(
     run_dir: Path, *, fmt: str = "onnx", output: Path | None = None, force: bool = False,
-    parity_images: int = 1000, log: Callable[[str], None] = print,
+    parity_images: int = 1000, int8: bool = False, calibration: int = 500, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
-    """Export `run_dir`'s best.pt to `output` (default RUN/model.onnx) after a parity check; returns the
-    check's figures (also in RUN/export.json)."""
-    from cnnlab.data.lazy import select
+    """Export `run_dir`'s best.pt to `output` (default RUN/model.onnx, RUN/model.int8.onnx with `int8`) after a
+    parity check; returns the check's figures (also in RUN/export.json, under the file's name). With `int8`,
+    the fp32 file is quantised (ONNX Runtime, static, per-channel weights) with activation ranges calibrated
+    on `calibration` seeded validation images, and must keep its test accuracy within INT8_MAX_DROP of the
+    fp32 file's."""
     from cnnlab.data.sources import load_source
     from cnnlab.data.splits import load_splits
     from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
@@ -51,7 +54,7 @@ def export_run(
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     run_dir = Path(run_dir)
     config = open_run(run_dir)
-    output = Path(output) if output is not None else run_dir / "model.onnx"
+    output = Path(output) if output is not None else run_dir / ("model.int8.onnx" if int8 else "model.onnx")
     if output.exists() and not force:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
     ckpt_path = run_dir / "best.pt"
@@ -61,40 +64,127 @@ def export_run(
     source = load_source(config.data, log=lambda _: None)
     check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path)
-    prep = ckpt.preprocessing
-    norm = prep.normalization()
-    test_idx = load_splits(run_dir / "splits.json")["test"][:parity_images]
-    images, labels = select(source.images, test_idx), source.labels[torch.as_tensor(test_idx)]
-    expected = predict_logits(model, images, norm)
-    x = torch.cat([norm.apply(images[i : i + 1000]).float() for i in range(0, len(test_idx), 1000)])
-    metadata = _metadata(ckpt)
+    norm = ckpt.preprocessing.normalization()
+    splits = load_splits(run_dir / "splits.json")
+    test_idx = splits["test"][:parity_images]
+    x = _normalised(source.images, test_idx, norm)
+    labels = source.labels[torch.as_tensor(test_idx)].numpy()
+    expected = predict_logits(model, torch.from_numpy(x), _IDENTITY).numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        _write_onnx(_folded(model), x[:2], Path(tmp), metadata)
-        got = onnx_logits(Path(tmp), x.numpy())
-        result = _parity(expected.numpy(), got, labels.numpy())
-        result.update(format=fmt, file=str(output), size_bytes=Path(tmp).stat().st_size, opset=OPSET)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:  # gone on any error
+        final = Path(work) / "fp32.onnx"
+        _write_onnx(_folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
+        result = _parity(expected, onnx_logits(final, x), labels)
+        result.update(format=fmt, opset=OPSET)
         if not result["passed"]:
             raise CnnlabError(
                 f"export parity check failed: max logit difference {result['max_abs_logit_diff']:.3g} is "
                 f"{result['relative_diff']:.3g} of the logit range (limit {PARITY_TOLERANCE}); nothing written"
             )
-        os.chmod(tmp, 0o644)  # a file to hand on (mkstemp creates it private)
-        Path(tmp).replace(output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        if int8:
+            fp32_bytes = final.stat().st_size
+            chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
+            final = _quantized(final, _normalised(source.images, chosen, norm), _metadata(ckpt))
+            result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_onnx"], fp32_bytes, final)
+            result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
+        result.update(file=str(output), size_bytes=final.stat().st_size)
+        os.chmod(final, 0o644)  # a file to hand on
+        final.replace(output)
     from cnnlab.files import write_text_atomic
 
-    write_text_atomic(run_dir / "export.json", json.dumps(result, indent=2))
-    log(
-        f"exported {output} ({result['size_bytes'] / 1e6:.2f} MB, ONNX opset {OPSET}); parity on {result['images']} "
-        f"test images: max logit difference {result['max_abs_logit_diff']:.2g} ({result['relative_diff']:.2g} of "
-        f"the range), same label {100 * result['same_argmax']:.2f}%, accuracy {100 * result['accuracy_torch']:.2f}% "
-        f"PyTorch / {100 * result['accuracy_onnx']:.2f}% ONNX"
-    )
+    exports = _read_exports(run_dir / "export.json")
+    exports[output.name] = result  # one entry per exported file
+    write_text_atomic(run_dir / "export.json", json.dumps(exports, indent=2))
+    log(_summary(result))
     return result
+
+
+def _read_exports(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) and all(isinstance(v, dict) for v in found.values()) else {}
+
+
+class _Identity:
+    """Images already normalised (float) go through `predict_logits` unchanged."""
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+_IDENTITY = _Identity()
+
+
+def _normalised(images, idx, norm) -> np.ndarray:
+    from cnnlab.data.lazy import select
+
+    chosen = select(images, idx)
+    return torch.cat([norm.apply(chosen[i : i + 1000]).float() for i in range(0, len(idx), 1000)]).numpy()
+
+
+def _calibration_indices(valid: np.ndarray, n: int, *, seed: int) -> np.ndarray:
+    """A seeded sample of validation images: the int8 ranges never see a test image."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(np.asarray(valid), size=min(n, len(valid)), replace=False))
+
+
+def _quantized(fp32: Path, calibration: np.ndarray, metadata: dict[str, str]) -> Path:
+    """ONNX Runtime's static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": calibration[i : i + 64]} for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    out = fp32.with_name("int8.onnx")
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its "consider pre-processing" advice is noise here
+    try:
+        quantize_static(str(fp32), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)  # fmt: skip
+    finally:
+        root.level = level
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    _add_metadata(proto, {**metadata, "quantization": "int8 static (ONNX Runtime), per-channel weights"})
+    onnx.save(proto, str(out))
+    return out
+
+
+def _int8_check(logits: np.ndarray, labels: np.ndarray, fp32_accuracy: float, fp32_bytes: int, path: Path) -> dict:
+    accuracy = float((logits.argmax(1) == labels).mean())
+    result = {"accuracy_int8": accuracy, "accuracy_delta": accuracy - fp32_accuracy,
+              "size_ratio": path.stat().st_size / fp32_bytes}  # fmt: skip
+    if fp32_accuracy - accuracy > INT8_MAX_DROP:
+        raise CnnlabError(
+            f"int8 parity check failed: test accuracy {100 * accuracy:.2f}% vs {100 * fp32_accuracy:.2f}% in fp32 "
+            f"(allowed drop {100 * INT8_MAX_DROP:g} points; try more --calibration images); nothing written"
+        )
+    return result
+
+
+def _summary(r: dict[str, Any]) -> str:
+    line = (
+        f"exported {r['file']} ({r['size_bytes'] / 1e6:.2f} MB, ONNX opset {OPSET}); parity on {r['images']} test "
+        f"images: max logit difference {r['max_abs_logit_diff']:.2g} ({r['relative_diff']:.2g} of the range), "
+        f"same label {100 * r['same_argmax']:.2f}%, accuracy {100 * r['accuracy_torch']:.2f}% PyTorch / "
+        f"{100 * r['accuracy_onnx']:.2f}% ONNX"
+    )
+    if "int8" in r:
+        q = r["int8"]
+        line += (
+            f"; int8: {100 * q['accuracy_int8']:.2f}% ({100 * q['accuracy_delta']:+.2f} points), "
+            f"{q['size_ratio']:.2f}x the fp32 size, calibrated on {len(q['calibration_indices'])} validation images"
+        )
+    return line
 
 
 def _folded(model: torch.nn.Module) -> torch.nn.Module:
@@ -132,10 +222,14 @@ def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metad
         dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
     )  # fmt: skip
     proto = onnx.load(str(path))
+    _add_metadata(proto, metadata)
+    onnx.save(proto, str(path))
+
+
+def _add_metadata(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
 
 
 def onnx_logits(path: Path, x: np.ndarray, batch: int = 1000) -> np.ndarray:
