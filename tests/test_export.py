@@ -63,6 +63,16 @@ def test_bad_export_requests_are_one_clear_line(digits_run, tmp_path, cli):
     assert existing.read_text() == "a user's file"
 
 
+def test_a_run_without_a_checkpoint_is_one_clear_line(digits_run, tmp_path, cli):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(digits_run, bare, ignore=shutil.ignore_patterns("*.pt", "*.onnx"))
+    code, _, err = cli("export", bare)
+    assert code == 2 and "best.pt is missing" in err and len(err.strip().splitlines()) == 1
+    assert not (bare / "model.onnx").exists()
+
+
 def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07 not a model")
