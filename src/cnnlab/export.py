@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.onnx_predict import onnx_logits
 
 FORMATS = ("onnx",)
 PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
@@ -230,18 +231,6 @@ def _add_metadata(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def onnx_logits(path: Path, x: np.ndarray, batch: int = 1000) -> np.ndarray:
-    """Logits of an exported file for normalised images `x`, through ONNX Runtime."""
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-        raise CnnlabError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from exc
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _parity(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -26,14 +26,7 @@ class FilePrediction:
 
 def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = None):
     """(class names, [FilePrediction]) for image files, from an exported ONNX file."""
-    import onnxruntime as ort
-
-    if not Path(model_path).is_file():
-        raise CnnlabError(f"model file not found: {model_path} (make one with: cnnlab export RUN)")
-    try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
-        raise CnnlabError(f"{model_path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from exc
+    session = open_session(model_path)
     meta = session.get_modelmeta().custom_metadata_map
     missing = [k for k in NEEDED if k not in meta]
     if missing:
@@ -45,8 +38,26 @@ def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = No
     std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
     arrays, kept = decode_files(inputs, size=size, channels=channels, crop_pct=float(meta["crop_pct"]), limit=limit)
     x = np.ascontiguousarray(((arrays.astype(np.float32) / 255 - mean) / std).astype(np.float32))
-    name = session.get_inputs()[0].name
-    logits = np.concatenate([session.run(None, {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+    logits = onnx_logits(session, x, batch=256)
     z = np.exp(logits - logits.max(1, keepdims=True))
     probs = z / z.sum(1, keepdims=True)
     return json.loads(meta["class_names"]), [FilePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]
+
+
+def open_session(path: Path):
+    """An ONNX Runtime CPU session for `path`; a missing or damaged file is one clear error."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise CnnlabError(f"model file not found: {path} (make one with: cnnlab export RUN)")
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
+        raise CnnlabError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from exc
+
+
+def onnx_logits(model, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Logits for normalised images `x` from an exported file (a path or an open session), batch by batch."""
+    session = model if hasattr(model, "run") else open_session(model)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
