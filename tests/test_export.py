@@ -140,3 +140,19 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
     write_digit_folder(images, classes=(0, 1, 2), per_class=2, size=8)
     code, stdout, err = cli("predict", out, images)  # the int8 file keeps the preprocessing metadata
     assert code == 0 and len(stdout.strip().splitlines()) == 6, err
+
+
+def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
+    with pytest.raises(CnnlabError, match="int8 parity check failed"):
+        E.export_run(digits_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predicting_from_a_missing_onnx_file_is_one_clear_line(tmp_path, cli):
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(img)
+    code, _, err = cli("predict", tmp_path / "missing.onnx", img)
+    assert code == 2 and "model file not found" in err and "cnnlab export" in err

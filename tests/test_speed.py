@@ -159,3 +159,12 @@ def test_a_resumed_run_continues_the_same_tensorboard_curves(tmp_path):
     events = EventAccumulator(str(tmp_path / "runs" / "cut" / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in events.Scalars("accuracy/valid")] == [1, 2, 3, 4]  # epoch 2 once, then 3 and 4
     assert [e.step for e in events.Scalars("test/accuracy")] == [4]
+
+
+def test_an_unwritable_cache_costs_only_the_reuse(tmp_path, monkeypatch):
+    """A read-only data root still gets a decision; it is measured again next time."""
+    calls = []
+    monkeypatch.setattr(P, "time_training_steps", lambda *a, **k: calls.append(1) or P.Measurement(0.2, 0.1, 0.0))
+    monkeypatch.setattr(P, "write_text_atomic", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
+    assert _decide(_cfg(tmp_path), BF16_CPU).train.precision == "bf16-mixed"
+    assert _decide(_cfg(tmp_path), BF16_CPU).train.precision == "bf16-mixed" and len(calls) == 2
