@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from cnnlab import export as E
 from cnnlab.config import RunConfig, with_overrides
 from cnnlab.errors import CnnlabError
+from cnnlab.export import exporter as E
 from cnnlab.pipeline import train
 
 

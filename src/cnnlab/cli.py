@@ -161,6 +161,12 @@ def _parse_options(items: list[str]) -> dict:
     return options
 
 
+BACKEND_HELP = (
+    "What runs the model: torch (BN folded, channels_last), onnx (ONNX Runtime; the file is built once per "
+    "checkpoint into RUN/cache/), or auto: whichever is measured faster here and agrees with PyTorch."
+)
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
@@ -170,11 +176,15 @@ def evaluate(
     ),
     threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Score one batch; write nothing."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Score a run's best checkpoint on its test split; write predictions.csv and eval.json."""
     from cnnlab.evaluate.evaluate import evaluate_run
 
-    evaluate_run(run, checkpoint=checkpoint, positive=positive, rule=threshold_rule, dry_run=dry_run, log=_log)
+    evaluate_run(
+        run, checkpoint=checkpoint, positive=positive, rule=threshold_rule, dry_run=dry_run, backend=backend,
+        log=_log,
+    )  # fmt: skip
 
 
 @app.command()
@@ -211,6 +221,7 @@ def predict(
     output: Optional[Path] = typer.Option(None, help="Also write a CSV: path, predicted, one column per class."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Predict the first image only; write nothing."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
 ) -> None:
     """Classify image files with a trained model (RUN, its checkpoint, or a file made by `cnnlab export`: then
     ONNX Runtime alone, no torch), preprocessed as its training data was, or with a pretrained backbone's
@@ -235,7 +246,9 @@ def predict(
         run, images = paths[0], paths[1:]
         ckpt = run / "best.pt" if run.is_dir() else run
         tta = run.is_dir() and bool(open_run(run).evaluation.tta)  # as the run's evaluation decided
-        classes, preds = predict_images(ckpt, images, limit=limit, tta=tta)
+        classes, preds = predict_images(
+            ckpt, images, limit=limit, tta=tta, backend=backend, log=lambda m: typer.echo(m, err=True)
+        )
     _echo_predictions(classes, preds, top_k, output, dry_run)
 
 

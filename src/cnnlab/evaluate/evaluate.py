@@ -47,6 +47,7 @@ def evaluate_run(
     positive: str | None = None,
     rule: str | None = None,
     dry_run: bool = False,
+    backend: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `run_dir`'s best.pt (or `checkpoint`) on its test split; write the result files.
@@ -54,7 +55,8 @@ def evaluate_run(
     Writes predictions.csv (test), valid_predictions.csv (for threshold choice later) and eval.json,
     each atomically. With a positive class (the run's `evaluation.positive`, or `positive` for this
     evaluation), eval.json gains a `binary` block (that class vs the rest) with the threshold chosen by the
-    rule on validation. With `dry_run`, one batch is scored, nothing written.
+    rule on validation. With `dry_run`, one batch is scored, nothing written. `backend` (auto|torch|onnx) runs
+    the model: auto measures which is faster here (export.backends).
     """
     run_dir = Path(run_dir)
     config = open_run(run_dir)
@@ -69,15 +71,18 @@ def evaluate_run(
     norm = ckpt.preprocessing.normalization()
     max_batches = 1 if dry_run else None
     cache_dir = None if dry_run else Path(config.data.root) / "cache"
-    valid_idx = splits["valid"]
+    valid_idx, test_idx = splits["valid"], splits["test"]
+    n_images = 2 * (len(valid_idx) + len(test_idx))  # both splits, perhaps mirrored too
+    sample = select(source.images, test_idx[:64])
+    chosen = _backend(model, ckpt_path, sample, norm, wanted=backend, n_images=n_images, run_dir=run_dir,
+                      dry_run=dry_run, log=log)  # fmt: skip
     tta, why, valid_logits = _choose_tta(
         config, model, select(source.images, valid_idx), source.labels[valid_idx], norm, cache_dir=cache_dir,
-        max_batches=max_batches,
+        max_batches=max_batches, forward=chosen.forward,
     )  # fmt: skip
-    test_idx = splits["test"]  # touched once, in the way validation chose
-    test_logits = model_logits(
-        model, select(source.images, test_idx), norm, cache_dir=cache_dir, max_batches=max_batches, tta=tta
-    )
+    # test is touched once, in the way validation chose
+    test_logits = model_logits(model, select(source.images, test_idx), norm, cache_dir=cache_dir,
+                               max_batches=max_batches, tta=tta, forward=chosen.forward)  # fmt: skip
     outputs = {
         "test": (test_idx[: len(test_logits)], test_logits),
         "valid": (valid_idx[: len(valid_logits)], valid_logits),
@@ -92,6 +97,7 @@ def evaluate_run(
         "checkpoint": str(ckpt_path),
         "epoch": ckpt.epoch,
         "tta": tta,
+        "backend": {"name": chosen.name, "why": chosen.why},
         **multiclass_summary(tables["test"]),
     }
     if positive is not None:
@@ -114,17 +120,30 @@ def evaluate_run(
     return result
 
 
+def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int, run_dir: Path, dry_run: bool, log):
+    """What runs the model on whole images: `--backend`, or the faster one measured here. A frozen backbone
+    whose features are cached needs none (it reads the features); a dry run neither builds nor keeps files."""
+    from cnnlab.export.backends import Backend, choose_backend
+
+    if wanted == "auto" and (dry_run or model.frozen):
+        return Backend("torch", model, "dry run" if dry_run else "frozen backbone: cached features and PyTorch")
+    chosen = choose_backend(model, ckpt_path, norm.apply(sample).float(), n_images=n_images, wanted=wanted,
+                            cache_dir=None if dry_run else run_dir / "cache", log=log)  # fmt: skip
+    log(f"prediction backend: {chosen.name} ({chosen.why})")
+    return chosen
+
+
 def _choose_tta(
-    config, model, images, labels, norm, *, cache_dir, max_batches
+    config, model, images, labels, norm, *, cache_dir, max_batches, forward
 ) -> tuple[bool, str | None, torch.Tensor]:
     """Whether to average each image's prediction with its mirror image's: as configured (--tta/--no-tta); by
     default never where flips change the label (or a frozen backbone reads cached features), otherwise when
     that lowers the validation loss. Returns (tta, why when decided here, the validation logits so made)."""
-    plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches)
+    plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches, forward=forward)
     wanted = config.evaluation.tta
     if wanted is False or (wanted is None and (model.frozen or not config.data.flips)):
         return False, None, plain
-    both = mean_of_views(plain, predict_logits(model, images, norm, max_batches=max_batches, mirror=True))
+    both = mean_of_views(plain, predict_logits(forward, images, norm, max_batches=max_batches, mirror=True))
     if wanted:
         return True, None, both
     y = torch.as_tensor(labels[: len(plain)])

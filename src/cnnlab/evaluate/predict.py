@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,17 +52,31 @@ def predict_logits(
     `mirror`, of the horizontally mirrored images."""
     device = pick_device()
     # channels_last weights, as in training: mixed layouts ran 5x slower here. Moved outside inference mode,
-    # so the parameters stay ordinary tensors the caller can still train or export.
+    # so the parameters stay ordinary tensors the caller can still train or export. A backend outside
+    # PyTorch (ONNX Runtime) takes plain NCHW and says so; torch then prepares its input on one thread, as
+    # torch's idle threads spinning beside ONNX Runtime's cost 5-30% of its speed on two cores.
+    outside = not getattr(model, "channels_last", True)
+    layout = torch.contiguous_format if outside else torch.channels_last
     model = model.to(device, memory_format=torch.channels_last).eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _torch_threads(1 if outside else torch.get_num_threads()):
         for i, start in enumerate(range(0, len(images), batch_size)):
             if max_batches is not None and i >= max_batches:
                 break
             x = norm.apply(images[start : start + batch_size].to(device))
             x = x.flip(-1) if mirror else x
-            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            out.append(model(x.contiguous(memory_format=layout)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_logits(
@@ -72,16 +87,19 @@ def model_logits(
     cache_dir: Path | None,
     max_batches=None,
     tta: bool = False,
+    forward: nn.Module | None = None,
 ):
     """`predict_logits`, except that a frozen pretrained backbone reads its cached features (the ones
     training computed), so evaluating a feature-extraction run costs no second backbone pass. With `tta`,
-    log of the mean probability of each image and its mirror image (flip test-time augmentation)."""
+    log of the mean probability of each image and its mirror image (flip test-time augmentation). `forward`
+    is the prediction backend for whole images (default: the model itself)."""
+    forward = model if forward is None else forward
     if tta:
-        plain = predict_logits(model, images, norm, max_batches=max_batches)
-        mirrored = predict_logits(model, images, norm, max_batches=max_batches, mirror=True)
+        plain = predict_logits(forward, images, norm, max_batches=max_batches)
+        mirrored = predict_logits(forward, images, norm, max_batches=max_batches, mirror=True)
         return mean_of_views(plain, mirrored)
     if not model.frozen or cache_dir is None or max_batches is not None:
-        return predict_logits(model, images, norm, max_batches=max_batches)
+        return predict_logits(forward, images, norm, max_batches=max_batches)
     from cnnlab.data.features import backbone_features
 
     model = model.to(pick_device())
@@ -102,10 +120,12 @@ class ImagePrediction:
 
 
 def predict_images(
-    checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None, tta: bool = False
-) -> tuple[list[str], list[ImagePrediction]]:
+    checkpoint_path: Path, inputs: list[Path], *, limit: int | None = None, tta: bool = False,
+    backend: str = "auto", log=print,
+) -> tuple[list[str], list[ImagePrediction]]:  # fmt: skip
     """Class probabilities for image files, preprocessed as the checkpoint's training data was (with `tta`,
-    averaged with the mirror image, as the run's evaluation decided).
+    averaged with the mirror image, as the run's evaluation decided), run by `backend` (auto: measured,
+    export.backends).
 
     Any size or mode is converted (resize the shorter side, centre crop, grey or RGB as trained).
     A file named directly that cannot be read is an error; unreadable files inside folders are skipped
@@ -113,7 +133,10 @@ def predict_images(
     """
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path)
-    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta)
+    run_dir = Path(checkpoint_path).parent
+    chosen = {"checkpoint": Path(checkpoint_path), "wanted": backend, "log": log,
+              "cache_dir": run_dir / "cache" if (run_dir / "config.yaml").is_file() else None}  # fmt: skip
+    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta, backend=chosen)
 
 
 def predict_imagenet(
@@ -136,12 +159,20 @@ def predict_imagenet(
 
 
 def _predict_files(
-    model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False
-):
+    model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False,
+    backend: dict | None = None,
+):  # fmt: skip
     arrays, kept = decode_files(
         inputs, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct, limit=limit
     )
     images, norm = torch.from_numpy(arrays), prep.normalization()
+    if backend is not None:
+        from cnnlab.export.backends import choose_backend
+
+        sample = norm.apply(images[:64]).float()
+        chosen = choose_backend(model, sample=sample, n_images=len(images) * (1 + tta), **backend)
+        backend["log"](f"prediction backend: {chosen.name} ({chosen.why})")
+        model = chosen.forward
     logits = predict_logits(model, images, norm)
     if tta:
         logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))

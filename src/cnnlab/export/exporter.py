@@ -74,7 +74,7 @@ def export_run(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:  # gone on any error
         final = Path(work) / "fp32.onnx"
-        _write_onnx(_folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
+        write_onnx(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
         result = _parity(expected, onnx_logits(final, x), labels)
         result.update(format=fmt, opset=OPSET)
         if not result["passed"]:
@@ -188,7 +188,7 @@ def _summary(r: dict[str, Any]) -> str:
     return line
 
 
-def _folded(model: torch.nn.Module) -> torch.nn.Module:
+def folded(model: torch.nn.Module) -> torch.nn.Module:
     """The model with batch norm folded into the preceding convolutions (torch.fx), or as it is."""
     import copy
 
@@ -214,7 +214,7 @@ def _metadata(ckpt) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     import onnx
 
     # torch.export-based exporter (the default since PyTorch 2.9; the TorchScript one is deprecated)
@@ -234,11 +234,16 @@ def _add_metadata(proto, metadata: dict[str, str]) -> None:
 
 
 def _parity(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    diff = float(np.abs(expected - got).max())
-    spread = float(expected.max() - expected.min()) or 1.0
+    relative = relative_difference(expected, got)
     return {
-        "images": int(len(labels)), "max_abs_logit_diff": diff, "relative_diff": diff / spread,
+        "images": int(len(labels)), "max_abs_logit_diff": float(np.abs(expected - got).max()),
+        "relative_diff": relative,
         "same_argmax": float((expected.argmax(1) == got.argmax(1)).mean()),
         "accuracy_torch": float((expected.argmax(1) == labels).mean()),
-        "accuracy_onnx": float((got.argmax(1) == labels).mean()), "passed": diff / spread <= PARITY_TOLERANCE,
+        "accuracy_onnx": float((got.argmax(1) == labels).mean()), "passed": relative <= PARITY_TOLERANCE,
     }  # fmt: skip
+
+
+def relative_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """Max absolute logit difference relative to the expected logits' range: the parity measure."""
+    return float(np.abs(expected - got).max()) / (float(expected.max() - expected.min()) or 1.0)

@@ -1,0 +1,192 @@
+"""Prediction backends: the same logits from a trained model run by PyTorch (batch norm folded, channels_last)
+or by ONNX Runtime, chosen for `evaluate` and `predict` by measurement on the machine at hand.
+
+`auto` times both on the job's own images and takes the faster one that agrees with PyTorch (relative logit
+difference <= exporter.PARITY_TOLERANCE). The ONNX file is built once per checkpoint (the torch.export-based
+exporter takes 1-10 s) and kept, with the measurement, in the run's `cache/` folder; a job of fewer than
+BUILD_MIN_IMAGES images does not pay for building it, but uses one already built. On a GPU, PyTorch runs
+there and ONNX Runtime (CPU here) is not considered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+BACKENDS = ("auto", "torch", "onnx")
+BUILD_MIN_IMAGES = 1000  # below this, building the ONNX file costs more than it saves
+SAMPLE_IMAGES = 64  # images timed per backend (a batch of the job's own images)
+MIN_TIMED_S = 0.3  # time each backend at least this long (and at least 3 runs)
+
+
+@dataclass
+class Backend:
+    name: str  # "torch" or "onnx"
+    forward: nn.Module  # normalised float images [N, C, H, W] -> logits
+    why: str
+
+
+@dataclass
+class Timing:
+    torch_images_per_s: float
+    onnx_images_per_s: float
+    relative_diff: float  # max |onnx - torch| / torch logit range on the sample
+
+
+class OnnxForward(nn.Module):
+    """An ONNX Runtime session behind nn.Module's call, so the prediction loop runs either backend."""
+
+    channels_last = False  # ONNX Runtime takes plain NCHW arrays
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session, self.input = session, session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input: x.float().contiguous().numpy()})[0])
+
+
+def torch_forward(model: nn.Module) -> nn.Module:
+    """The model as PyTorch predicts fastest on CPU: batch norm folded into the convolutions, channels_last."""
+    from cnnlab.export.exporter import folded
+
+    return folded(model).to(memory_format=torch.channels_last)
+
+
+def choose_backend(
+    model: nn.Module, checkpoint: Path, sample: torch.Tensor, *, n_images: int, wanted: str = "auto",
+    cache_dir: Path | None = None, log: Callable[[str], None] = print,
+) -> Backend:  # fmt: skip
+    """The backend for predicting `n_images` images with `model` (loaded from `checkpoint`); `sample` is a
+    normalised batch of the job's own images, for timing and agreement. `wanted` torch|onnx forces one."""
+    if wanted not in BACKENDS:
+        raise CnnlabError(f"unknown backend '{wanted}' (choose from: {', '.join(BACKENDS)})")
+    if wanted == "torch":
+        return Backend("torch", _torch_or_cuda(model), "--backend torch")
+    if torch.cuda.is_available() and wanted == "auto":
+        return Backend("torch", model, "PyTorch on the GPU (ONNX Runtime runs on the CPU here)")
+    if not _onnxruntime_installed():
+        if wanted == "onnx":
+            raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
+        return Backend("torch", torch_forward(model), "onnxruntime is not installed")
+    onnx_path = _cached_onnx(checkpoint, cache_dir)
+    if wanted == "auto" and not onnx_path.exists() and n_images < BUILD_MIN_IMAGES:
+        return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building the ONNX file")
+    onnx = OnnxForward(_session(model, sample, onnx_path, log))
+    if wanted == "onnx":
+        return Backend("onnx", onnx, "--backend onnx")
+    fast_torch = torch_forward(model)
+    return _pick(fast_torch, onnx, _timed(fast_torch, onnx, sample[:SAMPLE_IMAGES], onnx_path))
+
+
+def _pick(fast_torch: nn.Module, onnx: nn.Module, t: Timing) -> Backend:
+    from cnnlab.export.exporter import PARITY_TOLERANCE
+
+    speeds = f"{t.onnx_images_per_s:.0f} vs {t.torch_images_per_s:.0f} images/s measured"
+    if t.relative_diff > PARITY_TOLERANCE:
+        return Backend("torch", fast_torch, f"ONNX Runtime disagrees with PyTorch ({t.relative_diff:.2g} of range)")
+    if t.onnx_images_per_s > t.torch_images_per_s:
+        return Backend("onnx", onnx, f"ONNX Runtime faster than PyTorch: {speeds}")
+    return Backend("torch", fast_torch, f"PyTorch faster than ONNX Runtime: {speeds}")
+
+
+def _torch_or_cuda(model: nn.Module) -> nn.Module:
+    return model if torch.cuda.is_available() else torch_forward(model)
+
+
+def _onnxruntime_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _cached_onnx(checkpoint: Path, cache_dir: Path | None) -> Path:
+    """Where this checkpoint's ONNX file is kept: named by the checkpoint's content, so a retrained best.pt
+    never meets a stale file. Without a cache folder (a loose checkpoint), a temporary folder for this job."""
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
+    return (cache_dir if cache_dir is not None else _job_folder()) / f"predict-{digest}.onnx"
+
+
+def _job_folder() -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-backend-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _session(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[str], None]):
+    """An ONNX Runtime session on the kept file, exporting it first when it is not there yet."""
+    from cnnlab.export.exporter import folded, write_onnx
+    from cnnlab.onnx_predict import open_session
+
+    if not path.exists():
+        started = time.perf_counter()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only run folder: build for this job only
+            path = _job_folder() / path.name
+        tmp = path.with_name(f".{path.name}.tmp")
+        write_onnx(folded(model), sample[:2].float(), tmp, {})
+        tmp.replace(path)  # atomic: a killed build leaves no half file under the kept name
+        log(f"built the ONNX Runtime backend in {time.perf_counter() - started:.1f} s ({path})")
+    return open_session(path)
+
+
+def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: Path) -> Timing:
+    """Both backends' speed on the same batch and their agreement, kept beside the ONNX file per CPU, threads,
+    checkpoint and batch."""
+    from cnnlab.engine.precision import CpuInfo
+    from cnnlab.export import exporter
+
+    cpu = CpuInfo.here()
+    key = f"{cpu.name}|{cpu.capability}|{torch.get_num_threads()}|{onnx_path.stem}|{len(x)}"
+    cache = onnx_path.parent / "backend.json"
+    known = _read_json(cache)
+    if key in known:
+        return Timing(**known[key])
+    with torch.inference_mode():
+        expected = fast_torch(x.contiguous(memory_format=torch.channels_last)).float()
+        got = onnx(x)
+    timing = Timing(
+        torch_images_per_s=_images_per_s(fast_torch, x.contiguous(memory_format=torch.channels_last)),
+        onnx_images_per_s=_images_per_s(onnx, x),
+        relative_diff=exporter.relative_difference(expected.numpy(), got.numpy()),
+    )
+    known[key] = asdict(timing)
+    try:
+        cache.write_text(json.dumps(known, indent=2))
+    except OSError:
+        pass  # unwritable: measured again next time
+    return timing
+
+
+def _images_per_s(forward: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        forward(x)  # warm-up
+        runs, started = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - started < MIN_TIMED_S:
+            forward(x)
+            runs += 1
+    return runs * len(x) / (time.perf_counter() - started)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
