@@ -28,7 +28,7 @@ def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_run, tm
     out = tmp_path / "digits.onnx"
     result = E.export_run(digits_run, output=out, log=lambda _: None)
     assert result["passed"] and result["same_argmax"] == 1.0 and result["relative_diff"] <= E.PARITY_TOLERANCE
-    assert result["accuracy_onnx"] == result["accuracy_torch"] >= 0.85  # a real model: digits at 8x8 px
+    assert result["accuracy_exported"] == result["accuracy_torch"] >= 0.85  # a real model: digits at 8x8 px
     assert json.loads((digits_run / "export.json").read_text())["digits.onnx"] == result
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -156,3 +156,36 @@ def test_predicting_from_a_missing_onnx_file_is_one_clear_line(tmp_path, cli):
     Image.new("L", (8, 8)).save(img)
     code, _, err = cli("predict", tmp_path / "missing.onnx", img)
     assert code == 2 and "model file not found" in err and "cnnlab export" in err
+
+
+def test_pt2_export_predicts_as_the_run_and_carries_its_metadata(digits_run, tmp_path, cli):
+    import torch
+
+    out = tmp_path / "digits.pt2"
+    result = E.export_run(digits_run, fmt="pt2", output=out, log=lambda _: None)
+    assert result["passed"] and result["same_argmax"] == 1.0 and result["accuracy_exported"] >= 0.85
+    extra = {"cnnlab.json": ""}
+    torch.export.load(str(out), extra_files=extra)  # our own file, just written
+    assert json.loads(extra["cnnlab.json"])["channels"] == "1"
+    code, _, err = cli("export", digits_run, "--format", "pt2", "--int8", "--output", tmp_path / "q.pt2")
+    assert code == 2 and "--int8 quantises with ONNX Runtime" in err and not (tmp_path / "q.pt2").exists()
+
+
+def test_a_file_whose_input_does_not_fit_its_metadata_is_one_clear_line(digits_run, tmp_path, cli):
+    """An image prepared for the metadata's channel count but refused by the graph: a clear line, exit 2."""
+    import onnx
+
+    from helpers import write_digit_folder
+
+    good = tmp_path / "good.onnx"
+    E.export_run(digits_run, output=good, log=lambda _: None)
+    proto = onnx.load(str(good))
+    for entry in proto.metadata_props:
+        if entry.key == "channels":
+            entry.value = "3"  # the graph takes 1 channel
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    images = write_digit_folder(tmp_path / "images", classes=(0,), per_class=1, size=8, mode="RGB")
+    code, _, err = cli("predict", bad, images)
+    assert code == 2 and "the model takes images shaped [N, 1, 8, 8], got [1, 3, 8, 8]" in err
+    assert len(err.strip().splitlines()) == 1

@@ -191,21 +191,47 @@ def evaluate(
 def export(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     format: str = typer.Option(
-        "onnx", "--format", help="onnx (ONNX opset 18 via torch.export, dynamic batch, metadata)."
+        "onnx",
+        "--format",
+        help="onnx (ONNX opset 18 via torch.export, dynamic batch, metadata) | pt2 "
+        "(torch.export's program, for ExecuTorch/AOTInductor; cnnlab itself reads only ONNX).",
     ),
-    output: Optional[Path] = typer.Option(None, help="Where to write the file (default RUN/model.onnx)."),
+    output: Optional[Path] = typer.Option(None, help="Where to write the file (default RUN/model.onnx or .pt2)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
     parity_images: int = typer.Option(1000, min=1, help="Test images for the parity check against PyTorch."),
     int8: bool = typer.Option(False, "--int8", help="Static int8 quantisation (ONNX Runtime), calibrated on valid."),
     calibration: int = typer.Option(500, min=1, help="--int8: validation images for the activation ranges."),
 ) -> None:
-    """Export a run's best checkpoint (ONNX) after checking it predicts as PyTorch does; writes RUN/export.json."""
+    """Export a run's best checkpoint (ONNX or torch.export) after checking it predicts as PyTorch does; writes
+    RUN/export.json."""
     from cnnlab.export import export_run
 
     export_run(
         run, fmt=format, output=output, force=force, parity_images=parity_images, int8=int8,
         calibration=calibration, log=_log,
     )  # fmt: skip
+
+
+@app.command()
+def benchmark(
+    run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Threads for PyTorch and ONNX Runtime (a smaller device)."),
+    latency_budget: Optional[float] = typer.Option(
+        None,
+        "--latency-budget",
+        min=0.0,
+        help="MS: say which backends meet it at p95, batch 1; exit 1 if the default prediction backend misses it.",
+    ),
+) -> None:
+    """Latency (batch 1, p50/p95) and throughput (batch 64) of a run's model per backend: eager PyTorch, BN-folded
+    PyTorch, ONNX Runtime fp32 and int8 (when exported); writes RUN/benchmark.json."""
+    from cnnlab.export.benchmark import benchmark_run
+
+    result = benchmark_run(run, threads=threads, latency_budget_ms=latency_budget, log=_log)
+    default = next((r for r in result["rows"] if r["backend"] == result["default"]["backend"]), None)
+    if latency_budget is not None and default is not None and not default["meets_budget"]:
+        typer.echo(f"the default backend ({default['backend']}) misses the latency budget", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

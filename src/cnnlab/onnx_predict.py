@@ -44,14 +44,18 @@ def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = No
     return json.loads(meta["class_names"]), [FilePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]
 
 
-def open_session(path: Path):
-    """An ONNX Runtime CPU session for `path`; a missing or damaged file is one clear error."""
+def open_session(path: Path, *, threads: int | None = None):
+    """An ONNX Runtime CPU session for `path` (on `threads` threads; default ONNX Runtime's: one per core); a
+    missing or damaged file is one clear error."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise CnnlabError(f"model file not found: {path} (make one with: cnnlab export RUN)")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a damaged file
         raise CnnlabError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from exc
 
@@ -59,5 +63,11 @@ def open_session(path: Path):
 def onnx_logits(model, x: np.ndarray, batch: int = 1000) -> np.ndarray:
     """Logits for normalised images `x` from an exported file (a path or an open session), batch by batch."""
     session = model if hasattr(model, "run") else open_session(model)
-    name = session.get_inputs()[0].name
+    spec = session.get_inputs()[0]
+    name, wanted = spec.name, list(spec.shape[1:])
+    if x.ndim != len(spec.shape) or any(isinstance(w, int) and w != got for w, got in zip(wanted, x.shape[1:])):
+        raise CnnlabError(
+            f"the model takes images shaped [N, {', '.join(map(str, wanted))}], got {list(x.shape)} "
+            "(a file whose metadata does not match its input; re-export it with cnnlab export)"
+        )
     return np.concatenate([session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])

@@ -37,9 +37,7 @@ class Normalization:
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         scale = 1.0 / (255.0 * std) if images.dtype == torch.uint8 else 1.0 / std
-        x = images.float()  # a new tensor for uint8 input, so the in-place steps below stay inside it
-        x = x.clone() if x is images else x
-        return x.mul_(scale).sub_(mean / std)
+        return (images.float() * scale).sub_(mean / std)  # broadcasts: grey images may meet RGB statistics
 
 
 def _chunked_mean_std(images, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.onnx_predict import open_session
 
 BACKENDS = ("auto", "torch", "onnx")
 BUILD_MIN_IMAGES = 1000  # below this, building the ONNX file costs more than it saves
@@ -78,10 +79,10 @@ def choose_backend(
         if wanted == "onnx":
             raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
-    onnx_path = _cached_onnx(checkpoint, cache_dir)
+    onnx_path = kept_onnx_path(checkpoint, cache_dir)
     if wanted == "auto" and not onnx_path.exists() and n_images < BUILD_MIN_IMAGES:
         return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building the ONNX file")
-    onnx = OnnxForward(_session(model, sample, onnx_path, log))
+    onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log)))
     if wanted == "onnx":
         return Backend("onnx", onnx, "--backend onnx")
     fast_torch = torch_forward(model)
@@ -111,7 +112,7 @@ def _onnxruntime_installed() -> bool:
     return True
 
 
-def _cached_onnx(checkpoint: Path, cache_dir: Path | None) -> Path:
+def kept_onnx_path(checkpoint: Path, cache_dir: Path | None) -> Path:
     """Where this checkpoint's ONNX file is kept: named by the checkpoint's content, so a retrained best.pt
     never meets a stale file. Without a cache folder (a loose checkpoint), a temporary folder for this job."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
@@ -128,10 +129,9 @@ def _job_folder() -> Path:
     return folder
 
 
-def _session(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[str], None]):
-    """An ONNX Runtime session on the kept file, exporting it first when it is not there yet."""
+def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[str], None]) -> Path:
+    """The kept ONNX file of `model` at `path` (see `kept_onnx_path`), exported first when not there yet."""
     from cnnlab.export.exporter import folded, write_onnx
-    from cnnlab.onnx_predict import open_session
 
     if not path.exists():
         started = time.perf_counter()
@@ -143,7 +143,7 @@ def _session(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[
         write_onnx(folded(model), sample[:2].float(), tmp, {})
         tmp.replace(path)  # atomic: a killed build leaves no half file under the kept name
         log(f"built the ONNX Runtime backend in {time.perf_counter() - started:.1f} s ({path})")
-    return open_session(path)
+    return path
 
 
 def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: Path) -> Timing:

@@ -1,14 +1,16 @@
-"""`cnnlab export RUN`: a run's best checkpoint as an ONNX file that is enough on its own to predict.
+"""`cnnlab export RUN`: a run's best checkpoint as an ONNX file that is enough on its own to predict (or, with
+`--format pt2`, as torch.export's ExportedProgram for PyTorch's own deployment tools: ExecuTorch, AOTInductor;
+PyTorch recommends it over TorchScript, which it no longer develops).
 
 The file takes normalised float images [N, C, H, W] (any N) and returns logits; its metadata holds the
 preprocessing (size, channels, mean/std, crop fraction and the resize rule), the class names and the
 cnnlab/torch versions. Batch norm is folded into the convolutions before export where the model can be
 traced by torch.fx (the course CNNs); otherwise ONNX Runtime folds it when it loads the file.
 
-Every export is checked before it counts: on test images of the run, ONNX Runtime's logits against
-PyTorch's (max absolute difference relative to the logit range <= PARITY_TOLERANCE), argmax agreement and
-both test accuracies, printed and written to RUN/export.json. A failed check is an error that leaves no
-file behind, and an existing file is only replaced with --force.
+Every export is checked before it counts: on test images of the run, ONNX Runtime's logits (for pt2, the
+saved program's) against PyTorch's (max absolute difference relative to the logit range <=
+PARITY_TOLERANCE), argmax agreement and both test accuracies, printed and written to RUN/export.json. A
+failed check is an error that leaves no file behind, and an existing file is only replaced with --force.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.onnx_predict import onnx_logits
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
 PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
 INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
 OPSET = 18  # the torch.export-based exporter's baseline
@@ -53,9 +56,12 @@ def export_run(
 
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
+    if int8 and fmt != "onnx":
+        raise CnnlabError("--int8 quantises with ONNX Runtime: use it with --format onnx")
     run_dir = Path(run_dir)
     config = open_run(run_dir)
-    output = Path(output) if output is not None else run_dir / ("model.int8.onnx" if int8 else "model.onnx")
+    default_name = "model.pt2" if fmt == "pt2" else ("model.int8.onnx" if int8 else "model.onnx")
+    output = Path(output) if output is not None else run_dir / default_name
     if output.exists() and not force:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
     ckpt_path = run_dir / "best.pt"
@@ -73,10 +79,15 @@ def export_run(
     expected = predict_logits(model, torch.from_numpy(x), _IDENTITY).numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:  # gone on any error
-        final = Path(work) / "fp32.onnx"
-        write_onnx(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
-        result = _parity(expected, onnx_logits(final, x), labels)
-        result.update(format=fmt, opset=OPSET)
+        if fmt == "pt2":
+            final = Path(work) / "model.pt2"
+            got = _write_pt2(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt), x)
+        else:
+            final = Path(work) / "fp32.onnx"
+            write_onnx(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
+            got = onnx_logits(final, x)
+        result = _parity(expected, got, labels)
+        result.update(format=fmt, opset=OPSET if fmt == "onnx" else None)
         if not result["passed"]:
             raise CnnlabError(
                 f"export parity check failed: max logit difference {result['max_abs_logit_diff']:.3g} is "
@@ -86,7 +97,7 @@ def export_run(
             fp32_bytes = final.stat().st_size
             chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
             final = _quantized(final, _normalised(source.images, chosen, norm), _metadata(ckpt))
-            result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_onnx"], fp32_bytes, final)
+            result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final)
             result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
@@ -173,11 +184,12 @@ def _int8_check(logits: np.ndarray, labels: np.ndarray, fp32_accuracy: float, fp
 
 
 def _summary(r: dict[str, Any]) -> str:
+    kind = f"ONNX opset {OPSET}" if r["format"] == "onnx" else "torch.export program"
     line = (
-        f"exported {r['file']} ({r['size_bytes'] / 1e6:.2f} MB, ONNX opset {OPSET}); parity on {r['images']} test "
+        f"exported {r['file']} ({r['size_bytes'] / 1e6:.2f} MB, {kind}); parity on {r['images']} test "
         f"images: max logit difference {r['max_abs_logit_diff']:.2g} ({r['relative_diff']:.2g} of the range), "
         f"same label {100 * r['same_argmax']:.2f}%, accuracy {100 * r['accuracy_torch']:.2f}% PyTorch / "
-        f"{100 * r['accuracy_onnx']:.2f}% ONNX"
+        f"{100 * r['accuracy_exported']:.2f}% exported"
     )
     if "int8" in r:
         q = r["int8"]
@@ -227,6 +239,22 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metada
     onnx.save(proto, str(path))
 
 
+def _write_pt2(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str], x: np.ndarray
+) -> np.ndarray:
+    """Save torch.export's program of `model` (dynamic batch; metadata as the archive's extra file
+    `cnnlab.json`) and return the logits of `x` from the saved file, for the parity check. Only this file,
+    written here a moment ago, is loaded back: torch.export.load unpickles parts of an archive, so cnnlab
+    never loads a .pt2 a user hands it (ONNX is the format it reads)."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path), extra_files={"cnnlab.json": json.dumps(metadata)})
+    with warnings.catch_warnings():  # "No complete tensor found in the group": about GPU weights, not ours
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = torch.export.load(str(path)).module()
+    with torch.inference_mode():
+        return torch.cat([loaded(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)]).numpy()
+
+
 def _add_metadata(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -240,7 +268,7 @@ def _parity(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[s
         "relative_diff": relative,
         "same_argmax": float((expected.argmax(1) == got.argmax(1)).mean()),
         "accuracy_torch": float((expected.argmax(1) == labels).mean()),
-        "accuracy_onnx": float((got.argmax(1) == labels).mean()), "passed": relative <= PARITY_TOLERANCE,
+        "accuracy_exported": float((got.argmax(1) == labels).mean()), "passed": relative <= PARITY_TOLERANCE,
     }  # fmt: skip
 
 

@@ -1,0 +1,160 @@
+"""`cnnlab benchmark RUN`: the table a person deploying a model to a device wants. Per backend, latency at
+batch 1 (p50/p95) and throughput at batch 64, on the run's own test images and the stated thread count,
+and whether a latency budget is met at p95.
+
+Backends: `eager` (the model as PyTorch loads it: NCHW, no folding), `torch` (batch norm folded,
+channels_last), `onnx` (ONNX Runtime, fp32, the file `auto` keeps in RUN/cache/), `onnx-int8` (RUN's
+`cnnlab export --int8` file, when there is one). Times cover the model only: images are decoded and
+normalised beforehand, as a device pipeline would feed them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+LATENCY_S = 1.5  # time spent on batch-1 calls per backend (at least MIN_CALLS calls)
+MIN_CALLS = 30
+THROUGHPUT_BATCH = 64
+THROUGHPUT_S = 0.5  # per timed pass; the best of 3 passes counts
+
+
+@dataclass
+class Row:
+    backend: str
+    p50_ms: float
+    p95_ms: float
+    images_per_s: float
+    meets_budget: bool | None = None
+
+
+def benchmark_run(
+    run_dir: Path, *, threads: int | None = None, latency_budget_ms: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Measure every available backend of `run_dir`'s best.pt; print the table, write RUN/benchmark.json."""
+    from cnnlab.export.backends import choose_backend, kept_onnx_path, onnx_file
+
+    model, sample = _model_and_images(Path(run_dir))
+    if threads:
+        torch.set_num_threads(threads)
+    cache = Path(run_dir) / "cache"
+    backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / "best.pt", cache), log),
+                         Path(run_dir) / "model.int8.onnx", threads)  # fmt: skip
+    default = choose_backend(model, Path(run_dir) / "best.pt", sample, n_images=10**6, cache_dir=cache, log=log)
+    rows = [_measure(name, forward, sample, latency_budget_ms) for name, forward in backends.items()]
+    result = {
+        "run": str(run_dir), "threads": torch.get_num_threads(), "onnxruntime_threads": threads or "default",
+        "image": list(sample.shape[1:]), "default": {"backend": default.name, "why": default.why},
+        "latency_budget_ms": latency_budget_ms, "rows": [asdict(r) for r in rows], **_machine(),
+    }  # fmt: skip
+    from cnnlab.files import write_text_atomic
+
+    write_text_atomic(Path(run_dir) / "benchmark.json", json.dumps(result, indent=2))
+    log(format_table(result))
+    return result
+
+
+def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
+    """The run's model and THROUGHPUT_BATCH of its test images, normalised as in training."""
+    from cnnlab.data.lazy import select
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import load_splits
+    from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
+    from cnnlab.errors import CnnlabError
+    from cnnlab.evaluate.predict import model_from_checkpoint
+    from cnnlab.runfolder import open_run
+
+    config = open_run(run_dir)
+    path = run_dir / "best.pt"
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
+    ckpt = load_checkpoint(path)
+    source = load_source(config.data, log=lambda _: None)
+    check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=path)
+    idx = load_splits(run_dir / "splits.json")["test"][:THROUGHPUT_BATCH]
+    images = ckpt.preprocessing.normalization().apply(select(source.images, idx)).float()
+    return model_from_checkpoint(ckpt, path), images
+
+
+def _backends(model: nn.Module, onnx: Path, int8: Path, threads: int | None) -> dict[str, Callable]:
+    """name -> a callable on a normalised float batch, in the layout each backend runs fastest with."""
+    from cnnlab.export.backends import torch_forward
+    from cnnlab.onnx_predict import open_session
+
+    folded = torch_forward(model)
+    found = {
+        "eager": lambda x: model(x),
+        "torch": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
+        "onnx": _onnx_call(open_session(onnx, threads=threads)),
+    }
+    if int8.is_file():
+        found["onnx-int8"] = _onnx_call(open_session(int8, threads=threads))
+    return found
+
+
+def _onnx_call(session) -> Callable:
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def _measure(name: str, forward: Callable, images: torch.Tensor, budget_ms: float | None) -> Row:
+    with torch.inference_mode():
+        singles = [images[i : i + 1].contiguous() for i in range(len(images))]
+        for x in singles[:10]:
+            forward(x)  # warm-up
+        latencies, started = [], time.perf_counter()
+        while len(latencies) < MIN_CALLS or time.perf_counter() - started < LATENCY_S:
+            x = singles[len(latencies) % len(singles)]
+            t = time.perf_counter()
+            forward(x)
+            latencies.append(time.perf_counter() - t)
+        forward(images)
+        passes = [_pass(forward, images) for _ in range(3)]
+    p50, p95 = (float(np.percentile(latencies, q) * 1000) for q in (50, 95))
+    meets = None if budget_ms is None else p95 <= budget_ms
+    return Row(name, round(p50, 3), round(p95, 3), round(max(passes)), meets)
+
+
+def _pass(forward: Callable, images: torch.Tensor) -> float:
+    runs, started = 0, time.perf_counter()
+    while runs < 1 or time.perf_counter() - started < THROUGHPUT_S:
+        forward(images)
+        runs += 1
+    return runs * len(images) / (time.perf_counter() - started)
+
+
+def _machine() -> dict[str, str]:
+    from cnnlab.engine.precision import CpuInfo
+
+    cpu = CpuInfo.here()
+    return {"cpu": cpu.name, "capability": cpu.capability, "torch": torch.__version__}
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The benchmark as a fixed-width table, then the default backend and the budget verdict."""
+    budget = r["latency_budget_ms"]
+    head = f"{'backend':<10} {'p50 ms':>8} {'p95 ms':>8} {'images/s @64':>13}" + ("  budget" if budget else "")
+    lines = [
+        f"{r['cpu']} ({r['capability']}), torch threads {r['threads']}, ONNX Runtime threads "
+        f"{r['onnxruntime_threads']}; image {'x'.join(map(str, r['image']))}; batch 1 latency, batch 64 throughput",
+        head,
+    ]
+    for row in r["rows"]:
+        verdict = "" if budget is None else ("  met" if row["meets_budget"] else "  MISSED")
+        lines.append(
+            f"{row['backend']:<10} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} {row['images_per_s']:>13,.0f}{verdict}"
+        )
+    lines.append(f"default prediction backend: {r['default']['backend']} ({r['default']['why']})")
+    if budget is not None:
+        met = [row["backend"] for row in r["rows"] if row["meets_budget"]]
+        lines.append(f"latency budget {budget:g} ms (p95, batch 1): met by {', '.join(met) or 'none'}")
+    return "\n".join(lines)
