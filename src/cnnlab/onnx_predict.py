@@ -65,7 +65,10 @@ def onnx_logits(model, x: np.ndarray, batch: int = 1000) -> np.ndarray:
     session = model if hasattr(model, "run") else open_session(model)
     spec = session.get_inputs()[0]
     name, wanted = spec.name, list(spec.shape[1:])
-    if x.ndim != len(spec.shape) or any(isinstance(w, int) and w != got for w, got in zip(wanted, x.shape[1:])):
+    fits = x.ndim == len(spec.shape) and all(
+        not isinstance(w, int) or w == got for w, got in zip(wanted, x.shape[1:], strict=True)
+    )
+    if not fits:
         raise CnnlabError(
             f"the model takes images shaped [N, {', '.join(map(str, wanted))}], got {list(x.shape)} "
             "(a file whose metadata does not match its input; re-export it with cnnlab export)"
