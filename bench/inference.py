@@ -2,9 +2,9 @@
 measurement, as `cnnlab evaluate` and `predict` use it) against ONNX Runtime called directly on the same
 exported file, with eager PyTorch for reference, on the same real test images, with the parity of outputs.
 
-Uses RUN/best.pt when --run is given (e.g. the `make demo` run), else a freshly initialised default model
-(speed does not depend on the weights). ONNX Runtime's own figure excludes preprocessing (its input is
-normalised beforehand): the strict ceiling. Prints one JSON line. Usage:
+Uses RUN/best.pt and RUN's test split when --run is given (e.g. the `make demo` run), else a freshly
+initialised default model (speed does not depend on the weights). ONNX Runtime's own figure excludes
+preprocessing (its input is normalised beforehand): the strict ceiling. Prints one JSON line. Usage:
 .venv/bin/python bench/inference.py [--run runs/NAME] [--images 10000] [--batch 1000]
 """
 
@@ -21,24 +21,33 @@ import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.data.batches import Normalization
+from cnnlab.data.lazy import select
 from cnnlab.data.sources import load_source
+from cnnlab.data.splits import load_splits
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.precision import CpuInfo
 from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
 from cnnlab.export.backends import choose_backend
 from cnnlab.models import create_model
 from cnnlab.onnx_predict import onnx_logits, open_session
+from cnnlab.runfolder import open_run
 
 
-def load_model(run: Path | None, train_images: torch.Tensor, tmp: Path):
-    """(model, normalisation, checkpoint path, label) for the run, or a seeded fresh default model."""
+def load_model(run: Path | None, tmp: Path):
+    """(model, normalisation, checkpoint path, label, test images) for the run (its own test split), or a
+    seeded fresh default model on Fashion-MNIST."""
     if run is None:
+        source = load_source(DataConfig(source="fashion-mnist"))
         torch.manual_seed(0)
         model = create_model("simple_cnn_bn", num_classes=10).eval()
         torch.save(model.state_dict(), tmp / "init.pt")  # only hashed, to name the backend's ONNX file
-        return model, Normalization.from_images(train_images), tmp / "init.pt", "init"
+        norm = Normalization.from_images(source.images[source.partitions["train"]])
+        return model, norm, tmp / "init.pt", "init", source.images[source.partitions["test"]]
     ckpt = load_checkpoint(run / "best.pt")
-    return model_from_checkpoint(ckpt, run / "best.pt"), ckpt.preprocessing.normalization(), run / "best.pt", str(run)
+    source = load_source(open_run(run).data)
+    images = select(source.images, load_splits(run / "splits.json")["test"])
+    model = model_from_checkpoint(ckpt, run / "best.pt")
+    return model, ckpt.preprocessing.normalization(), run / "best.pt", str(run), images
 
 
 def timed(fn, repeats: int = 3):
@@ -57,14 +66,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
-    source = load_source(DataConfig(source="fashion-mnist"))
     tmp = Path(tempfile.mkdtemp())
-    model, norm, ckpt, which = load_model(args.run, source.images[source.partitions["train"]], tmp)
-    images = source.images[source.partitions["test"][: args.images]]
+    model, norm, ckpt, which, images = load_model(args.run, tmp)
+    images = images[: args.images]
     b = args.batch
     eager, eager_s = timed(lambda: predict_logits(model, images, norm, batch_size=b))
-    backend = choose_backend(model, ckpt, norm.apply(images[:64]).float(), n_images=len(images), cache_dir=tmp,
+    backend = choose_backend(model, ckpt, norm.apply(images[:64]).float(), n_images=10**6, cache_dir=tmp,
                              log=lambda _: None)  # fmt: skip
+    # n_images: the steady state of a large job (a small one would not build the ONNX file)
     default, default_s = timed(lambda: predict_logits(backend.forward, images, norm, batch_size=b))
     session = open_session(next(tmp.glob("predict-*.onnx")))
     x = norm.apply(images).float().numpy()

@@ -98,7 +98,8 @@ def model_logits(
         plain = predict_logits(forward, images, norm, max_batches=max_batches)
         mirrored = predict_logits(forward, images, norm, max_batches=max_batches, mirror=True)
         return mean_of_views(plain, mirrored)
-    if not model.frozen or cache_dir is None or max_batches is not None:
+    outside_torch = not getattr(forward, "channels_last", True)  # e.g. ONNX Runtime: whole images, as asked
+    if not model.frozen or cache_dir is None or max_batches is not None or outside_torch:
         return predict_logits(forward, images, norm, max_batches=max_batches)
     from cnnlab.data.features import backbone_features
 

@@ -82,7 +82,8 @@ def choose_backend(
     onnx_path = kept_onnx_path(checkpoint, cache_dir)
     if wanted == "auto" and not onnx_path.exists() and n_images < BUILD_MIN_IMAGES:
         return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building the ONNX file")
-    onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log)))
+    # as many threads as PyTorch uses, so the two are timed alike (both default to one per core)
+    onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log), threads=torch.get_num_threads()))
     if wanted == "onnx":
         return Backend("onnx", onnx, "--backend onnx")
     fast_torch = torch_forward(model)

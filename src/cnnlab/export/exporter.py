@@ -247,9 +247,9 @@ def _write_pt2(
     written here a moment ago, is loaded back: torch.export.load unpickles parts of an archive, so cnnlab
     never loads a .pt2 a user hands it (ONNX is the format it reads)."""
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path), extra_files={"cnnlab.json": json.dumps(metadata)})
     with warnings.catch_warnings():  # "No complete tensor found in the group": about GPU weights, not ours
         warnings.simplefilter("ignore", UserWarning)
+        torch.export.save(program, str(path), extra_files={"cnnlab.json": json.dumps(metadata)})
         loaded = torch.export.load(str(path)).module()
     with torch.inference_mode():
         return torch.cat([loaded(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)]).numpy()
