@@ -36,6 +36,7 @@ COMMANDS = {
     "filters": lambda w: ["filters", w / "digit.png", "--output", w / "f.png"],
     "init-compare": lambda w: ["init-compare", "--data", "digits", "--scheme", "zeros", "--output", w / "i.png"],
     "models": lambda w: ["models"],
+    "explain": lambda w: ["explain", w / "runs" / "a"],
 }
 
 

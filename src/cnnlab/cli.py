@@ -213,6 +213,41 @@ def export(
 
 
 @app.command()
+def explain(
+    paths: list[Path] = typer.Argument(..., help="RUN (a run folder), then optional image files/folders."),
+    output: Optional[Path] = typer.Option(None, help="Folder for the pictures and explain.json (default RUN/explain)."),
+    method: Optional[list[str]] = typer.Option(
+        None, help="saliency | smoothgrad | integrated_gradients | gradcam | occlusion; repeatable (default all)."
+    ),
+    layer: Optional[list[str]] = typer.Option(None, help="Layer for feature_maps.png; repeatable (--list-layers)."),
+    list_layers: bool = typer.Option(False, "--list-layers", help="Print the layers with feature maps and stop."),
+    embedding: str = typer.Option("tsne", help="tsne | pca: the 2-D map of the penultimate features."),
+    embed_samples: int = typer.Option(3000, min=5, help="Test images in the embedding (stratified)."),
+    deletion_images: Optional[int] = typer.Option(
+        None, min=1, help="Images in the deletion test (default 200 up to 64 px, else 24)."
+    ),
+    ig_steps: Optional[int] = typer.Option(None, min=2, help="Integrated-gradients steps (32; 16 above 64 px)."),
+    occlusion_window: Optional[int] = typer.Option(None, min=1, help="Occlusion window in pixels (default size/7)."),
+    occlusion_stride: Optional[int] = typer.Option(None, min=1, help="Occlusion stride (default half the window)."),
+    force: bool = typer.Option(False, "--force", help="Write into an --output folder that holds other files."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build everything for one image; write nothing."),
+) -> None:
+    """What a trained run has learned: first-layer filters, feature maps, attributions (captum) with a deletion
+    test saying which map to trust, and a t-SNE of the penultimate features."""
+    from cnnlab.explain.run import ExplainOptions, explain_run
+
+    options = ExplainOptions(
+        methods=method, layers=layer, embedding=embedding, embed_samples=embed_samples,
+        deletion_images=deletion_images, ig_steps=ig_steps, occlusion_window=occlusion_window,
+        occlusion_stride=occlusion_stride,
+    )  # fmt: skip
+    explain_run(
+        paths[0], paths[1:] or None, output=output, options=options, list_layers=list_layers, dry_run=dry_run,
+        force=force, log=_log,
+    )  # fmt: skip
+
+
+@app.command()
 def benchmark(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     threads: Optional[int] = typer.Option(None, min=1, help="Threads for PyTorch and ONNX Runtime (a smaller device)."),

@@ -73,7 +73,7 @@ def evaluate_run(
     cache_dir = None if dry_run else Path(config.data.root) / "cache"
     valid_idx, test_idx = splits["valid"], splits["test"]
     n_images = 2 * (len(valid_idx) + len(test_idx))  # both splits, perhaps mirrored too
-    sample = select(source.images, test_idx[:64])
+    sample = select(source.images, test_idx[:64])[:64]  # a tensor, also from a streamed source
     chosen = _backend(model, ckpt_path, sample, norm, wanted=backend, n_images=n_images, run_dir=run_dir,
                       dry_run=dry_run, log=log)  # fmt: skip
     tta, why, valid_logits = _choose_tta(

@@ -80,8 +80,11 @@ def choose_backend(
             raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
     onnx_path = kept_onnx_path(checkpoint, cache_dir)
-    if wanted == "auto" and not onnx_path.exists() and n_images < BUILD_MIN_IMAGES:
-        return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building the ONNX file")
+    if wanted == "auto" and n_images < BUILD_MIN_IMAGES:  # not worth building or timing: follow what is known
+        known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path))
+        if not (known and onnx_path.exists() and _pick(None, None, Timing(**known)).name == "onnx"):
+            return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building and "
+                                                          "timing the ONNX Runtime backend")  # fmt: skip
     # as many threads as PyTorch uses, so the two are timed alike (both default to one per core)
     onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log), threads=torch.get_num_threads()))
     if wanted == "onnx":
@@ -148,13 +151,11 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
 
 
 def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: Path) -> Timing:
-    """Both backends' speed on the same batch and their agreement, kept beside the ONNX file per CPU, threads,
-    checkpoint and batch."""
-    from cnnlab.engine.precision import CpuInfo
+    """Both backends' speed on the same batch and their agreement, kept beside the ONNX file per CPU, threads
+    and checkpoint."""
     from cnnlab.export import exporter
 
-    cpu = CpuInfo.here()
-    key = f"{cpu.name}|{cpu.capability}|{torch.get_num_threads()}|{onnx_path.stem}|{len(x)}"
+    key = _timing_key(onnx_path)
     cache = onnx_path.parent / "backend.json"
     known = _read_json(cache)
     if key in known:
@@ -173,6 +174,13 @@ def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: P
     except OSError:
         pass  # unwritable: measured again next time
     return timing
+
+
+def _timing_key(onnx_path: Path) -> str:
+    from cnnlab.engine.precision import CpuInfo
+
+    cpu = CpuInfo.here()
+    return f"{cpu.name}|{cpu.capability}|{torch.get_num_threads()}|{onnx_path.stem}|{SAMPLE_IMAGES}"
 
 
 def _images_per_s(forward: nn.Module, x: torch.Tensor) -> float:

@@ -81,7 +81,7 @@ def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     source = load_source(config.data, log=lambda _: None)
     check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=path)
     idx = load_splits(run_dir / "splits.json")["test"][:THROUGHPUT_BATCH]
-    images = ckpt.preprocessing.normalization().apply(select(source.images, idx)).float()
+    images = ckpt.preprocessing.normalization().apply(select(source.images, idx)[: len(idx)]).float()
     return model_from_checkpoint(ckpt, path), images
 
 
