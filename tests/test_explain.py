@@ -152,3 +152,24 @@ def test_list_layers_and_user_images(digits_run, tmp_path, cli):
     )
     assert set(result["deletion"]["areas"]) == {"gradcam", "random"}
     assert all(Path(p).exists() for p in result["pictures"])
+
+
+def test_the_report_shows_inside_the_model_unless_asked_not_to(digits_run, cli):
+    code, out, err = cli("report", digits_run)
+    assert code == 0, err
+    html = (digits_run / "report.html").read_text()
+    assert 'id="inside"' in html and "First-layer filters" in html and "beats random" in html
+    assert html.count("data:image/png;base64,") >= 9  # the report's own figures and the five explain pictures
+    code, out, err = cli("report", digits_run, "--no-explain")
+    assert code == 0 and 'id="inside"' not in (digits_run / "report.html").read_text()
+
+
+def test_a_model_without_convolutions_is_explained_without_gradcam(tmp_path, cli):
+    cfg = with_overrides(RunConfig(), "data", source="digits")
+    cfg = with_overrides(with_overrides(cfg, "model", name="mlp"), "train", epochs=2)
+    run = train(cfg, runs_dir=tmp_path, name="m", log=lambda _: None, report=False).run_dir
+    result = explain_run(run, options=ExplainOptions(embedding="pca"), log=lambda _: None)
+    assert "gradcam" not in result["deletion"]["areas"] and "no convolution layer" in result["skipped"]
+    assert result["deletion"]["beats_random"]["integrated_gradients"]
+    code, _, err = cli("explain", run, "--method", "gradcam", "--output", tmp_path / "x")
+    assert code == 2 and "no convolution layer" in err

@@ -108,6 +108,9 @@ def train(
         "and it lowers the validation loss).",
     ),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
+    explain: bool = typer.Option(
+        True, "--explain/--no-explain", help="The report's 'Inside the model' section (cnnlab explain, ~30 s)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
@@ -143,7 +146,9 @@ def train(
     cfg = with_overrides(cfg, "model", **model_flags)
     cfg = with_overrides(cfg, "train", **train_flags)
     cfg = with_overrides(cfg, "evaluation", **eval_flags)
-    pipeline.train(cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run, report=report, log=_log)
+    pipeline.train(
+        cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run, report=report, explain=explain, log=_log
+    )
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -228,7 +233,7 @@ def explain(
     ),
     ig_steps: Optional[int] = typer.Option(None, min=2, help="Integrated-gradients steps (32; 16 above 64 px)."),
     occlusion_window: Optional[int] = typer.Option(None, min=1, help="Occlusion window in pixels (default size/7)."),
-    occlusion_stride: Optional[int] = typer.Option(None, min=1, help="Occlusion stride (default half the window)."),
+    occlusion_stride: Optional[int] = typer.Option(None, min=1, help="Occlusion stride (default the window)."),
     force: bool = typer.Option(False, "--force", help="Write into an --output folder that holds other files."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build everything for one image; write nothing."),
 ) -> None:
@@ -336,6 +341,9 @@ def report(
     positive: Optional[str] = typer.Option(None, help="Add the ROC/threshold section for CLASS vs the rest."),
     threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     readers: Optional[Path] = typer.Option(None, help="CSV name,sensitivity,specificity drawn on the ROC plot."),
+    explain: bool = typer.Option(
+        True, "--explain/--no-explain", help="Build the 'Inside the model' section (cnnlab explain, ~30 s)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),
 ) -> None:
     """Write RUN/report.html: one self-contained page with every figure embedded. With --positive or
@@ -354,7 +362,7 @@ def report(
         return
     if positive is not None or threshold_rule is not None:
         rescore_binary(run, positive=positive, rule=threshold_rule)
-    typer.echo(f"wrote {write_report(run, readers=readers)}")
+    typer.echo(f"wrote {write_report(run, readers=readers, explain=explain)}")
 
 
 @app.command()

@@ -48,6 +48,7 @@ def train(
     force: bool = False,
     dry_run: bool = False,
     report: bool = True,
+    explain: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train `config` into `runs_dir/name`, then evaluate the best checkpoint on the test split.
@@ -96,7 +97,7 @@ def train(
     if report:
         from cnnlab.report.html import write_report
 
-        log(f"report: {write_report(run_dir, source=source)}")
+        log(f"report: {write_report(run_dir, source=source, explain=explain)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
 

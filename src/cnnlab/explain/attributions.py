@@ -46,7 +46,8 @@ class Settings:
             ig_steps=ig_steps or (32 if size <= 64 else 16),
             smoothgrad_samples=16 if size <= 64 else 8,
             occlusion_window=w,
-            occlusion_stride=stride or max(1, w // 2),
+            occlusion_stride=stride or w,  # a 7x7 grid of windows, Grad-CAM's resolution; half-window strides
+            # cost 3.4x the time (15 s for 200 Fashion-MNIST images) for a smoother map
             batch=64 if size <= 64 else 8,
         )
 
@@ -61,7 +62,7 @@ def check_methods(methods: list[str] | None) -> list[str]:
 
 
 def attribute(
-    model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str, *, layer: nn.Module, settings: Settings
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str, *, layer: nn.Module | None, settings: Settings
 ) -> torch.Tensor:
     """Maps [N, H, W] of `method` for images `x` (normalised) and target classes `target`, batch by batch."""
     out = [
@@ -98,10 +99,11 @@ def _attribute(model, x, target, method, layer, s: Settings) -> torch.Tensor:
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     if method == "occlusion":
         c, w, st = x.shape[1], s.occlusion_window, s.occlusion_stride
-        maps = Occlusion(model).attribute(
-            x, sliding_window_shapes=(c, w, w), strides=(c, st, st), baselines=0.0, target=target,
-            perturbations_per_eval=s.batch,
-        )  # fmt: skip
+        with torch.no_grad():  # perturbation only: no gradients needed
+            maps = Occlusion(model).attribute(
+                x, sliding_window_shapes=(c, w, w), strides=(c, st, st), baselines=0.0, target=target,
+                perturbations_per_eval=s.batch,
+            )  # fmt: skip
         return maps.sum(1)
     raise CnnlabError(f"unknown attribution method '{method}' (choose from: {', '.join(METHODS)})")
 

@@ -67,8 +67,11 @@ def explain_run(
         return {"layers": [asdict(layer) for layer in layers]}
     out_dir = Path(output) if output is not None else run_dir / "explain"
     _check_output(out_dir, force=force, dry_run=dry_run)
-    chosen = L.pick_layers(layers, options.layers)
-    cam_layer = L.gradcam_layer(layers)
+    convolutional = any(layer.conv for layer in layers)
+    if not convolutional:  # an MLP: no filters, feature maps or Grad-CAM; the other maps and t-SNE still apply
+        if options.methods and "gradcam" in options.methods or options.layers:
+            raise CnnlabError("this model has no convolution layer: Grad-CAM and feature maps need a CNN")
+        methods = [m for m in methods if m != "gradcam"]
     settings = A.Settings.for_size(size, ig_steps=options.ig_steps, window=options.occlusion_window,
                                    stride=options.occlusion_stride)  # fmt: skip
     with torch.no_grad():
@@ -76,15 +79,20 @@ def explain_run(
     predicted = probs.argmax(1)
     target = torch.as_tensor(sample.labels) if sample.labels is not None else predicted
     figures: dict[str, Any] = {}
-    result: dict[str, Any] = {"run": str(run_dir), "images": len(x), "gradcam_layer": cam_layer.name,
-                              "settings": asdict(settings)}  # fmt: skip
+    result: dict[str, Any] = {"run": str(run_dir), "images": len(x), "methods": methods, "settings": asdict(settings)}
     result["conv_layers"] = L.conv_weight_stats(model)
-    name, conv = L.first_conv(model)
-    figures["filters.png"] = _pictures().filters_figure(conv.weight, name)
-    maps = L.activations(model, x[:1], chosen)
-    figures["feature_maps.png"] = _pictures().feature_maps_figure(sample.images[0], maps)
-    result["feature_map_layers"] = [layer.name for layer in chosen]
-    cam_module = L.module(model, cam_layer.name)
+    cam_module = None
+    if convolutional:
+        cam_layer = L.gradcam_layer(layers)
+        cam_module, result["gradcam_layer"] = L.module(model, cam_layer.name), cam_layer.name
+        name, conv = L.first_conv(model)
+        figures["filters.png"] = _pictures().filters_figure(conv.weight, name)
+        chosen = L.pick_layers(layers, options.layers)
+        maps = L.activations(model, x[:1], chosen)
+        figures["feature_maps.png"] = _pictures().feature_maps_figure(sample.images[0], maps)
+        result["feature_map_layers"] = [layer.name for layer in chosen]
+    else:
+        result["skipped"] = "filters, feature maps and Grad-CAM: the model has no convolution layer"
     all_maps = {m: A.attribute(model, x, target, m, layer=cam_module, settings=settings) for m in methods}
     result["deletion"] = _deletion(model, x, target, all_maps, patch=A.deletion_patch(size), seed=config.train.seed)
     figures["deletion.png"] = _pictures().deletion_figure(A.FRACTIONS, result["deletion"]["curves"],

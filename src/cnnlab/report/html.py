@@ -63,9 +63,11 @@ def write_report(
     *,
     source: Source | None = None,
     readers: Path | None = None,
+    explain: bool = True,
 ) -> Path:
-    """Render RUN/report.html from what evaluation wrote (eval.json, predictions, metrics); writes nothing else.
-    With a `binary` block in eval.json, the ROC and threshold section is included."""
+    """Render RUN/report.html from what evaluation wrote (eval.json, predictions, metrics). With a `binary`
+    block in eval.json, the ROC and threshold section is included. With `explain`, `cnnlab explain` runs
+    first (writing RUN/explain/) and its pictures and deletion table form the "Inside the model" section."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     ev = load_evaluation(run_dir)
@@ -74,7 +76,9 @@ def write_report(
     reader_points = read_readers(readers) if readers else None
     source = source or load_source(config.data)
     figs = _figures(rows, ev, test, source, reader_points)
-    html = _render("report.html.j2", **_context(run_dir, config, ev, rows, figs))
+    context = _context(run_dir, config, ev, rows, figs)
+    context["inside"] = inside_the_model(run_dir) if explain else None
+    html = _render("report.html.j2", **context)
     out = run_dir / "report.html"
     write_text_atomic(out, html)
     return out
@@ -102,6 +106,26 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
     figs["samples"] = enc(prediction_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
     figs["top_losses"] = enc(prediction_grid(test, source, _top_losses(test), with_prob=True))
     return figs
+
+
+def inside_the_model(run_dir: Path) -> dict[str, Any]:
+    """`cnnlab explain` with its defaults, as the report's "Inside the model" section: the pictures (base64),
+    the deletion table and the embedding line; or why it is not there."""
+    import base64
+
+    from cnnlab.explain.run import explain_run
+
+    try:
+        result = explain_run(run_dir, log=lambda _: None)
+    except CnnlabError as exc:
+        return {"unavailable": str(exc)}
+    folder = run_dir / "explain"
+    pictures = {p.stem: base64.b64encode(p.read_bytes()).decode("ascii") for p in folder.glob("*.png")}
+    d = result["deletion"]
+    table = [(m, d["areas"][m], d["drop_at_10pct"][m], m == "random" or d["beats_random"][m])
+             for m in sorted(d["areas"], key=d["areas"].get)]  # fmt: skip
+    return {"pictures": pictures, "deletion": d, "table": table, "embedding": result["embedding"],
+            "gradcam_layer": result.get("gradcam_layer"), "skipped": result.get("skipped")}  # fmt: skip
 
 
 def _class_accuracy(ev: dict, name: str) -> float:
