@@ -33,20 +33,20 @@ def filters_figure(weight: torch.Tensor, title: str):
 
 
 def feature_maps_figure(image: np.ndarray, maps: dict[str, torch.Tensor], *, per_layer: int = 8):
-    """One image, then up to `per_layer` channels of each layer's output (the most active first)."""
+    """Per layer a row: the image (titled with the layer and its output shape), then up to `per_layer` of its
+    channels, the most active first."""
     fig = new_figure((1.4 * (per_layer + 1), 1.5 * len(maps) + 0.3))
     axes = fig.subplots(len(maps), per_layer + 1, squeeze=False)
     for row, (name, act) in zip(axes, maps.items(), strict=True):
         _show_image(row[0], image)
-        row[0].set_title("input", fontsize=7)
         a = act[0]
+        row[0].set_title(f"{name}\n{'x'.join(map(str, a.shape))}", fontsize=6)
         order = a.flatten(1).abs().mean(1).argsort(descending=True)[:per_layer]
         for ax, c in zip(row[1:], list(order) + [None] * per_layer, strict=False):
             ax.axis("off")
             if c is not None:
                 ax.imshow(a[c].numpy(), cmap="viridis", interpolation="nearest")
-                ax.set_title(f"{name} #{int(c)}", fontsize=6)
-        row[0].set_ylabel(f"{name}\n{tuple(a.shape)}", fontsize=7)
+                ax.set_title(f"#{int(c)}", fontsize=6)
     return fig
 
 
@@ -100,7 +100,8 @@ def embedding_figure(coords: np.ndarray, labels: np.ndarray, predicted: np.ndarr
         if len(members):
             cx, cy = np.median(members, axis=0)
             ax.annotate(name, (cx, cy), fontsize=8, weight="bold", ha="center")
-    ax.set_title(f"{method.upper()} of the penultimate-layer features ({len(coords)} test images)", fontsize=9)
+    label = {"tsne": "t-SNE", "pca": "PCA"}.get(method, method)
+    ax.set_title(f"{label} of the penultimate-layer features ({len(coords)} test images)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.set_xticks([])
     ax.set_yticks([])
