@@ -118,6 +118,10 @@ def test_gradcam_on_the_offline_imagenet_backbone_points_at_the_coffee_cup(tmp_p
     # the deletion score at 10% (as the digits test): removing the cup's top 10% costs more than 10% at random.
     # Over 0-50% removed, random grey squares destroy this photo sooner than any map (bench/RESULTS.md).
     assert cam_curve[0] - cam_curve[at10] > random_curve[0] - random_curve[at10]
+    # with removed squares blurred instead (--deletion-fill blur), Grad-CAM's area beats random's too
+    cam_area = A.deletion_area(A.deletion_curve(model, x, cam, target, patch=patch, fill="blur"))
+    draws = [A.deletion_curve(model, x, None, target, patch=patch, seed=s, fill="blur") for s in range(5)]
+    assert cam_area < A.deletion_area(np.mean(draws, axis=0))
 
 
 def test_bad_requests_are_one_clear_line_and_write_nothing(digits_run, tmp_path, cli):

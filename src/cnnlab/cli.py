@@ -234,6 +234,7 @@ def explain(
     ig_steps: Optional[int] = typer.Option(None, min=2, help="Integrated-gradients steps (32; 16 above 64 px)."),
     occlusion_window: Optional[int] = typer.Option(None, min=1, help="Occlusion window in pixels (default size/7)."),
     occlusion_stride: Optional[int] = typer.Option(None, min=1, help="Occlusion stride (default the window)."),
+    deletion_fill: str = typer.Option("mean", help="mean | blur: what removed squares become in the deletion test."),
     force: bool = typer.Option(False, "--force", help="Write into an --output folder that holds other files."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build everything for one image; write nothing."),
 ) -> None:
@@ -244,7 +245,7 @@ def explain(
     options = ExplainOptions(
         methods=method, layers=layer, embedding=embedding, embed_samples=embed_samples,
         deletion_images=deletion_images, ig_steps=ig_steps, occlusion_window=occlusion_window,
-        occlusion_stride=occlusion_stride,
+        occlusion_stride=occlusion_stride, deletion_fill=deletion_fill,
     )  # fmt: skip
     explain_run(
         paths[0], paths[1:] or None, output=output, options=options, list_layers=list_layers, dry_run=dry_run,

@@ -110,11 +110,12 @@ def _attribute(model, x, target, method, layer, s: Settings) -> torch.Tensor:
 
 def deletion_curve(
     model: nn.Module, x: torch.Tensor, maps: torch.Tensor | None, target: torch.Tensor, *, patch: int = 1,
-    seed: int = 0, fractions: tuple[float, ...] = FRACTIONS, batch: int = 256,
+    seed: int = 0, fractions: tuple[float, ...] = FRACTIONS, batch: int = 256, fill: str = "mean",
 ) -> np.ndarray:  # fmt: skip
     """Mean target-class probability after removing the top `fractions` of `patch` x `patch` squares, ranked
-    by their mean attribution in `maps` (None: in a random order, seeded), set to 0 (the dataset mean after
-    normalisation) in every channel. Ties (a map that is flat somewhere) are broken at random."""
+    by their mean attribution in `maps` (None: in a random order, seeded), set to 0 (`fill` mean: the
+    dataset mean after normalisation) or to a blurred copy of the image (`fill` blur) in every channel.
+    Ties (a map that is flat somewhere) are broken at random."""
     import torch.nn.functional as F
 
     n, _, h, w = x.shape
@@ -126,6 +127,7 @@ def deletion_curve(
         pooled = F.avg_pool2d(maps[:, None, : gh * patch, : gw * patch].float(), patch).reshape(n, -1)
         score = pooled + 1e-6 * noise * (pooled.abs().amax(1, keepdim=True) + 1e-12)
     order = score.argsort(1, descending=True)  # most evidence first
+    canvas = blurred(x) if fill == "blur" else torch.zeros_like(x)
     curve = []
     with torch.no_grad():
         for f in fractions:
@@ -133,10 +135,24 @@ def deletion_curve(
             keep.scatter_(1, order[:, : int(round(f * gh * gw))], 0.0)
             mask = torch.ones(n, 1, h, w)
             mask[:, :, : gh * patch, : gw * patch] = F.interpolate(keep.view(n, 1, gh, gw), scale_factor=patch)
-            damaged = x * mask
+            damaged = x * mask + canvas * (1 - mask)
             probs = torch.cat([model(damaged[i : i + batch]).softmax(1) for i in range(0, n, batch)])
             curve.append(float(probs.gather(1, target.view(-1, 1)).mean()))
     return np.asarray(curve)
+
+
+FILLS = ("mean", "blur")
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """A Gaussian-blurred copy (sigma = size/22 px): the canvas of RISE's insertion test, whose removed squares
+    keep the image's colours and coarse shapes instead of punching grey holes in it."""
+    import math
+
+    from torchvision.transforms.functional import gaussian_blur
+
+    sigma = max(0.5, x.shape[-1] / 22)
+    return gaussian_blur(x, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
 
 
 def deletion_patch(size: int) -> int:

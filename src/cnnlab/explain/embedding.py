@@ -67,4 +67,5 @@ def knn_accuracy(coords: np.ndarray, labels: np.ndarray, *, k: int = 5) -> float
     if folds < 2:
         return float("nan")
     cv = StratifiedKFold(folds, shuffle=True, random_state=0)
-    return float(cross_val_score(KNeighborsClassifier(k), coords, labels, cv=cv).mean())
+    smallest_fit = len(labels) - -(-len(labels) // folds)  # images a fold's classifier is fit on, at least
+    return float(cross_val_score(KNeighborsClassifier(min(k, smallest_fit)), coords, labels, cv=cv).mean())

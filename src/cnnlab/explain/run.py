@@ -37,6 +37,7 @@ class ExplainOptions:
     ig_steps: int | None = None
     occlusion_window: int | None = None
     occlusion_stride: int | None = None
+    deletion_fill: str = "mean"  # or "blur": removed squares take a blurred copy's pixels
 
 
 @dataclass
@@ -54,6 +55,8 @@ def explain_run(
     """Explain `run_dir`'s best.pt on `images` (default: a seeded sample of its test split); see module doc."""
     options = options or ExplainOptions()
     methods = A.check_methods(options.methods)
+    if options.deletion_fill not in A.FILLS:
+        raise CnnlabError(f"unknown --deletion-fill '{options.deletion_fill}' (choose from: {', '.join(A.FILLS)})")
     run_dir = Path(run_dir)
     model, ckpt, source, config = _load(run_dir)
     norm = ckpt.preprocessing.normalization()
@@ -94,7 +97,8 @@ def explain_run(
     else:
         result["skipped"] = "filters, feature maps and Grad-CAM: the model has no convolution layer"
     all_maps = {m: A.attribute(model, x, target, m, layer=cam_module, settings=settings) for m in methods}
-    result["deletion"] = _deletion(model, x, target, all_maps, patch=A.deletion_patch(size), seed=config.train.seed)
+    result["deletion"] = _deletion(model, x, target, all_maps, patch=A.deletion_patch(size), seed=config.train.seed,
+                                   fill=options.deletion_fill)  # fmt: skip
     figures["deletion.png"] = _pictures().deletion_figure(A.FRACTIONS, result["deletion"]["curves"],
                                                           result["deletion"]["areas"])  # fmt: skip
     rows = _picture_rows(predicted.numpy(), sample.labels)
@@ -167,15 +171,17 @@ def _check_output(out_dir: Path, *, force: bool, dry_run: bool) -> None:
         raise CnnlabError(f"{out_dir} holds other files (choose another --output or pass --force)")
 
 
-def _deletion(model, x, target, maps: dict[str, torch.Tensor], *, patch: int, seed: int) -> dict[str, Any]:
-    curves = {m: A.deletion_curve(model, x, maps[m], target, patch=patch, seed=seed) for m in maps}
+def _deletion(model, x, target, maps: dict[str, torch.Tensor], *, patch: int, seed: int, fill: str) -> dict[str, Any]:
+    curves = {m: A.deletion_curve(model, x, maps[m], target, patch=patch, seed=seed, fill=fill) for m in maps}
     repeats = max(1, min(5, 200 // len(x)))  # few images: average random removal over several draws
-    draws = [A.deletion_curve(model, x, None, target, patch=patch, seed=seed + 1 + i) for i in range(repeats)]
+    draws = [
+        A.deletion_curve(model, x, None, target, patch=patch, seed=seed + 1 + i, fill=fill) for i in range(repeats)
+    ]
     curves["random"] = np.mean(draws, axis=0)
     areas = {m: A.deletion_area(c) for m, c in curves.items()}
     at10 = A.FRACTIONS.index(0.1)
     return {
-        "images": len(x), "patch_px": patch, "fractions": list(A.FRACTIONS),
+        "images": len(x), "patch_px": patch, "fill": fill, "fractions": list(A.FRACTIONS),
         "curves": {m: c.tolist() for m, c in curves.items()},
         "areas": areas, "drop_at_10pct": {m: float(c[0] - c[at10]) for m, c in curves.items()},
         "beats_random": {m: areas[m] < areas["random"] for m in maps},
@@ -270,8 +276,9 @@ def format_summary(r: dict[str, Any]) -> str:
         lines.append(f"  {c['layer']:<32} {shape:<14} mean {c['mean']:+.4f} std {c['std']:.4f} "
                      f"range [{c['min']:+.3f}, {c['max']:+.3f}] near-zero {100 * c['near_zero']:.1f}%")  # fmt: skip
     d = r["deletion"]
+    filled = "set to the mean" if d["fill"] == "mean" else "blurred"
     lines.append(f"deletion test on {d['images']} images (class probability as the top-attributed {d['patch_px']}-px "
-                 "squares are set to the mean; area: lower is better)")  # fmt: skip
+                 f"squares are {filled}; area: lower is better)")  # fmt: skip
     lines.append(f"  {'method':<22} {'area':>7} {'drop @10%':>10}  vs random")
     for m, area in sorted(d["areas"].items(), key=lambda kv: kv[1]):
         verdict = "" if m == "random" else ("beats random" if d["beats_random"][m] else "NO BETTER than random")
