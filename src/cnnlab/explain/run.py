@@ -61,7 +61,9 @@ def explain_run(
     model, ckpt, source, config = _load(run_dir)
     norm = ckpt.preprocessing.normalization()
     size = ckpt.preprocessing.image_size
-    n_deletion = 1 if dry_run else (options.deletion_images or (200 if size <= 64 else 24))
+    # what a forward pass costs: a pretrained backbone resizes every input to its own size (224 px)
+    work_size = max(size, getattr(model, "input_size", 0) or 0)
+    n_deletion = 1 if dry_run else (options.deletion_images or (200 if work_size <= 64 else 24))
     sample = _sample(run_dir, source, ckpt, images, n_deletion, seed=config.train.seed)
     x = norm.apply(torch.from_numpy(sample.images)).float()
     layers = L.trace_layers(model, x[:1])
@@ -75,7 +77,7 @@ def explain_run(
         if options.methods and "gradcam" in options.methods or options.layers:
             raise CnnlabError("this model has no convolution layer: Grad-CAM and feature maps need a CNN")
         methods = [m for m in methods if m != "gradcam"]
-    settings = A.Settings.for_size(size, ig_steps=options.ig_steps, window=options.occlusion_window,
+    settings = A.Settings.for_size(work_size, ig_steps=options.ig_steps, window=options.occlusion_window,
                                    stride=options.occlusion_stride)  # fmt: skip
     with torch.no_grad():
         probs = torch.cat([model(x[i : i + 256]).softmax(1) for i in range(0, len(x), 256)])
@@ -103,7 +105,7 @@ def explain_run(
                                                           result["deletion"]["areas"])  # fmt: skip
     rows = _picture_rows(predicted.numpy(), sample.labels)
     figures["attributions.png"] = _attribution_picture(model, x, sample, rows, predicted, probs, source.class_names,
-                                                       methods, cam_module, settings)  # fmt: skip
+                                                       all_maps, target, cam_module, settings)  # fmt: skip
     result["pictures"] = [sample.names[i] for i, _ in rows]
     if images is None and not dry_run:
         result["embedding"], figures["embedding.png"], embedding_rows = _embedding(
@@ -202,10 +204,18 @@ def _picture_rows(predicted: np.ndarray, labels: np.ndarray | None) -> list[tupl
     return rows
 
 
-def _attribution_picture(model, x, sample: Sample, rows, predicted, probs, classes, methods, layer, settings):
+def _attribution_picture(model, x, sample: Sample, rows, predicted, probs, classes, all_maps, targets, layer, settings):
+    """The picture rows' maps: those the deletion test already made (same image, same target) are reused;
+    only a wrong image's second target is attributed here."""
     pos = [i for i, _ in rows]
-    target = torch.as_tensor([t for _, t in rows])
-    maps = {m: A.attribute(model, x[pos], target, m, layer=layer, settings=settings).numpy() for m in methods}
+    fresh = [k for k, (i, t) in enumerate(rows) if t != int(targets[i])]
+    maps = {}
+    for m, made in all_maps.items():
+        chosen = made[pos].clone()
+        if fresh:
+            again = torch.as_tensor([rows[k][1] for k in fresh])
+            chosen[fresh] = A.attribute(model, x[[pos[k] for k in fresh]], again, m, layer=layer, settings=settings)
+        maps[m] = chosen.numpy()
     titles, correct = [], []
     for i, t in rows:
         p = int(predicted[i])
