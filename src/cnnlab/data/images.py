@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold: above it a file is refused, not decoded
 
 
 class UnreadableImage(Exception):
@@ -40,21 +41,29 @@ def decode_array(path: Path, *, size: int, channels: int, crop_pct: float = 1.0)
     """Read `path` as a `channels` x size x size uint8 array and say whether it was greyscale.
 
     Resizes the shorter side to `size / crop_pct` (bicubic, antialiased) and centre-crops `size`, so the
-    aspect ratio is kept (ImageNet backbones: 256 -> 224 is crop_pct 0.875). Any mode (palette, 16-bit,
-    alpha) is converted; `UnreadableImage` explains a bad file.
+    aspect ratio is kept (ImageNet backbones: 256 -> 224 is crop_pct 0.875). Any mode (palette, CMYK, 16-bit,
+    float, alpha) is converted; an EXIF orientation is applied as viewers apply it; an animation gives its
+    first frame. A file whose header claims more than MAX_PIXELS is refused before any pixel is decoded.
+    `UnreadableImage` explains a bad file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise UnreadableImage(
+                    f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the {MAX_PIXELS / 1e6:.0f} MP limit "
+                    "(a decompression bomb?); not decoded"
+                )
             img.load()
             grey = img.mode in GREY_MODES
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = _eight_bit(_upright(img, ImageOps)).convert("L" if channels == 1 else "RGB")
     except UnreadableImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     w, h = img.size
     scale = round(size / crop_pct) / min(w, h)
@@ -66,6 +75,31 @@ def decode_array(path: Path, *, size: int, channels: int, crop_pct: float = 1.0)
     if array.ndim == 2:
         array = array[:, :, None]
     return array.transpose(2, 0, 1).copy(), grey  # a writable C-order copy (PIL's buffer is read-only)
+
+
+def _upright(img, image_ops):
+    """The image as viewers show it (EXIF orientation applied); a damaged EXIF block is ignored."""
+    try:
+        return image_ops.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+        return img
+
+
+def _eight_bit(img):
+    """16-bit and 32-bit integer grey scaled to 0..255 (Pillow's own conversion clips at 255, so a 16-bit
+    scan turned white); float images stretched from their minimum to their maximum."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or a.max() > 255:
+            a = np.clip(a, 0, 65535) / 257
+        return Image.fromarray(np.round(a).astype(np.uint8), "L")
+    if img.mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = float(a.min()), float(a.max())
+        return Image.fromarray(np.round(255 * (a - lo) / ((hi - lo) or 1.0)).astype(np.uint8), "L")
+    return img
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
