@@ -196,12 +196,97 @@ def test_a_folder_of_the_whole_zoo_trains_on_what_decodes_and_counts_what_it_ski
     assert not (runs / "strict").exists()
 
 
+def _copy_some(src: Path, dst: Path, n: int) -> None:
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(sorted(src.glob("*.png"))[:n]):
+        shutil.copy(f, dst / f"{i}.png")
+
+
+def _symlink_loop(d: Path) -> None:
+    (d / "train" / "face" / "loop").symlink_to(d / "train" / "face", target_is_directory=True)
+
+
+def _empty_class(d: Path) -> None:
+    (d / "train" / "cat").mkdir()
+
+
+def _corrupt_class(d: Path) -> None:
+    for split in ("train", "valid", "test"):
+        (d / split / "cat").mkdir()
+        for i in range(3):
+            (d / split / "cat" / f"{i}.png").write_bytes(b"junk")
+
+
+def _class_missing_from_test(d: Path) -> None:
+    for split in ("train", "valid"):
+        _copy_some(d / split / "face", d / split / "cat", 5)
+
+
+def _nested(d: Path) -> None:
+    _copy_some(d / "train" / "face", d / "train" / "face" / "more" / "deeper", 3)
+    (d / "notes").mkdir()
+    (d / "notes" / "readme.txt").write_text("not data")
+
+
+@dataclass(frozen=True)
+class FolderCase:
+    what: str
+    make: Callable[[Path], None]
+    outcome: str  # "trains", or a fragment of the warning / error line
+    error: bool = False
+
+
+FOLDER_ZOO = [
+    FolderCase("a symlink that loops back to its class folder", _symlink_loop, "trains"),
+    FolderCase("images in sub-folders of a class folder; a stray non-class folder beside train/", _nested, "trains"),
+    FolderCase(
+        "a class in train/ and valid/ but not in test/",
+        _class_missing_from_test,
+        "test/ in ... has no images of class(es) cat: their test scores will read N/A",
+    ),  # fmt: skip
+    FolderCase("an empty class folder", _empty_class, "class folder .../train/cat has no images", error=True),
+    FolderCase(
+        "a class of only corrupt images",
+        _corrupt_class,
+        "class 'cat' in ... has no readable training images",
+        error=True,
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("case", FOLDER_ZOO, ids=[c.make.__name__.strip("_") for c in FOLDER_ZOO])
+def test_each_folder_in_the_zoo_trains_warns_or_is_one_clear_line(case, tmp_path, cli):
+    from cnnlab.data.samples import write_sample_folder
+
+    folder = tmp_path / "zoo folder ü"  # a unicode name with spaces
+    write_sample_folder("lfw", folder)
+    case.make(folder)
+    runs = tmp_path / "runs"
+    code, out, err = cli("train", "--data", f"folder:{folder}", "--epochs", "1", "--runs-dir", runs, "--name", "z",
+                         "--data-root", tmp_path / "d", "--no-report", "--image-size", "32")  # fmt: skip
+    first, _, rest = case.outcome.partition("...")
+    if case.error:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and not (runs / "z").exists()
+        assert first in err and rest in err
+        return
+    assert code == 0, err
+    assert (runs / "z" / "best.pt").is_file()
+    if case.outcome != "trains":
+        assert first in out + err and rest in out + err
+
+
 def zoo_table() -> str:
     """The README's table, rendered from ZOO."""
     rows = ["| file (as scraped) | what cnnlab does |", "| --- | --- |"]
     for c in ZOO:
         does = f"skipped with a warning and counted (`{c.refused}`)" if c.refused else c.shown
         rows.append(f"| {c.what} | {does} |")
+    rows += ["", "| folder | what cnnlab does |", "| --- | --- |"]
+    for f in FOLDER_ZOO:
+        does = "trains" if f.outcome == "trains" else (f"`error: {f.outcome}`" if f.error else f"warns: `{f.outcome}`")
+        rows.append(f"| {f.what} | {does} |")
     return "\n".join(rows)
 
 

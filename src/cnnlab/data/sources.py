@@ -360,7 +360,18 @@ def _folder_source(path: Path, files, class_names, entry: dict, strict: bool) ->
 
 
 def _check_classes_nonempty(kept, class_names, path: Path) -> None:
+    """Every class needs training images (an error otherwise); a class that a given valid/ or test/ folder
+    lacks is a warning: its per-class score there will read N/A."""
     counts = np.bincount([f[2] for f in kept if f[0] == "train"], minlength=len(class_names))
     for name, count in zip(class_names, counts, strict=True):
         if count == 0:
             raise CnnlabError(f"class '{name}' in {path} has no readable training images (add some)")
+    for split in ("valid", "test"):
+        present = {f[2] for f in kept if f[0] == split}
+        missing = [n for k, n in enumerate(class_names) if present and k not in present]
+        if missing:
+            warnings.warn(
+                f"{split}/ in {path} has no images of class(es) {', '.join(missing)}: their {split} scores "
+                "will read N/A (add some to measure them)",
+                stacklevel=3,
+            )
