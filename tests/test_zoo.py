@@ -277,6 +277,52 @@ def test_each_folder_in_the_zoo_trains_warns_or_is_one_clear_line(case, tmp_path
         assert first in out + err and rest in out + err
 
 
+CONFIG_ZOO = [
+    ("YAML that is a list, not a mapping", "- data\n- model\n", "must hold a mapping with data/model/train"),
+    ("not YAML at all", "train:\n  epochs: 2\n: :\n", "is not valid YAML"),
+    ("an unknown key (a typo)", "train:\n  epoch: 3\n", "unknown 'train' option 'epoch' (did you mean"),
+    ("text where a number belongs", "train:\n  epochs: many\n", "train.epochs must be a whole number"),
+    ("a section that is a list", "train: [1, 2]\n", "section 'train' must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("what,text,fragment", CONFIG_ZOO, ids=[c[0] for c in CONFIG_ZOO])
+def test_each_config_in_the_zoo_is_one_clear_line(what, text, fragment, tmp_path, cli):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    code, _, err = cli("train", "--config", path, "--runs-dir", tmp_path / "runs")
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def _truncated_checkpoint(good: Path, path: Path) -> None:
+    path.write_bytes(good.read_bytes()[:5000])
+
+
+def _random_bytes(good: Path, path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+CHECKPOINT_ZOO = [
+    ("a truncated checkpoint (a copy cut short)", _truncated_checkpoint, "cannot load checkpoint"),
+    ("random bytes named .pt", _random_bytes, "cannot load checkpoint"),
+]
+
+
+@pytest.mark.parametrize("what,make,fragment", CHECKPOINT_ZOO, ids=[c[0] for c in CHECKPOINT_ZOO])
+def test_each_checkpoint_in_the_zoo_is_one_clear_line(what, make, fragment, tmp_path, cli):
+    code, _, err = cli("train", "--data", "digits", "--epochs", "1", "--runs-dir", tmp_path / "runs", "--name", "r",
+                       "--no-report")  # fmt: skip
+    assert code == 0, err
+    bad = tmp_path / "emailed.pt"
+    make(tmp_path / "runs" / "r" / "best.pt", bad)
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8), 128).save(image)
+    code, _, err = cli("predict", bad, image)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert "weights_only" not in err  # torch's advice to load unsafely is not passed on
+
+
 def zoo_table() -> str:
     """The README's table, rendered from ZOO."""
     rows = ["| file (as scraped) | what cnnlab does |", "| --- | --- |"]
@@ -287,6 +333,8 @@ def zoo_table() -> str:
     for f in FOLDER_ZOO:
         does = "trains" if f.outcome == "trains" else (f"`error: {f.outcome}`" if f.error else f"warns: `{f.outcome}`")
         rows.append(f"| {f.what} | {does} |")
+    rows += ["", "| config (`--config`) or checkpoint | what cnnlab does |", "| --- | --- |"]
+    rows += [f"| {what} | `error: ... {fragment} ...` |" for what, _, fragment in CONFIG_ZOO + CHECKPOINT_ZOO]
     return "\n".join(rows)
 
 

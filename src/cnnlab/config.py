@@ -215,8 +215,31 @@ class RunConfig:
             if not isinstance(section, dict):
                 raise CnnlabError(f"config section '{f.name}' must be a mapping, got {section!r}")
             _reject_unknown(f"'{f.name}' option", section, [g.name for g in dataclasses.fields(section_cls)])
+            _check_types(f.name, section_cls, section)
             parts[f.name] = section_cls(**section)
         return cls(**parts)
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", tuple: "a list", list: "a list"}
+
+
+def _check_types(section: str, section_cls, raw: dict[str, Any]) -> None:
+    """A value of the wrong kind (text where a number belongs) is one clear line, judged by the option's
+    default; options whose default is None take what their own validation accepts."""
+    for f in dataclasses.fields(section_cls):
+        if f.name not in raw or raw[f.name] is None or f.default in (dataclasses.MISSING, None):
+            continue
+        value, kind = raw[f.name], type(f.default)
+        fits = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        }.get(kind, isinstance(value, (list, tuple)) if kind in (list, tuple) else isinstance(value, kind))
+        if not fits:
+            raise CnnlabError(
+                f"config option {section}.{f.name} must be {_KINDS.get(kind, kind.__name__)} "
+                f"(default {f.default!r}), got {value!r}"
+            )
 
 
 def _reject_unknown(what: str, raw: dict[str, Any], valid: list[str]) -> None:

@@ -102,7 +102,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CnnlabError(f"checkpoint not found: {path} (train the run first, or pass an existing .pt file)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:  # torch's own text goes on to suggest weights_only=False: never that
+        raise CnnlabError(
+            f"cannot load checkpoint {path}: it holds something other than tensors and plain values, so "
+            "safe loading refused it (a damaged file, or not a cnnlab checkpoint; nothing in it was run)"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CnnlabError(f"cannot load checkpoint {path}: {first[:200]} (is it a cnnlab .pt file?)") from exc
     if not isinstance(raw, dict) or any(k not in raw for k in REQUIRED_KEYS):
