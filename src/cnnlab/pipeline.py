@@ -137,17 +137,27 @@ def _build_model(config: RunConfig, source: Source) -> torch.nn.Module:
 
 
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
-    """Continue `run_dir` from last.pt to its configured epochs; the result equals an uninterrupted run."""
+    """Continue `run_dir` from last.pt to its configured epochs; the result equals an uninterrupted run. A run
+    killed before its first epoch was saved starts again from its saved plan; one killed after its last epoch
+    but before evaluation is evaluated."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
-    last = load_checkpoint(run_dir / "last.pt")
     source = load_source(config.data, log=log)
-    check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
+    last = None
+    if (run_dir / "last.pt").is_file():
+        last = load_checkpoint(run_dir / "last.pt")
+        check_compatible(last, model_name=config.model.name, class_names=source.class_names, path=run_dir / "last.pt")
     if config.model.strategy in FROZEN_STRATEGIES:
         raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
-    if last.epoch >= config.train.epochs:
-        raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
-    log(f"resuming {run_dir} after epoch {last.epoch} of {config.train.epochs}")
+    if last is not None and last.epoch >= config.train.epochs:
+        if (run_dir / "eval.json").is_file():
+            raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
+        log(f"{run_dir} finished training before it was stopped; evaluating best.pt")
+        evaluation = evaluate_run(run_dir, source=source, log=log)
+        log(f"run folder: {run_dir}")
+        return TrainResult(run_dir, [], evaluation)
+    saved = f"after epoch {last.epoch}" if last is not None else "from the start (no epoch had been saved)"
+    log(f"resuming {run_dir} {saved} of {config.train.epochs}")
     splits = load_splits(run_dir / "splits.json")
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
     history = _fit(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)

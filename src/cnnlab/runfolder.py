@@ -38,9 +38,13 @@ def claim_run_dir(runs_dir: Path, name: str, *, force: bool) -> Path:
 def creating_run_dir(path: Path) -> Iterator[Path]:
     """Create `path`; if the body fails before any epoch is saved, remove it so no partial run is left.
 
-    A run that saved `last.pt` is kept (an interrupted run can be resumed).
+    A run that saved `last.pt` is kept (an interrupted run can be resumed). Two runs started on the same name at
+    once: the second to create the folder stops with a clear error and leaves the first one's folder alone.
     """
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        raise CnnlabError(f"run folder {path} was just created by another run (choose another --name)") from None
     try:
         yield path
     except BaseException:

@@ -64,8 +64,10 @@ def make_splits(
 
 
 def save_splits(splits: dict[str, np.ndarray], path: Path, *, seed: int) -> None:
+    from cnnlab.files import write_text_atomic
+
     payload = {"seed": seed, **{k: v.tolist() for k, v in splits.items()}}
-    path.write_text(json.dumps(payload))
+    write_text_atomic(Path(path), json.dumps(payload))
 
 
 def load_splits(path: Path) -> dict[str, np.ndarray]:

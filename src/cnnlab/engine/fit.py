@@ -269,6 +269,12 @@ def fit(
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}; {done} (continue with: cnnlab train --resume {run_dir})"
         ) from None
+    except OSError as exc:  # a full disk or a vanished folder while writing: the previous files stay whole
+        done = f"last.pt holds epoch {saved}" if saved else "no epoch was saved"
+        raise CnnlabError(
+            f"could not write to {run_dir} in epoch {epoch}: {exc.strerror or exc}; {done} "
+            f"(free some space, then: cnnlab train --resume {run_dir})"
+        ) from exc
     finally:
         if watch is not None:
             watch.close()
@@ -326,8 +332,8 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
     """On resume, drop rows written after the checkpoint (an epoch interrupted between its two writes)."""
     if not path.exists():
         return
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= keep_through]
+    with path.open(newline="") as fh:  # a row cut short by a kill has no whole epoch number: dropped too
+        rows = [r for r in csv.DictReader(fh) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) <= keep_through]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
