@@ -323,6 +323,45 @@ def test_each_checkpoint_in_the_zoo_is_one_clear_line(what, make, fragment, tmp_
     assert "weights_only" not in err  # torch's advice to load unsafely is not passed on
 
 
+GOOD_ROWS = "id,p_cat,p_dog{n}a,0.9,0.1{n}b,0.2,0.8{n}c,0.6,0.4{n}"
+CSV_ZOO = [  # (what, predictions file's text, truth file's text, None = scores, else a fragment of the error)
+    ("a byte-order mark (Excel's 'CSV UTF-8')", "\ufeff" + GOOD_ROWS.format(n="\n"), None, None),
+    ("Windows line ends (CRLF)", GOOD_ROWS.format(n="\r\n"), None, None),
+    ("an id listed twice", "id,p_cat,p_dog\na,0.9,0.1\na,0.2,0.8\nc,0.6,0.4\n", None, "id 'a' appears more than once"),
+    (
+        "NaN as a probability",
+        "id,p_cat,p_dog\na,nan,0.1\nb,0.2,0.8\nc,0.6,0.4\n",
+        None,
+        "column 'p_cat' row 2: 'nan' is not a probability",
+    ),  # fmt: skip
+    (
+        "probabilities that do not sum to 1",
+        "id,p_cat,p_dog\na,0.5,0.2\nb,0.2,0.8\nc,0.6,0.4\n",
+        None,
+        "row 2: the class probabilities sum to 0.7, not 1",
+    ),  # fmt: skip
+    ("no id column", "name,p_cat,p_dog\na,0.9,0.1\nb,0.2,0.8\nc,0.6,0.4\n", None, "no id column"),
+    (
+        "a truth file without its label column",
+        GOOD_ROWS.format(n="\n"),
+        "id,lbl\na,cat\nb,dog\nc,cat\n",
+        "no 'label' column",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("what,text,truth,fragment", CSV_ZOO, ids=[c[0] for c in CSV_ZOO])
+def test_each_csv_in_the_zoo_is_scored_or_one_clear_line(what, text, truth, fragment, tmp_path, cli):
+    predictions, truth_path = tmp_path / "predictions.csv", tmp_path / "truth.csv"
+    predictions.write_bytes(text.encode("utf-8"))
+    truth_path.write_bytes((truth or "id,label\na,cat\nb,dog\nc,cat\n").encode("utf-8"))
+    code, out, err = cli("score", predictions, "--truth", truth_path)
+    if fragment is None:
+        assert code == 0 and "3 cases: accuracy 1.0000" in out, err
+    else:
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
 def zoo_table() -> str:
     """The README's table, rendered from ZOO."""
     rows = ["| file (as scraped) | what cnnlab does |", "| --- | --- |"]
@@ -335,6 +374,8 @@ def zoo_table() -> str:
         rows.append(f"| {f.what} | {does} |")
     rows += ["", "| config (`--config`) or checkpoint | what cnnlab does |", "| --- | --- |"]
     rows += [f"| {what} | `error: ... {fragment} ...` |" for what, _, fragment in CONFIG_ZOO + CHECKPOINT_ZOO]
+    rows += ["", "| CSV for `cnnlab score` | what cnnlab does |", "| --- | --- |"]
+    rows += [f"| {what} | {'scored as usual' if f is None else f'`error: ... {f} ...`'} |" for what, _, _, f in CSV_ZOO]
     return "\n".join(rows)
 
 

@@ -58,7 +58,7 @@ def read_csv_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"file not found: {path}")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Excel's CSV) is dropped
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         rows = list(reader)

@@ -130,6 +130,7 @@ def _score_generic(pred_path, rows, header, id_col, truth, positive, t) -> dict[
     labels = _generic_labels(pred_path, rows, header, ids, truth)
     if len(score_cols) == 1:
         return _score_binary(labels, scores[:, 0], positive, t, truth or pred_path)
+    _check_sums(scores, pred_path)
     classes = [c[2:] if c.startswith("p_") else c for c in score_cols]
     unknown = sorted(set(labels) - set(classes))
     if unknown:
@@ -141,6 +142,21 @@ def _score_generic(pred_path, rows, header, id_col, truth, positive, t) -> dict[
         y, s = table.labels == k, scores[:, k]
         out["binary"] = binary_block(y, s, t, positive=positive)
     return out
+
+
+SUM_TOLERANCE = 0.01  # rounded probabilities (6 decimals, or 2) still count as summing to 1
+
+
+def _check_sums(scores: np.ndarray, path: Path) -> None:
+    """One probability per class must sum to 1 per row; per-class sigmoid scores are not a prediction of one
+    class, and accuracy or a confusion matrix from them would mislead."""
+    off = np.flatnonzero(np.abs(scores.sum(1) - 1) > SUM_TOLERANCE)
+    if len(off):
+        row = int(off[0])
+        raise CnnlabError(
+            f"{path} row {row + 2}: the class probabilities sum to {scores[row].sum():.4g}, not 1 "
+            f"({len(off)} such rows; write softmax probabilities, one column per class)"
+        )
 
 
 def _generic_labels(pred_path, rows, header, ids, truth) -> list[str]:
