@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint data browser clean
+.PHONY: demo test test-fast fuzz lint data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 test: $(STAMP) data browser lint
 	$(BIN)/pytest -q
+
+# minutes, not part of `make test` (which runs a short seeded pass of the same tests)
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -p no:warnings tests/test_fuzz.py
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
