@@ -3,8 +3,9 @@ or by ONNX Runtime, chosen for `evaluate` and `predict` by measurement on the ma
 
 `auto` times both on the job's own images and takes the faster one that agrees with PyTorch (relative logit
 difference <= exporter.PARITY_TOLERANCE). The ONNX file is built once per checkpoint (the torch.export-based
-exporter takes 1-10 s) and kept, with the measurement, in the run's `cache/` folder; a job of fewer than
-BUILD_MIN_IMAGES images does not pay for building it, but uses one already built. On a GPU, PyTorch runs
+exporter takes 1-10 s) and kept, with the measurement, in the run's `cache/` folder; a job that PyTorch
+would finish in under BUILD_MIN_SECONDS (estimated from one pass over the sample) does not pay for building
+it, but follows a measurement already kept. On a GPU, PyTorch runs
 there and ONNX Runtime (CPU here) is not considered.
 """
 
@@ -24,7 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.onnx_predict import open_session
 
 BACKENDS = ("auto", "torch", "onnx")
-BUILD_MIN_IMAGES = 1000  # below this, building the ONNX file costs more than it saves
+BUILD_MIN_SECONDS = 3.0  # a job PyTorch finishes sooner cannot pay back building the ONNX file (1-10 s)
 SAMPLE_IMAGES = 64  # images timed per backend (a batch of the job's own images)
 MIN_TIMED_S = 0.3  # time each backend at least this long (and at least 3 runs)
 
@@ -80,16 +81,19 @@ def choose_backend(
             raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
     onnx_path = kept_onnx_path(checkpoint, cache_dir)
-    if wanted == "auto" and n_images < BUILD_MIN_IMAGES:  # not worth building or timing: follow what is known
-        known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path))
-        if not (known and onnx_path.exists() and _pick(None, None, Timing(**known)).name == "onnx"):
-            return Backend("torch", torch_forward(model), f"{n_images} images: too few to pay for building and "
-                                                          "timing the ONNX Runtime backend")  # fmt: skip
+    fast_torch = torch_forward(model)
+    known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path)) if onnx_path.exists() else None
+    if wanted == "auto" and known is None:  # nothing built or measured yet: only worth it for enough work
+        seconds = n_images / _quick_images_per_s(fast_torch, sample[:SAMPLE_IMAGES])
+        if seconds < BUILD_MIN_SECONDS:
+            return Backend("torch", fast_torch, f"about {seconds:.1f} s of PyTorch work: too little to pay for "
+                                                "building and timing the ONNX Runtime backend")  # fmt: skip
+    if wanted == "auto" and known is not None and _pick(None, None, Timing(**known)).name == "torch":
+        return _pick(fast_torch, None, Timing(**known))  # measured before: no session needed
     # as many threads as PyTorch uses, so the two are timed alike (both default to one per core)
     onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log), threads=torch.get_num_threads()))
     if wanted == "onnx":
         return Backend("onnx", onnx, "--backend onnx")
-    fast_torch = torch_forward(model)
     return _pick(fast_torch, onnx, _timed(fast_torch, onnx, sample[:SAMPLE_IMAGES], onnx_path))
 
 
@@ -181,6 +185,16 @@ def _timing_key(onnx_path: Path) -> str:
 
     cpu = CpuInfo.here()
     return f"{cpu.name}|{cpu.capability}|{torch.get_num_threads()}|{onnx_path.stem}|{SAMPLE_IMAGES}"
+
+
+def _quick_images_per_s(forward: nn.Module, x: torch.Tensor) -> float:
+    """A rough PyTorch speed from one timed pass after a warm-up: enough to tell seconds of work from minutes."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        forward(x)
+        started = time.perf_counter()
+        forward(x)
+    return len(x) / max(time.perf_counter() - started, 1e-9)
 
 
 def _images_per_s(forward: nn.Module, x: torch.Tensor) -> float:
