@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,6 +22,7 @@ from PIL import Image
 from cnnlab.data.images import UnreadableImage, decode_array
 from cnnlab.errors import CnnlabError
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the damaged files it reads
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100, database=None,
                 suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
