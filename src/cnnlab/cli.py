@@ -254,6 +254,47 @@ def explain(
 
 
 @app.command()
+def dogapp(
+    images: Optional[list[Path]] = typer.Argument(None, help="Image files or folders (any size or mode)."),
+    breeds: Optional[Path] = typer.Option(None, help="A run trained on a breed folder (default: ImageNet's breeds)."),
+    output: Optional[Path] = typer.Option(None, help="Also write each image annotated with its answer here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite annotated images already in --output."),
+    assess: bool = typer.Option(False, "--assess", help="Measure the detectors on offline data (LFW, photos)."),
+    assess_dogs: Optional[Path] = typer.Option(None, help="With --assess: a folder of your dog photos too."),
+    face_scale: float = typer.Option(1.1, min=1.01, help="Haar cascade scaleFactor."),
+    face_neighbors: int = typer.Option(3, min=0, help="Haar cascade minNeighbors (higher: fewer false faces)."),
+    face_min_size: int = typer.Option(20, min=4, help="Smallest face in pixels (after small images are upscaled)."),
+) -> None:
+    """The course's dog-breed app: a dog (which breed), a human (which breed they resemble), or neither."""
+    import tempfile
+
+    from cnnlab.apps.dogapp import DogApp, FaceSettings, annotate, format_assessment
+    from cnnlab.apps.dogapp import assess as run_assessment
+
+    if not images and not assess:
+        raise CnnlabError("give images or folders to answer, or --assess to measure the detectors")
+    faces = FaceSettings(scale_factor=face_scale, min_neighbors=face_neighbors, min_size=face_min_size)
+    app_ = DogApp(breeds_run=breeds, faces=faces)
+    if assess:
+        with tempfile.TemporaryDirectory() as tmp:
+            typer.echo(format_assessment(run_assessment(app_, Path(tmp), dogs=assess_dogs)))
+    if not images:
+        return
+    answers = app_.answer(images)
+    for a in answers:
+        typer.echo(a.sentence())
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        targets = [output / f"{Path(a.path).stem}.answer.png" for a in answers]
+        clash = next((t for t in targets if t.exists()), None)
+        if clash is not None and not force:
+            raise CnnlabError(f"{clash} already exists (choose another --output or pass --force)")
+        for a, target in zip(answers, targets, strict=True):
+            annotate(a, target)
+        typer.echo(f"wrote {len(targets)} annotated image(s) to {output}")
+
+
+@app.command()
 def benchmark(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     threads: Optional[int] = typer.Option(None, min=1, help="Threads for PyTorch and ONNX Runtime (a smaller device)."),
