@@ -4,6 +4,8 @@ input is one clear line."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,6 +61,12 @@ def test_bad_input_is_one_clear_line(photos, cli, tmp_path):
     bad.write_text("not an image")
     code, _, err = cli("dogapp", bad)
     assert code == 2 and "broken.jpg" in err and len(err.strip().splitlines()) == 1
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(photos / "coffee.png", mixed / "coffee.png")
+    shutil.copy(bad, mixed / "broken.jpg")
+    code, out, err = cli("dogapp", mixed)  # inside a folder: skipped and counted, the rest answered
+    assert code == 0 and out.count(": neither") == 1 and "skipped 1 unreadable" in out + err
     (tmp_path / "empty").mkdir()
     code, _, err = cli("dogapp", tmp_path / "empty")
     assert code == 2 and "holds no image files" in err

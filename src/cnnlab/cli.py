@@ -280,7 +280,7 @@ def dogapp(
             typer.echo(format_assessment(run_assessment(app_, Path(tmp), dogs=assess_dogs)))
     if not images:
         return
-    answers = app_.answer(images)
+    answers = app_.answer(images, log=lambda m: typer.echo(m, err=True))
     for a in answers:
         typer.echo(a.sentence())
     if output is not None:

@@ -103,21 +103,59 @@ class DogApp:
 
             open_run(self.breeds_run)  # a clear error for a folder that is not a run
 
-    def answer(self, paths: list[Path]) -> list[Answer]:
-        """One answer per readable image (folders are expanded; unreadable files inside folders skipped)."""
-        from PIL import Image
+    def answer(self, paths: list[Path], *, batch: int = 32, log=None) -> list[Answer]:
+        """One answer per readable image, in batches with a progress bar when there are many. Folders are
+        expanded; a file named directly that cannot be read is an error, one found in a folder is skipped and
+        counted in a warning (a `warning: ...` line through `log` when given)."""
+        import warnings
 
-        from cnnlab.data.images import collect_images, decode_files
+        from rich.progress import Progress
 
-        files = collect_images(paths)
-        arrays, kept = decode_files(files, size=self.prep.image_size, channels=3, crop_pct=self.prep.crop_pct)
+        from cnnlab.data.images import collect_images
+
+        files, named = collect_images(paths), {p for p in paths if not p.is_dir()}
+        answers: list[Answer] = []
+        skipped: list[Path] = []
+        with Progress(transient=True, disable=len(files) <= batch) as progress:
+            task = progress.add_task("dog app", total=len(files))
+            for start in range(0, len(files), batch):
+                chunk = files[start : start + batch]
+                answers += self._answer_batch(self._decoded(chunk, named, skipped))
+                progress.update(task, advance=len(chunk))
+        if skipped:
+            message = f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"
+            log(f"warning: {message}") if log else warnings.warn(message, stacklevel=2)
+        if not answers:
+            raise CnnlabError("no readable images to answer (pass image files or folders of images)")
+        return answers
+
+    def _decoded(self, files: list[Path], named: set[Path], skipped: list[Path]) -> list[tuple[Path, np.ndarray]]:
+        from cnnlab.data.images import UnreadableImage, decode_array
+
+        found = []
+        for path in files:
+            try:
+                found.append((path, decode_array(path, size=self.prep.image_size, channels=3,
+                                                 crop_pct=self.prep.crop_pct)[0]))  # fmt: skip
+            except UnreadableImage as exc:
+                if path in named:
+                    raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
+                skipped.append(path)
+        return found
+
+    def _answer_batch(self, decoded: list[tuple[Path, np.ndarray]]) -> list[Answer]:
+        from PIL import Image, ImageOps
+
+        if not decoded:
+            return []
+        kept = [path for path, _ in decoded]
+        arrays = np.stack([a for _, a in decoded])
         with torch.inference_mode():
             probs = self.model(self.prep.normalization().apply(torch.from_numpy(arrays))).softmax(1).numpy()
-        breeds = self._breeds(kept, probs)
         answers = []
-        for path, p, top in zip(kept, probs, breeds, strict=True):
+        for path, p, top in zip(kept, probs, self._breeds(kept, probs), strict=True):
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
             faces = self.detector.faces(rgb)
             dog = int(p.argmax()) in DOG_CLASSES
             kind = "dog" if dog else ("human" if faces else "neither")
@@ -143,10 +181,10 @@ def breed_name(folder: str) -> str:
 
 def annotate(answer: Answer, out: Path) -> None:
     """The image with its face boxes and the app's answer written under it, as PNG."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageOps
 
     with Image.open(answer.path) as img:
-        img = img.convert("RGB")
+        img = ImageOps.exif_transpose(img).convert("RGB")  # the pixels the faces were found in
     scale = 512 / max(img.size) if max(img.size) > 512 else 1.0
     img = img.resize((round(img.width * scale), round(img.height * scale)))
     canvas = Image.new("RGB", (img.width, img.height + 40), "white")
