@@ -1,4 +1,5 @@
-"""Shared fixtures: a CLI runner."""
+"""Shared fixtures: a CLI runner, and a small CNN trained on real digits (one per test module, which may change
+its run folder)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,15 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def digits_cnn_run(tmp_path_factory):
+    """A `cnn` (widths 16, 32) trained 4 epochs on scikit-learn's real 8x8 digits, no report: about 90% test."""
+    from cnnlab.config import RunConfig, with_overrides
+    from cnnlab.pipeline import train
+
+    cfg = with_overrides(RunConfig(), "data", source="digits")
+    cfg = with_overrides(cfg, "model", name="cnn", options={"widths": [16, 32]})
+    cfg = with_overrides(cfg, "train", epochs=4)
+    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"), name="d", log=lambda _: None, report=False).run_dir

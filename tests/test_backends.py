@@ -4,54 +4,43 @@ backend and judges a latency budget."""
 
 import json
 
-import pytest
 import torch
 
-from cnnlab.config import RunConfig, with_overrides
 from cnnlab.export import backends as B
-from cnnlab.pipeline import train
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    cfg = with_overrides(RunConfig(), "data", source="digits")
-    cfg = with_overrides(cfg, "model", name="cnn", options={"widths": [16, 32]})
-    cfg = with_overrides(cfg, "train", epochs=4)
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"), name="d", log=lambda _: None, report=False).run_dir
 
 
 def _predicted(run):
     return [line.split(",")[2] for line in (run / "predictions.csv").read_text().splitlines()[1:]]
 
 
-def test_every_backend_scores_the_test_split_alike_and_the_onnx_file_is_kept(digits_run, cli):
-    code, out, err = cli("evaluate", digits_run, "--backend", "onnx")
+def test_every_backend_scores_the_test_split_alike_and_the_onnx_file_is_kept(digits_cnn_run, cli):
+    code, out, err = cli("evaluate", digits_cnn_run, "--backend", "onnx")
     assert code == 0, err
-    onnx_eval, onnx_labels = json.loads((digits_run / "eval.json").read_text()), _predicted(digits_run)
+    onnx_eval, onnx_labels = json.loads((digits_cnn_run / "eval.json").read_text()), _predicted(digits_cnn_run)
     assert onnx_eval["backend"]["name"] == "onnx"
-    kept = list((digits_run / "cache").glob("predict-*.onnx"))
+    kept = list((digits_cnn_run / "cache").glob("predict-*.onnx"))
     assert len(kept) == 1  # named by the checkpoint's content
-    code, out, err = cli("evaluate", digits_run, "--backend", "torch")
+    code, out, err = cli("evaluate", digits_cnn_run, "--backend", "torch")
     assert code == 0, err
-    torch_eval = json.loads((digits_run / "eval.json").read_text())
+    torch_eval = json.loads((digits_cnn_run / "eval.json").read_text())
     assert torch_eval["backend"]["name"] == "torch" and torch_eval["accuracy"] >= 0.85  # real digits
-    assert _predicted(digits_run) == onnx_labels and torch_eval["accuracy"] == onnx_eval["accuracy"]
-    code, out, err = cli("evaluate", digits_run)  # auto: the kept file is reused, not built again
+    assert _predicted(digits_cnn_run) == onnx_labels and torch_eval["accuracy"] == onnx_eval["accuracy"]
+    code, out, err = cli("evaluate", digits_cnn_run)  # auto: the kept file is reused, not built again
     assert code == 0 and "built the ONNX Runtime backend" not in out
-    assert "prediction backend: " in out and _predicted(digits_run) == onnx_labels
-    assert json.loads((digits_run / "eval.json").read_text())["backend"]["why"]
+    assert "prediction backend: " in out and _predicted(digits_cnn_run) == onnx_labels
+    assert json.loads((digits_cnn_run / "eval.json").read_text())["backend"]["why"]
 
 
-def test_auto_does_not_build_the_onnx_file_for_a_few_images(digits_run, tmp_path, cli):
+def test_auto_does_not_build_the_onnx_file_for_a_few_images(digits_cnn_run, tmp_path, cli):
     from helpers import write_digit_folder
 
-    for kept in (digits_run / "cache").glob("predict-*"):
+    for kept in (digits_cnn_run / "cache").glob("predict-*"):
         kept.unlink()
     images = write_digit_folder(tmp_path / "images", classes=(0, 1), per_class=2, size=8)
-    code, out, err = cli("predict", digits_run, images)
+    code, out, err = cli("predict", digits_cnn_run, images)
     assert code == 0 and len(out.strip().splitlines()) == 4
     assert "prediction backend: torch (about 0.0 s of PyTorch work: too little to pay" in err
-    assert not list((digits_run / "cache").glob("predict-*.onnx"))
+    assert not list((digits_cnn_run / "cache").glob("predict-*.onnx"))
 
 
 def test_auto_takes_onnx_only_when_it_is_faster_and_agrees():
@@ -65,25 +54,35 @@ def test_auto_takes_onnx_only_when_it_is_faster_and_agrees():
     assert chosen.name == "torch" and "disagrees" in chosen.why
 
 
-def test_an_unknown_backend_is_one_clear_line(digits_run, cli):
-    code, out, err = cli("evaluate", digits_run, "--backend", "tensorrt")
+def test_an_unknown_backend_is_one_clear_line(digits_cnn_run, cli):
+    code, out, err = cli("evaluate", digits_cnn_run, "--backend", "tensorrt")
     assert code == 2 and "unknown backend 'tensorrt'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_benchmark_reports_each_backend_and_judges_the_latency_budget(digits_run, cli, monkeypatch):
+def test_benchmark_reports_each_backend_and_judges_the_latency_budget(digits_cnn_run, cli, monkeypatch):
     from cnnlab.export import benchmark
 
     monkeypatch.setattr(benchmark, "LATENCY_S", 0.2)  # the table's shape, not its precision, is tested here
     monkeypatch.setattr(benchmark, "THROUGHPUT_S", 0.05)
-    code, out, err = cli("export", digits_run, "--int8", "--calibration", "100", "--force")
+    code, out, err = cli("export", digits_cnn_run, "--int8", "--calibration", "100", "--force")
     assert code == 0, err
-    code, out, err = cli("benchmark", digits_run, "--latency-budget", "100000")
+    code, out, err = cli("benchmark", digits_cnn_run, "--latency-budget", "100000")
     assert code == 0, err
-    result = json.loads((digits_run / "benchmark.json").read_text())
+    result = json.loads((digits_cnn_run / "benchmark.json").read_text())
     rows = {r["backend"]: r for r in result["rows"]}
     assert set(rows) == {"eager", "torch", "onnx", "onnx-int8"}
     assert all(r["p95_ms"] >= r["p50_ms"] > 0 and r["images_per_s"] > 0 and r["meets_budget"] for r in rows.values())
     assert result["default"]["backend"] in rows and "met by eager, torch, onnx, onnx-int8" in out
-    code, out, err = cli("benchmark", digits_run, "--latency-budget", "0", "--threads", "1")
+    threads = torch.get_num_threads()
+    code, out, err = cli("benchmark", digits_cnn_run, "--latency-budget", "0", "--threads", "1")
+    assert torch.get_num_threads() == threads  # the caller's setting comes back
     assert code == 1 and "misses the latency budget" in err and "met by none" in out
-    assert json.loads((digits_run / "benchmark.json").read_text())["threads"] == 1
+    assert json.loads((digits_cnn_run / "benchmark.json").read_text())["threads"] == 1
+
+
+def test_without_onnxruntime_auto_uses_torch_and_onnx_is_one_clear_line(digits_cnn_run, cli, monkeypatch):
+    monkeypatch.setattr(B, "_onnxruntime_installed", lambda: False)
+    code, out, err = cli("evaluate", digits_cnn_run)
+    assert code == 0 and "prediction backend: torch (onnxruntime is not installed)" in out, err
+    code, _, err = cli("evaluate", digits_cnn_run, "--backend", "onnx")
+    assert code == 2 and "--backend onnx needs onnxruntime" in err and len(err.strip().splitlines()) == 1

@@ -18,17 +18,9 @@ from cnnlab.pipeline import train
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    cfg = with_overrides(RunConfig(), "data", source="digits")
-    cfg = with_overrides(cfg, "model", name="cnn", options={"widths": [16, 32]})
-    cfg = with_overrides(cfg, "train", epochs=4)
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"), name="d", log=lambda _: None, report=False).run_dir
-
-
-@pytest.fixture(scope="module")
-def explained(digits_run):
-    result = explain_run(digits_run, options=ExplainOptions(deletion_images=300), log=lambda _: None)
-    return digits_run, result
+def explained(digits_cnn_run):
+    result = explain_run(digits_cnn_run, options=ExplainOptions(deletion_images=300), log=lambda _: None)
+    return digits_cnn_run, result
 
 
 def test_deleting_what_gradcam_and_ig_point_at_hurts_more_than_deleting_at_random(explained):
@@ -124,31 +116,34 @@ def test_gradcam_on_the_offline_imagenet_backbone_points_at_the_coffee_cup(tmp_p
     assert cam_area < A.deletion_area(np.mean(draws, axis=0))
 
 
-def test_bad_requests_are_one_clear_line_and_write_nothing(digits_run, tmp_path, cli):
+def test_bad_requests_are_one_clear_line_and_write_nothing(digits_cnn_run, tmp_path, cli):
     out = tmp_path / "out"
-    code, _, err = cli("explain", digits_run, "--layer", "nope", "--output", out)
+    code, _, err = cli("explain", digits_cnn_run, "--layer", "nope", "--output", out)
     assert code == 2 and "unknown layer 'nope'" in err and "convs.0" in err and len(err.strip().splitlines()) == 1
-    code, _, err = cli("explain", digits_run, "--method", "lime", "--output", out)
+    code, _, err = cli("explain", digits_cnn_run, "--method", "lime", "--output", out)
     assert code == 2 and "unknown attribution method 'lime'" in err and "gradcam" in err
+    for option, value, fragment in (("--deletion-fill", "paint", "mean, blur"), ("--embedding", "umap", "tsne, pca")):
+        code, _, err = cli("explain", digits_cnn_run, option, value, "--output", out)
+        assert code == 2 and f"'{value}'" in err and fragment in err and len(err.strip().splitlines()) == 1
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    code, _, err = cli("explain", digits_run, bad, "--output", out)
+    code, _, err = cli("explain", digits_cnn_run, bad, "--output", out)
     assert code == 2 and "broken.png" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    code, _, err = cli("explain", digits_run, "--output", mine)
+    code, _, err = cli("explain", digits_cnn_run, "--output", mine)
     assert code == 2 and "--force" in err and [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
-def test_list_layers_and_user_images(digits_run, tmp_path, cli):
+def test_list_layers_and_user_images(digits_cnn_run, tmp_path, cli):
     from helpers import write_digit_folder
 
-    code, out, err = cli("explain", digits_run, "--list-layers")
+    code, out, err = cli("explain", digits_cnn_run, "--list-layers")
     assert code == 0 and "grad-cam" in out and "stage" in out
     images = write_digit_folder(tmp_path / "images", classes=(0, 1), per_class=2, size=8)
-    code, out, err = cli("explain", digits_run, images, "--output", tmp_path / "e", "--method", "gradcam")
+    code, out, err = cli("explain", digits_cnn_run, images, "--output", tmp_path / "e", "--method", "gradcam")
     assert code == 0, err
     result = json.loads((tmp_path / "e" / "explain.json").read_text())
     assert (
@@ -158,14 +153,14 @@ def test_list_layers_and_user_images(digits_run, tmp_path, cli):
     assert all(Path(p).exists() for p in result["pictures"])
 
 
-def test_the_report_shows_inside_the_model_unless_asked_not_to(digits_run, cli):
-    code, out, err = cli("report", digits_run)
+def test_the_report_shows_inside_the_model_unless_asked_not_to(digits_cnn_run, cli):
+    code, out, err = cli("report", digits_cnn_run)
     assert code == 0, err
-    html = (digits_run / "report.html").read_text()
+    html = (digits_cnn_run / "report.html").read_text()
     assert 'id="inside"' in html and "First-layer filters" in html and "beats random" in html
     assert html.count("data:image/png;base64,") >= 9  # the report's own figures and the five explain pictures
-    code, out, err = cli("report", digits_run, "--no-explain")
-    assert code == 0 and 'id="inside"' not in (digits_run / "report.html").read_text()
+    code, out, err = cli("report", digits_cnn_run, "--no-explain")
+    assert code == 0 and 'id="inside"' not in (digits_cnn_run / "report.html").read_text()
 
 
 def test_a_model_without_convolutions_is_explained_without_gradcam(tmp_path, cli):

@@ -6,33 +6,23 @@ import json
 import numpy as np
 import pytest
 
-from cnnlab.config import RunConfig, with_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.export import exporter as E
-from cnnlab.pipeline import train
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    cfg = with_overrides(RunConfig(), "data", source="digits")
-    cfg = with_overrides(cfg, "model", name="cnn", options={"widths": [16, 32]})
-    cfg = with_overrides(cfg, "train", epochs=4)
-    return train(cfg, runs_dir=tmp_path_factory.mktemp("runs"), name="d", log=lambda _: None, report=False).run_dir
-
-
-def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_run, tmp_path):
+def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_cnn_run, tmp_path):
     import onnx
 
     from cnnlab.engine.checkpoint import load_checkpoint
 
     out = tmp_path / "digits.onnx"
-    result = E.export_run(digits_run, output=out, log=lambda _: None)
+    result = E.export_run(digits_cnn_run, output=out, log=lambda _: None)
     assert result["passed"] and result["same_argmax"] == 1.0 and result["relative_diff"] <= E.PARITY_TOLERANCE
     assert result["accuracy_exported"] == result["accuracy_torch"] >= 0.85  # a real model: digits at 8x8 px
-    assert json.loads((digits_run / "export.json").read_text())["digits.onnx"] == result
+    assert json.loads((digits_cnn_run / "export.json").read_text())["digits.onnx"] == result
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
-    ckpt = load_checkpoint(digits_run / "best.pt")
+    ckpt = load_checkpoint(digits_cnn_run / "best.pt")
     assert json.loads(meta["class_names"]) == list(ckpt.class_names)
     assert (int(meta["image_size"]), int(meta["channels"])) == (ckpt.preprocessing.image_size, 1)
     assert json.loads(meta["mean"]) == pytest.approx(list(ckpt.preprocessing.mean))
@@ -41,20 +31,20 @@ def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_run, tm
     assert E.onnx_logits(out, x).shape == (7, 10) and E.onnx_logits(out, x[:3]).shape == (3, 10)  # any batch
 
 
-def test_a_failed_parity_check_writes_nothing(digits_run, tmp_path, monkeypatch):
+def test_a_failed_parity_check_writes_nothing(digits_cnn_run, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "PARITY_TOLERANCE", -1.0)
-    (digits_run / "export.json").unlink(missing_ok=True)
+    (digits_cnn_run / "export.json").unlink(missing_ok=True)
     with pytest.raises(CnnlabError, match="parity check failed"):
-        E.export_run(digits_run, output=tmp_path / "m.onnx", log=lambda _: None)
-    assert list(tmp_path.iterdir()) == [] and not (digits_run / "export.json").exists()
+        E.export_run(digits_cnn_run, output=tmp_path / "m.onnx", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == [] and not (digits_cnn_run / "export.json").exists()
 
 
-def test_bad_export_requests_are_one_clear_line(digits_run, tmp_path, cli):
+def test_bad_export_requests_are_one_clear_line(digits_cnn_run, tmp_path, cli):
     existing = tmp_path / "mine.onnx"
     existing.write_text("a user's file")
     cases = [
-        (["export", digits_run, "--output", existing], "already exists"),
-        (["export", digits_run, "--format", "tflite", "--output", tmp_path / "x"], "unknown export format"),
+        (["export", digits_cnn_run, "--output", existing], "already exists"),
+        (["export", digits_cnn_run, "--format", "tflite", "--output", tmp_path / "x"], "unknown export format"),
         (["export", tmp_path / "nowhere"], "run folder not found"),
     ]
     for args, message in cases:
@@ -63,11 +53,11 @@ def test_bad_export_requests_are_one_clear_line(digits_run, tmp_path, cli):
     assert existing.read_text() == "a user's file"
 
 
-def test_a_run_without_a_checkpoint_is_one_clear_line(digits_run, tmp_path, cli):
+def test_a_run_without_a_checkpoint_is_one_clear_line(digits_cnn_run, tmp_path, cli):
     import shutil
 
     bare = tmp_path / "bare"
-    shutil.copytree(digits_run, bare, ignore=shutil.ignore_patterns("*.pt", "*.onnx"))
+    shutil.copytree(digits_cnn_run, bare, ignore=shutil.ignore_patterns("*.pt", "*.onnx"))
     code, _, err = cli("export", bare)
     assert code == 2 and "best.pt is missing" in err and len(err.strip().splitlines()) == 1
     assert not (bare / "model.onnx").exists()
@@ -80,7 +70,7 @@ def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
         E.onnx_logits(bad, np.zeros((1, 1, 8, 8), np.float32))
 
 
-def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_run, tmp_path, cli):
+def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_cnn_run, tmp_path, cli):
     """`cnnlab predict model.onnx IMAGES` runs on ONNX Runtime alone and gives the run's labels."""
     import subprocess
     import sys
@@ -88,7 +78,7 @@ def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_run
     from helpers import write_digit_folder
 
     model = tmp_path / "digits.onnx"
-    E.export_run(digits_run, output=model, log=lambda _: None)
+    E.export_run(digits_cnn_run, output=model, log=lambda _: None)
     images = write_digit_folder(tmp_path / "images", classes=tuple(range(10)), per_class=3, size=8)
     script = (
         "import sys\nfrom cnnlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
@@ -97,7 +87,7 @@ def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_run
     done = subprocess.run([sys.executable, "-c", script, "predict", str(model), str(images)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-1500:]
-    code, out, err = cli("predict", digits_run, images)
+    code, out, err = cli("predict", digits_cnn_run, images)
     assert code == 0, err
 
     def labels(text):
@@ -123,17 +113,17 @@ def test_an_onnx_file_without_cnnlab_metadata_is_a_clear_error(tmp_path, cli):
     assert code == 2 and "lacks cnnlab's preprocessing metadata" in err and len(err.strip().splitlines()) == 1
 
 
-def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_run, tmp_path, cli):
+def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_cnn_run, tmp_path, cli):
     from cnnlab.data.splits import load_splits
 
     out = tmp_path / "digits.int8.onnx"
-    result = E.export_run(digits_run, output=out, int8=True, calibration=100, log=lambda _: None)
+    result = E.export_run(digits_cnn_run, output=out, int8=True, calibration=100, log=lambda _: None)
     q = result["int8"]
-    splits = load_splits(digits_run / "splits.json")
+    splits = load_splits(digits_cnn_run / "splits.json")
     used = set(q["calibration_indices"])
     assert len(used) == 100 and used <= set(splits["valid"].tolist()) and not used & set(splits["test"].tolist())
     assert q["accuracy_delta"] >= -E.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
-    assert json.loads((digits_run / "export.json").read_text())[out.name]["int8"] == q
+    assert json.loads((digits_cnn_run / "export.json").read_text())[out.name]["int8"] == q
     images = tmp_path / "images"
     from helpers import write_digit_folder
 
@@ -142,10 +132,10 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
     assert code == 0 and len(stdout.strip().splitlines()) == 6, err
 
 
-def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_run, tmp_path, monkeypatch):
+def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_cnn_run, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
     with pytest.raises(CnnlabError, match="int8 parity check failed"):
-        E.export_run(digits_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
+        E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -158,27 +148,27 @@ def test_predicting_from_a_missing_onnx_file_is_one_clear_line(tmp_path, cli):
     assert code == 2 and "model file not found" in err and "cnnlab export" in err
 
 
-def test_pt2_export_predicts_as_the_run_and_carries_its_metadata(digits_run, tmp_path, cli):
+def test_pt2_export_predicts_as_the_run_and_carries_its_metadata(digits_cnn_run, tmp_path, cli):
     import torch
 
     out = tmp_path / "digits.pt2"
-    result = E.export_run(digits_run, fmt="pt2", output=out, log=lambda _: None)
+    result = E.export_run(digits_cnn_run, fmt="pt2", output=out, log=lambda _: None)
     assert result["passed"] and result["same_argmax"] == 1.0 and result["accuracy_exported"] >= 0.85
     extra = {"cnnlab.json": ""}
     torch.export.load(str(out), extra_files=extra)  # our own file, just written
     assert json.loads(extra["cnnlab.json"])["channels"] == "1"
-    code, _, err = cli("export", digits_run, "--format", "pt2", "--int8", "--output", tmp_path / "q.pt2")
+    code, _, err = cli("export", digits_cnn_run, "--format", "pt2", "--int8", "--output", tmp_path / "q.pt2")
     assert code == 2 and "--int8 quantises with ONNX Runtime" in err and not (tmp_path / "q.pt2").exists()
 
 
-def test_a_file_whose_input_does_not_fit_its_metadata_is_one_clear_line(digits_run, tmp_path, cli):
+def test_a_file_whose_input_does_not_fit_its_metadata_is_one_clear_line(digits_cnn_run, tmp_path, cli):
     """An image prepared for the metadata's channel count but refused by the graph: a clear line, exit 2."""
     import onnx
 
     from helpers import write_digit_folder
 
     good = tmp_path / "good.onnx"
-    E.export_run(digits_run, output=good, log=lambda _: None)
+    E.export_run(digits_cnn_run, output=good, log=lambda _: None)
     proto = onnx.load(str(good))
     for entry in proto.metadata_props:
         if entry.key == "channels":

@@ -151,3 +151,24 @@ def test_two_runs_on_one_name_at_once_leave_one_whole_run(reference, tmp_path):
     # the measured precision choice can differ)
     assert load_checkpoint(runs / "same" / "best.pt").epoch >= 1 and (runs / "same" / "eval.json").is_file()
     assert _epochs(runs / "same") == list(range(1, EPOCHS + 1))
+
+
+def test_resume_after_a_kill_before_the_first_epoch_or_during_evaluation(reference, tmp_path, cli):
+    """The two states a kill can leave that resume used to refuse, made on purpose: no last.pt yet (it trains
+    from the saved plan), and every epoch saved but no eval.json (it evaluates)."""
+    runs, _ = reference
+    early, late = tmp_path / "early", tmp_path / "late"
+    for folder in (early, late):
+        shutil.copytree(runs / "ref", folder)
+    for name in ("best.pt", "last.pt", "metrics.csv", "eval.json", "predictions.csv", "valid_predictions.csv"):
+        (early / name).unlink(missing_ok=True)
+    (late / "eval.json").unlink()
+    done = subprocess.run(_cnnlab("train", "--resume", early), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "from the start (no epoch had been saved)" in done.stdout, done.stderr[-2000:]
+    ref = _weights(runs / "ref" / "last.pt")
+    assert all(torch.equal(_weights(early / "last.pt")[k], ref[k]) for k in ref) and _epochs(early) == [1, 2, 3]
+    code, out, err = cli("train", "--resume", late)
+    assert code == 0 and "finished training before it was stopped; evaluating" in out, err
+    assert _scores(late) == _scores(runs / "ref")
+    code, _, err = cli("train", "--resume", late)  # now there is nothing left to do
+    assert code == 2 and "already finished" in err

@@ -39,6 +39,35 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path) -> Classifier:
     return model.eval()
 
 
+@dataclass
+class TrainedRun:
+    """A run folder's best checkpoint, ready to use: its config, data source and rebuilt model."""
+
+    config: object  # RunConfig
+    checkpoint: Checkpoint
+    path: Path  # RUN/best.pt
+    source: object  # data.sources.Source
+    model: Classifier
+
+
+def open_trained_run(run_dir: Path) -> TrainedRun:
+    """RUN/best.pt with the run's data, checked against each other (what export, benchmark and explain start
+    from); a missing checkpoint or one made for another model is one clear error."""
+    from cnnlab.data.sources import load_source
+    from cnnlab.engine.checkpoint import check_compatible
+    from cnnlab.runfolder import open_run
+
+    run_dir = Path(run_dir)
+    config = open_run(run_dir)
+    path = run_dir / "best.pt"
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
+    ckpt = load_checkpoint(path)
+    source = load_source(config.data, log=lambda _: None)
+    check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=path)
+    return TrainedRun(config, ckpt, path, source, model_from_checkpoint(ckpt, path))
+
+
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,

@@ -55,6 +55,10 @@ def explain_run(
     """Explain `run_dir`'s best.pt on `images` (default: a seeded sample of its test split); see module doc."""
     options = options or ExplainOptions()
     methods = A.check_methods(options.methods)
+    from cnnlab.explain.embedding import EMBEDDINGS
+
+    if options.embedding not in EMBEDDINGS:  # checked before minutes of attributions, not after
+        raise CnnlabError(f"unknown embedding '{options.embedding}' (choose from: {', '.join(EMBEDDINGS)})")
     if options.deletion_fill not in A.FILLS:
         raise CnnlabError(f"unknown --deletion-fill '{options.deletion_fill}' (choose from: {', '.join(A.FILLS)})")
     run_dir = Path(run_dir)
@@ -130,19 +134,10 @@ def _pictures():
 
 
 def _load(run_dir: Path):
-    from cnnlab.data.sources import load_source
-    from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
-    from cnnlab.evaluate.predict import model_from_checkpoint
-    from cnnlab.runfolder import open_run
+    from cnnlab.evaluate.predict import open_trained_run
 
-    config = open_run(run_dir)
-    path = run_dir / "best.pt"
-    if not path.is_file():
-        raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
-    ckpt = load_checkpoint(path)
-    source = load_source(config.data, log=lambda _: None)
-    check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=path)
-    return L.explainable(model_from_checkpoint(ckpt, path)), ckpt, source, config
+    run = open_trained_run(run_dir)
+    return L.explainable(run.model), run.checkpoint, run.source, run.config
 
 
 def _sample(run_dir: Path, source, ckpt, images: list[Path] | None, n: int, *, seed: int) -> Sample:

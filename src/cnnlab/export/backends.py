@@ -122,19 +122,15 @@ def _onnxruntime_installed() -> bool:
 
 def kept_onnx_path(checkpoint: Path, cache_dir: Path | None) -> Path:
     """Where this checkpoint's ONNX file is kept: named by the checkpoint's content, so a retrained best.pt
-    never meets a stale file. Without a cache folder (a loose checkpoint), a temporary folder for this job."""
+    never meets a stale file. Without a cache folder (a loose checkpoint), the system's temporary folder."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    return (cache_dir if cache_dir is not None else _job_folder()) / f"predict-{digest}.onnx"
+    return (cache_dir if cache_dir is not None else _temp_folder()) / f"predict-{digest}.onnx"
 
 
-def _job_folder() -> Path:
-    import atexit
-    import shutil
+def _temp_folder() -> Path:
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="cnnlab-backend-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    return Path(tempfile.gettempdir()) / "cnnlab-backends"
 
 
 def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[str], None]) -> Path:
@@ -145,8 +141,9 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
         started = time.perf_counter()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # a read-only run folder: build for this job only
-            path = _job_folder() / path.name
+        except OSError:  # a read-only run folder: the system's temporary folder instead
+            path = _temp_folder() / path.name
+            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         write_onnx(folded(model), sample[:2].float(), tmp, {})
         tmp.replace(path)  # atomic: a killed build leaves no half file under the kept name

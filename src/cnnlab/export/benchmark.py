@@ -41,11 +41,19 @@ def benchmark_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure every available backend of `run_dir`'s best.pt; print the table, write RUN/benchmark.json."""
-    from cnnlab.export.backends import choose_backend, kept_onnx_path, onnx_file
-
     model, sample = _model_and_images(Path(run_dir))
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _measure_all(run_dir, model, sample, threads, latency_budget_ms, log)
+    finally:
+        torch.set_num_threads(before)  # a caller in the same process keeps its own setting
+
+
+def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dict[str, Any]:
+    from cnnlab.export.backends import choose_backend, kept_onnx_path, onnx_file
+
     cache = Path(run_dir) / "cache"
     backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / "best.pt", cache), log),
                          Path(run_dir) / "model.int8.onnx", threads)  # fmt: skip
@@ -66,23 +74,13 @@ def benchmark_run(
 def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     """The run's model and THROUGHPUT_BATCH of its test images, normalised as in training."""
     from cnnlab.data.lazy import select
-    from cnnlab.data.sources import load_source
     from cnnlab.data.splits import load_splits
-    from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
-    from cnnlab.errors import CnnlabError
-    from cnnlab.evaluate.predict import model_from_checkpoint
-    from cnnlab.runfolder import open_run
+    from cnnlab.evaluate.predict import open_trained_run
 
-    config = open_run(run_dir)
-    path = run_dir / "best.pt"
-    if not path.is_file():
-        raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
-    ckpt = load_checkpoint(path)
-    source = load_source(config.data, log=lambda _: None)
-    check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=path)
+    run = open_trained_run(run_dir)
     idx = load_splits(run_dir / "splits.json")["test"][:THROUGHPUT_BATCH]
-    images = ckpt.preprocessing.normalization().apply(select(source.images, idx)[: len(idx)]).float()
-    return model_from_checkpoint(ckpt, path), images
+    images = run.checkpoint.preprocessing.normalization().apply(select(run.source.images, idx)[: len(idx)])
+    return run.model, images.float()
 
 
 def _backends(model: nn.Module, onnx: Path, int8: Path, threads: int | None) -> dict[str, Callable]:

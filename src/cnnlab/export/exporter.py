@@ -48,29 +48,20 @@ def export_run(
     the fp32 file is quantised (ONNX Runtime, static, per-channel weights) with activation ranges calibrated
     on `calibration` seeded validation images, and must keep its test accuracy within INT8_MAX_DROP of the
     fp32 file's."""
-    from cnnlab.data.sources import load_source
     from cnnlab.data.splits import load_splits
-    from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
-    from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
-    from cnnlab.runfolder import open_run
+    from cnnlab.evaluate.predict import open_trained_run, predict_logits
 
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if int8 and fmt != "onnx":
         raise CnnlabError("--int8 quantises with ONNX Runtime: use it with --format onnx")
     run_dir = Path(run_dir)
-    config = open_run(run_dir)
     default_name = "model.pt2" if fmt == "pt2" else ("model.int8.onnx" if int8 else "model.onnx")
     output = Path(output) if output is not None else run_dir / default_name
     if output.exists() and not force:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    ckpt_path = run_dir / "best.pt"
-    if not ckpt_path.is_file():
-        raise CnnlabError(f"{ckpt_path} is missing (train the run first, or resume it: cnnlab train --resume)")
-    ckpt = load_checkpoint(ckpt_path)
-    source = load_source(config.data, log=lambda _: None)
-    check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=ckpt_path)
-    model = model_from_checkpoint(ckpt, ckpt_path)
+    run = open_trained_run(run_dir)
+    config, ckpt, source, model = run.config, run.checkpoint, run.source, run.model
     norm = ckpt.preprocessing.normalization()
     splits = load_splits(run_dir / "splits.json")
     test_idx = splits["test"][:parity_images]
