@@ -295,6 +295,28 @@ def dogapp(
 
 
 @app.command()
+def serve(
+    target: str = typer.Argument(..., help="A run folder, an exported .onnx file, or a pretrained backbone name."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (another than loopback exposes the page)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free one, printed)."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.01, help="Largest upload; more gets 413."),
+    max_megapixels: float = typer.Option(89.0, "--max-megapixels", min=0.01, help="Largest image, by its header."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Classes shown per image."),
+    dogapp: bool = typer.Option(False, "--dogapp", help="Add the dog app's answer (on for a pretrained backbone)."),
+    weights: Optional[str] = typer.Option(None, help="Weights file for a pretrained backbone name."),
+) -> None:
+    """A web page (and POST /predict JSON) to try a model on an image: top classes as bars, the Grad-CAM overlay
+    and, for an ImageNet backbone or --dogapp, the dog app's answer."""
+    from cnnlab.apps.serve import bind, open_servable
+    from cnnlab.apps.serve import serve as run_server
+
+    bind(host, port).close()  # a port in use fails now, not after the model has loaded
+    servable = open_servable(target, dogapp=dogapp, weights=weights)
+    servable.max_pixels = int(max_megapixels * 1e6)
+    run_server(servable, host=host, port=port, max_upload_mb=max_upload_mb, top_k=top_k, log=_log)
+
+
+@app.command()
 def benchmark(
     run: Path = typer.Argument(..., help="A run folder made by `cnnlab train`."),
     threads: Optional[int] = typer.Option(None, min=1, help="Threads for PyTorch and ONNX Runtime (a smaller device)."),

@@ -98,10 +98,12 @@ class DogApp:
         self.prep = InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
         self.names = imagenet_class_names()
         self.breeds_run = Path(breeds_run) if breeds_run else None
+        self._breeds_loaded = None
         if self.breeds_run is not None:
             from cnnlab.runfolder import open_run
 
             open_run(self.breeds_run)  # a clear error for a folder that is not a run
+            self._breed_model()  # loaded once, here, so that a broken run fails before any image
 
     def answer(self, paths: list[Path], *, batch: int = 32, log=None) -> list[Answer]:
         """One answer per readable image, in batches with a progress bar when there are many. Folders are
@@ -129,49 +131,79 @@ class DogApp:
             raise CnnlabError("no readable images to answer (pass image files or folders of images)")
         return answers
 
-    def _decoded(self, files: list[Path], named: set[Path], skipped: list[Path]) -> list[tuple[Path, np.ndarray]]:
+    def answer_bytes(self, name: str, data: bytes) -> Answer:
+        """The answer for one uploaded image (`UnreadableImage` when the bytes are not one)."""
+        from cnnlab.data.images import decode_array
+
+        array = decode_array(data, size=self.prep.image_size, channels=3, crop_pct=self.prep.crop_pct)[0]
+        return self._answer_batch([(name, data, array)])[0]
+
+    def _decoded(self, files: list[Path], named: set[Path], skipped: list[Path]) -> list[tuple[str, Path, np.ndarray]]:
         from cnnlab.data.images import UnreadableImage, decode_array
 
         found = []
         for path in files:
             try:
-                found.append((path, decode_array(path, size=self.prep.image_size, channels=3,
-                                                 crop_pct=self.prep.crop_pct)[0]))  # fmt: skip
+                found.append((str(path), path, decode_array(path, size=self.prep.image_size, channels=3,
+                                                            crop_pct=self.prep.crop_pct)[0]))  # fmt: skip
             except UnreadableImage as exc:
                 if path in named:
                     raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
                 skipped.append(path)
         return found
 
-    def _answer_batch(self, decoded: list[tuple[Path, np.ndarray]]) -> list[Answer]:
-        from PIL import Image, ImageOps
-
+    def _answer_batch(self, decoded: list[tuple[str, Path | bytes, np.ndarray]]) -> list[Answer]:
         if not decoded:
             return []
-        kept = [path for path, _ in decoded]
-        arrays = np.stack([a for _, a in decoded])
+        arrays = np.stack([a for _, _, a in decoded])
         with torch.inference_mode():
             probs = self.model(self.prep.normalization().apply(torch.from_numpy(arrays))).softmax(1).numpy()
         answers = []
-        for path, p, top in zip(kept, probs, self._breeds(kept, probs), strict=True):
-            with Image.open(path) as img:
-                rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-            faces = self.detector.faces(rgb)
+        sources = [source for _, source, _ in decoded]
+        for (name, source, _), p, top in zip(decoded, probs, self._breeds(sources, probs), strict=True):
+            faces = self.detector.faces(upright_rgb(source))
             dog = int(p.argmax()) in DOG_CLASSES
             kind = "dog" if dog else ("human" if faces else "neither")
-            answers.append(Answer(str(path), kind, faces, float(p[list(DOG_CLASSES)].sum()), top))
+            answers.append(Answer(name, kind, faces, float(p[list(DOG_CLASSES)].sum()), top))
         return answers
 
-    def _breeds(self, kept: list[Path], probs: np.ndarray) -> list[list[tuple[str, float]]]:
+    def _breeds(self, sources: list[Path | bytes], probs: np.ndarray) -> list[list[tuple[str, float]]]:
         if self.breeds_run is None:
             dogs = np.array(list(DOG_CLASSES))  # shares among the dog classes: a face's best match reads 30%, not 0.2%
             share = probs[:, dogs] / probs[:, dogs].sum(1, keepdims=True)
             return [[(self.names[dogs[k]], float(row[k])) for k in np.argsort(row)[::-1][:3]] for row in share]
-        from cnnlab.evaluate.predict import predict_images
+        from cnnlab.data.images import decode_array
+        from cnnlab.evaluate.predict import predict_logits
 
-        classes, preds = predict_images(self.breeds_run / "best.pt", kept, backend="torch", log=lambda _: None)
-        shown = [breed_name(c) for c in classes]
-        return [[(shown[k], float(pr.probabilities[k])) for k in pr.probabilities.argsort()[::-1][:3]] for pr in preds]
+        model, classes, prep = self._breed_model()
+        arrays = np.stack([decode_array(s, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct)[0]
+                           for s in sources])  # fmt: skip
+        breed_probs = predict_logits(model, torch.from_numpy(arrays), prep.normalization()).softmax(1).numpy()
+        return [[(classes[k], float(row[k])) for k in row.argsort()[::-1][:3]] for row in breed_probs]
+
+    def _breed_model(self):
+        """The breed run's model, class names (as shown) and preprocessing, loaded on first use."""
+        if self._breeds_loaded is None:
+            from cnnlab.engine.checkpoint import load_checkpoint
+            from cnnlab.evaluate.predict import model_from_checkpoint
+
+            path = self.breeds_run / "best.pt"
+            if not path.is_file():
+                raise CnnlabError(f"{path} is missing (train the breed run first: cnnlab train --data folder:DIR)")
+            ckpt = load_checkpoint(path)
+            model = model_from_checkpoint(ckpt, path)
+            self._breeds_loaded = (model, [breed_name(c) for c in ckpt.class_names], ckpt.preprocessing)
+        return self._breeds_loaded
+
+
+def upright_rgb(source: Path | bytes) -> np.ndarray:
+    """The image's RGB pixels as a viewer shows them (EXIF orientation applied): where faces are looked for."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
 
 def breed_name(folder: str) -> str:

@@ -5,6 +5,7 @@ torch is imported only by `decode_image`: predicting from an exported ONNX file 
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,10 @@ class UnreadableImage(Exception):
     """The file is missing, empty, truncated or not an image."""
 
 
+class TooManyPixels(UnreadableImage):
+    """The header claims more pixels than allowed: refused before decoding (a decompression bomb?)."""
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -37,25 +42,28 @@ def decode_image(path: Path, *, size: int, channels: int, crop_pct: float = 1.0)
     return torch.from_numpy(array), grey
 
 
-def decode_array(path: Path, *, size: int, channels: int, crop_pct: float = 1.0) -> tuple[np.ndarray, bool]:
-    """Read `path` as a `channels` x size x size uint8 array and say whether it was greyscale.
+def decode_array(
+    path: Path | bytes, *, size: int, channels: int, crop_pct: float = 1.0, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """Read `path` (a file, or an upload's bytes) as a `channels` x size x size uint8 array and say whether it
+    was greyscale.
 
     Resizes the shorter side to `size / crop_pct` (bicubic, antialiased) and centre-crops `size`, so the
     aspect ratio is kept (ImageNet backbones: 256 -> 224 is crop_pct 0.875). Any mode (palette, CMYK, 16-bit,
     float, alpha) is converted; an EXIF orientation is applied as viewers apply it; an animation gives its
-    first frame. A file whose header claims more than MAX_PIXELS is refused before any pixel is decoded.
+    first frame. A file whose header claims more than `max_pixels` is refused before any pixel is decoded.
     `UnreadableImage` explains a bad file.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        if path.stat().st_size == 0:
+        if (len(path) if isinstance(path, bytes) else path.stat().st_size) == 0:
             raise UnreadableImage("empty file (0 bytes)")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise UnreadableImage(
-                    f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the {MAX_PIXELS / 1e6:.0f} MP limit "
+            if w * h > max_pixels:
+                raise TooManyPixels(
+                    f"{w}x{h} pixels ({w * h / 1e6:.0f} MP) is above the {max_pixels / 1e6:.0f} MP limit "
                     "(a decompression bomb?); not decoded"
                 )
             img.load()
@@ -63,7 +71,11 @@ def decode_array(path: Path, *, size: int, channels: int, crop_pct: float = 1.0)
             img = _eight_bit(_upright(img, ImageOps)).convert("L" if channels == 1 else "RGB")
     except UnreadableImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow refuses above 2x its own limit while opening
+        raise TooManyPixels(f"{exc} (a decompression bomb?); not decoded") from exc
+    except UnidentifiedImageError as exc:  # Pillow names a BytesIO by its repr: say it plainly
+        raise UnreadableImage("cannot identify an image format in its bytes (not an image?)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     w, h = img.size
     scale = round(size / crop_pct) / min(w, h)

@@ -115,3 +115,20 @@ def _show_image(ax, image: np.ndarray, alpha: float = 1.0) -> None:
         ax.imshow(image[0], cmap="gray", vmin=0, vmax=255, alpha=alpha)
     else:
         ax.imshow(np.transpose(image, (1, 2, 0)), alpha=alpha)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, *, display: int = 224, alpha: float = 0.45):
+    """`image` (uint8 [C, H, W]) with `heat` ([H, W], larger = more evidence) blended over it in the jet
+    colour map, as a PIL image `display` px wide (small inputs enlarged without smoothing)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+    h = heat - heat.min()
+    h = h / h.max() if h.max() > 0 else h
+    colour = colormaps["jet"](h)[:, :, :3] * 255
+    blend = ((1 - alpha) * rgb.transpose(1, 2, 0) + alpha * colour).clip(0, 255).astype(np.uint8)
+    out = Image.fromarray(blend)
+    scale = display / max(out.size)
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BICUBIC
+    return out.resize((round(out.width * scale), round(out.height * scale)), resample)
