@@ -3,6 +3,10 @@ its run folder)."""
 
 from __future__ import annotations
 
+# Lightning binds its log handler to the stderr of the moment it is first imported; imported inside a test,
+# that is the test's captured stderr, closed afterwards, and every later "Using bf16" note became a logging
+# error in another test's output. Imported here, it binds the session's stderr.
+import lightning.fabric  # noqa: F401
 import pytest
 
 from cnnlab.cli import main

@@ -13,7 +13,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root on these machines Chromium needs these; the network flags stop it from calling home
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
-SECTIONS = ["summary", "curves", "per-class", "confusion", "roc", "calibration", "samples", "top-losses", "inside"]
+SECTIONS = ["summary", "curves", "per-class", "confusion", "roc", "calibration", "samples", "top-losses", "data", "inside"]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,9 @@ def test_report_renders_in_headless_chromium(digits_run, tmp_path):
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
-    # one image per figure, ROC and PR included, and inside the model (an MLP: attributions, deletion, embedding)
-    assert len(decoded) == 11 and all(decoded)
+    # one image per figure, ROC and PR included, the audit's findings (the real digits hold 4 duplicate pairs)
+    # and inside the model (an MLP: attributions, deletion, embedding)
+    assert len(decoded) == 12 and all(decoded)
     assert sections == SECTIONS
     assert all(u.startswith(("file:", "data:")) for u in requests)
     assert (tmp_path / "report.png").stat().st_size > 50_000

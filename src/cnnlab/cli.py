@@ -111,6 +111,12 @@ def train(
     explain: bool = typer.Option(
         True, "--explain/--no-explain", help="The report's 'Inside the model' section (cnnlab explain, ~30 s)."
     ),
+    audit: Optional[str] = typer.Option(
+        None, help="auto (default: up to 30,000 images) | on | off: duplicates and leakage across splits, first."
+    ),
+    dedupe: Optional[bool] = typer.Option(
+        None, "--dedupe/--no-dedupe", help="Drop valid/test images that duplicate a training image (files untouched)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
@@ -120,7 +126,7 @@ def train(
     data_flags = {
         "source": data, "valid_fraction": valid_fraction, "test_fraction": test_fraction, "augment": augment,
         "image_size": image_size, "train_limit": train_limit, "root": data_root, "strict": strict,
-        "stream": stream, "flips": flips,
+        "stream": stream, "flips": flips, "audit": audit, "dedupe": dedupe,
     }  # fmt: skip
     train_flags = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
@@ -292,6 +298,37 @@ def dogapp(
         for a, target in zip(answers, targets, strict=True):
             annotate(a, target)
         typer.echo(f"wrote {len(targets)} annotated image(s) to {output}")
+
+
+@app.command("audit")
+def audit_command(
+    run: Optional[Path] = typer.Argument(None, help="A run folder: audit its data with the splits it trained on."),
+    data: Optional[str] = typer.Option(None, help="Or a data source: digits | fashion-mnist | ... | folder:PATH"),
+    output: Optional[Path] = typer.Option(None, help="Where audit.csv/.json go (default runs/audit-<data>)."),
+    force: bool = typer.Option(False, "--force", help="Replace audit files already in --output."),
+    labels: bool = typer.Option(
+        True, "--labels/--no-labels", help="Also likely label errors and outliers (one backbone pass, cached)."
+    ),
+    image_size: Optional[int] = typer.Option(None, help="Folders: decode at this size (default: as train would)."),
+    valid_fraction: Optional[float] = typer.Option(None, help="As for train: the splits audited."),
+    test_fraction: Optional[float] = typer.Option(None, help="As for train: the splits audited."),
+    seed: Optional[int] = typer.Option(None, help="As for train: the splits audited."),
+    data_root: Optional[str] = typer.Option(None, help="Where datasets and caches live (default data/)."),
+) -> None:
+    """Duplicates and leakage across train/valid/test, likely label errors, outliers and class balance: a ranked
+    table, audit.csv and audit.json. Never changes or deletes an image."""
+    from cnnlab.audit import audit_data, audit_run
+    from cnnlab.config import RunConfig, with_overrides
+
+    if (run is None) == (data is None):
+        raise CnnlabError("give a run folder or --data SOURCE to audit (one of them)")
+    if run is not None:
+        audit_run(run, labels=labels, log=_log)
+        return
+    cfg = with_overrides(RunConfig(), "data", source=data, image_size=image_size, valid_fraction=valid_fraction,
+                         test_fraction=test_fraction, root=data_root)  # fmt: skip
+    cfg = with_overrides(cfg, "train", seed=seed)
+    audit_data(cfg, output=output, force=force, labels=labels, log=_log)
 
 
 @app.command()

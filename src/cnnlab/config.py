@@ -80,11 +80,14 @@ class DataConfig:
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
     strict: bool = False  # fail on an unreadable image instead of skipping it
     stream: bool = False  # folders: decode batch by batch from disk instead of once into memory (larger than RAM)
+    audit: Literal["auto", "on", "off"] = "auto"  # duplicates/leakage before training; auto: up to 30,000 images
+    dedupe: bool = False  # drop valid/test images that duplicate a training image (the folder is not touched)
 
     def __post_init__(self) -> None:
         _check_fraction("valid_fraction", self.valid_fraction)
         _check_fraction("test_fraction", self.test_fraction)
         _check_choice("augment preset", self.augment, Augment)
+        _check_choice("audit", self.audit, Literal["auto", "on", "off"])
         if self.image_size is not None and self.image_size < 8:
             raise CnnlabError(f"image_size must be >= 8 pixels, got {self.image_size}")
         if not 0.0 < self.crop_pct <= 1.0:

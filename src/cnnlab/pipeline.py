@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from cnnlab.audit import audit_for_training, write_audit
 from cnnlab.config import RunConfig, save_config
+from cnnlab.data.audit import restored, rows
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import run_batches
 from cnnlab.data.defaults import data_decisions
@@ -76,6 +78,7 @@ def train(
     )  # fmt: skip
     log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
+    splits, found, dropped = (splits, None, {}) if dry_run else audit_for_training(config, source, splits, log)
     config = data_decisions(config, source, len(splits["train"]), log)  # image size, flips, batch size
     config = resolve_strategy(config, source, splits, positive=positive, measure=not dry_run, log=log)
     config = _decide_precision(config, source, measure=not dry_run and launcher is None, log=log)
@@ -88,7 +91,7 @@ def train(
         return TrainResult(None, history, evaluation)
     fabric = launcher or make_fabric(config.train)
     run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(config), force=force)
-    history = _fit_new(config, fabric, source, splits, run_dir, log=log)
+    history = _fit_new(config, fabric, source, splits, run_dir, audit=(found, dropped), log=log)
     if not fabric.is_global_zero:
         return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
@@ -167,12 +170,17 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     return TrainResult(run_dir, history, evaluation)
 
 
-def _fit_new(config, fabric, source, splits, run_dir: Path, *, max_batches=None, log) -> list[EpochStats]:
+def _fit_new(
+    config, fabric, source, splits, run_dir: Path, *, max_batches=None, audit=(None, {}), log
+) -> list[EpochStats]:
     if not fabric.is_global_zero:
         return _fit(config, fabric, source, splits, run_dir, max_batches=max_batches, log=log)
+    found, dropped = audit
     with creating_run_dir(run_dir):
         save_config(config, run_dir / "config.yaml")
-        save_splits(splits, run_dir / "splits.json", seed=config.train.seed)
+        save_splits(splits, run_dir / "splits.json", seed=config.train.seed, deduplicated=dropped)
+        if found is not None:  # the table is about the data as it is (dropped images included)
+            write_audit(run_dir, found, rows(found, source, restored(splits, dropped)))
         return _fit(config, fabric, source, splits, run_dir, max_batches=max_batches, log=log)
 
 

@@ -43,12 +43,14 @@ def backbone_features(
     seed: int = 0,
     batch_size: int = 64,
     log: Callable[[str], None] | None = None,
-) -> torch.Tensor:
+    only_cached: bool = False,
+) -> torch.Tensor | None:
     """All-level features [1 + views, N, D_all] of uint8 `images` [N, C, H, W]: view 0 plain, views 1..
     augmented by `policy`; `model.select_levels` turns them into that model's features.
 
     `model` is a PretrainedClassifier (its `forward_levels` in eval mode). Cached under `cache_dir`
-    when given; a second call with the same inputs reads the file instead of running the backbone.
+    when given; a second call with the same inputs reads the file instead of running the backbone. With
+    `only_cached`, None instead of computing what is not cached.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -65,5 +67,8 @@ def backbone_features(
         return compute()["features"]
     aug = repr(policy) if views else ""
     key = cache_key("features-v2", model.backbone_digest(), tensor_digest(images), norm, views, aug, seed)
-    entry, _ = load_or_compute(Path(cache_dir) / "features" / f"{key}.pt", compute)
+    path = Path(cache_dir) / "features" / f"{key}.pt"
+    if only_cached and not path.is_file():
+        return None
+    entry, _ = load_or_compute(path, compute)
     return entry["features"]

@@ -63,10 +63,16 @@ def make_splits(
     return splits
 
 
-def save_splits(splits: dict[str, np.ndarray], path: Path, *, seed: int) -> None:
+def save_splits(
+    splits: dict[str, np.ndarray], path: Path, *, seed: int, deduplicated: dict[str, list[int]] | None = None
+) -> None:
+    """splits.json; `deduplicated`: the held-out images `--dedupe` dropped (indices into the source), kept so that
+    the run says what its score left out."""
     from cnnlab.files import write_text_atomic
 
     payload = {"seed": seed, **{k: v.tolist() for k, v in splits.items()}}
+    if deduplicated:
+        payload["deduplicated"] = deduplicated
     write_text_atomic(Path(path), json.dumps(payload))
 
 

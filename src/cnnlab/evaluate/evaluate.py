@@ -102,6 +102,11 @@ def evaluate_run(
     }
     if positive is not None:
         result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed)
+    from cnnlab.audit import evaluation_note
+
+    note = None if dry_run else evaluation_note(run_dir)
+    if note is not None:  # the score says whether its test set held copies of training images, or had them dropped
+        result["data_audit"] = note
     if dry_run:
         log(f"dry run ok: scored {len(idx)} test images (nothing written)")
         if "binary" in result:

@@ -78,6 +78,9 @@ def write_report(
     figs = _figures(rows, ev, test, source, reader_points)
     context = _context(run_dir, config, ev, rows, figs)
     context["inside"] = inside_the_model(run_dir) if explain else None
+    from cnnlab.audit import about_the_data
+
+    context["about_data"] = about_the_data(run_dir, source)
     html = _render("report.html.j2", **context)
     out = run_dir / "report.html"
     write_text_atomic(out, html)

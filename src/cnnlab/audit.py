@@ -1,0 +1,220 @@
+"""`cnnlab audit` and the audit inside `cnnlab train`: run `data.audit`'s checks on a data source's splits,
+print the ranked table, write audit.csv / audit.json, drop leaked held-out images on `--dedupe`, and give the
+report its "About the data" section. Nothing here changes or deletes a user's file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.data import audit as A
+from cnnlab.errors import CnnlabError
+
+FILES = ("audit.csv", "audit.json")
+SHOWN = 15  # table rows printed
+AUTO_MAX_IMAGES = 30_000  # `--audit auto` checks duplicates up to this many images (about 5 s on 2 cores)
+SECONDS_PER_PAIR = 5e-9  # the duplicate pass's cost per image pair, measured on 2 Zen 4 cores (70,000: 24 s)
+
+
+def audit_data(config, *, output: Path | None, force: bool = False, labels: bool = True, dedupe_preview: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Audit the source and the splits `cnnlab train` would make from `config` (a RunConfig), or, when `output`
+    is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import make_splits
+
+    source = load_source(config.data, log=log)
+    _check_source(source)
+    splits = make_splits(
+        source.labels.numpy(), source.partitions, valid_fraction=config.data.valid_fraction,
+        test_fraction=config.data.test_fraction, seed=config.train.seed, train_limit=config.data.train_limit,
+    )  # fmt: skip
+    return _audit_and_write(source, splits, config, output, force=force, labels=labels, log=log)
+
+
+def audit_run(run_dir: Path, *, labels: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Audit a run folder's data with the splits it trained on (splits.json); the files go into the run."""
+    from cnnlab.data.sources import load_source
+    from cnnlab.data.splits import load_splits
+    from cnnlab.runfolder import open_run
+
+    config = open_run(run_dir)
+    source = load_source(config.data, log=log)
+    _check_source(source)
+    splits = _undeduplicated(load_splits(Path(run_dir) / "splits.json"), Path(run_dir) / "splits.json")
+    return _audit_and_write(source, splits, config, Path(run_dir), force=True, labels=labels, log=log)
+
+
+def _check_source(source) -> None:
+    import torch
+
+    if not isinstance(source.images, torch.Tensor):
+        raise CnnlabError("the audit needs the images in memory (drop --stream, or audit a smaller folder)")
+
+
+def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """A deduplicated run's splits with the dropped images back in: the audit looks at the data as it is."""
+    return A.restored(splits, json.loads(path.read_text()).get("deduplicated") or {})
+
+
+def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
+    out = Path(output) if output is not None else Path("runs") / f"audit-{_slug(source.name)}"
+    clash = [out / f for f in FILES if (out / f).exists()]
+    if clash and not force:
+        raise CnnlabError(f"{clash[0]} already exists (choose another --output or pass --force)")
+    cache_dir = Path(config.data.root) / "cache"
+    found = A.audit(source, splits, labels_too=labels, cache_dir=cache_dir, seed=config.train.seed, log=log)
+    table = A.rows(found, source, splits)
+    log(format_audit(found, table))
+    write_audit(out, found, table)
+    log(f"wrote {out / 'audit.csv'} and {out / 'audit.json'}")
+    return A.as_json(found, table)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(name.removeprefix("folder:")).name or name)
+
+
+def write_audit(folder: Path, found: A.Audit, table: list[dict[str, Any]]) -> None:
+    """audit.csv (the ranked table) and audit.json (summary + table), written atomically."""
+    from cnnlab.files import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    fields = ["rank", "issue", "score", "split", "image", "label", "other_split", "other_image", "other_label",
+              "suggested_label"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(folder / "audit.csv", buffer.getvalue())
+    write_text_atomic(folder / "audit.json", json.dumps(A.as_json(found, table), indent=1))
+
+
+def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SHOWN) -> str:
+    s = found.summary
+    c, leaked, balance = s["counts"], s["leaked_held_out_images"], s["class_balance"]
+    lines = [f"audit of {s['images']} images ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}); "
+             f"checks: {', '.join(s['checks'])}; {sum(s['seconds'].values()):.1f} s"]  # fmt: skip
+    lines.append(f"  leakage: {c['leakage']} pair(s) across splits ({leaked['test']} test and {leaked['valid']} valid "
+                 f"image(s) duplicate another split's image)")  # fmt: skip
+    lines.append(f"  duplicates within a split: {c['duplicate']}")
+    if "labels" in s["checks"]:
+        lines.append(f"  likely label errors: {c['label']}; outlier candidates: {c['outlier']}")
+    else:
+        lines.append("  label errors and outliers: not checked (cnnlab audit runs them: one backbone pass, cached)")
+    imbalance = balance["imbalanced_classes"]
+    lines.append(f"  class balance: smallest/largest {balance['smallest_to_largest']}"
+                 + (f"; small classes: {', '.join(imbalance)}" if imbalance else ""))  # fmt: skip
+    if table:
+        lines.append(f"  {'#':>3} {'issue':17} {'score':>6}  {'image (label)':48} other / suggested")
+        for row in table[:shown]:
+            other = (f"{row['other_image']} ({row['other_label']}, {row['other_split']})" if row["other_image"]
+                     else row["suggested_label"] and f"suggested: {row['suggested_label']}")  # fmt: skip
+            image = f"{row['image']} ({row['label']}, {row['split']})"
+            lines.append(f"  {row['rank']:>3} {row['issue']:17} {row['score']:>6.3f}  {_short(image, 48):48} {other}")
+        if len(table) > shown:
+            lines.append(f"  ... {len(table) - shown} more in audit.csv")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
+
+
+def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Callable[[str], None]):
+    """The audit `cnnlab train` runs before training: duplicates and leakage (a thumbnail comparison whose cost
+    grows with the number of pairs: `auto` runs it up to AUTO_MAX_IMAGES, `on` always), and label issues and
+    outliers only when the backbone's features are already cached (by `cnnlab audit`). Returns (splits, audit
+    or None, dropped per split)."""
+    n = len(source.labels)
+    if config.data.audit == "off":
+        return splits, None, {}
+    if config.data.audit == "auto" and n > AUTO_MAX_IMAGES and not config.data.dedupe:
+        log(f"audit: skipped for {n:,} images (about {SECONDS_PER_PAIR * n * n:.0f} s here; --audit on runs it, "
+            f"or cnnlab audit --data {config.data.source})")  # fmt: skip
+        return splits, None, {}
+    try:
+        _check_source(source)
+    except CnnlabError as exc:
+        log(f"audit: skipped ({exc})")
+        return splits, None, {}
+    found = A.audit(source, splits, labels_too="cached", cache_dir=Path(config.data.root) / "cache",
+                    seed=config.train.seed, log=log)  # fmt: skip
+    s = found.summary
+    leaked = s["leaked_held_out_images"]
+    log(f"audit: {s['counts']['leakage']} leaked pair(s), {s['counts']['duplicate']} duplicate(s) within splits"
+        + (f", {s['counts']['label']} likely label error(s)" if "labels" in s["checks"] else "")
+        + f" ({sum(s['seconds'].values()):.1f} s; audit.csv in the run folder)")  # fmt: skip
+    if leaked["test"] or leaked["valid"]:
+        verb = "dropped (--dedupe)" if config.data.dedupe else "kept; --dedupe drops them"
+        log(f"warning: {leaked['test']} test and {leaked['valid']} valid image(s) duplicate a training image: "
+            f"the scores on them would be inflated ({verb})")  # fmt: skip
+    dropped: dict[str, list[int]] = {}
+    if config.data.dedupe:
+        splits, dropped = A.deduplicated(splits, found)
+        for split in ("valid", "test"):
+            if len(splits[split]) == 0:
+                raise CnnlabError(
+                    f"--dedupe would leave the {split} split empty (every image duplicates a training one)"
+                )
+    return splits, found, dropped
+
+
+def evaluation_note(run_dir: Path) -> dict[str, Any] | None:
+    """What eval.json says about the data under its score: leakage found and images dropped by --dedupe."""
+    path = Path(run_dir) / "audit.json"
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text())
+    splits = Path(run_dir) / "splits.json"
+    dropped = json.loads(splits.read_text()).get("deduplicated") or {} if splits.is_file() else {}
+    return {"leaked_held_out_images": s["leaked_held_out_images"], "counts": s["counts"], "checks": s["checks"],
+            "deduplicated": {k: len(v) for k, v in dropped.items()}}  # fmt: skip
+
+
+def about_the_data(run_dir: Path, source) -> dict[str, Any] | None:
+    """The report's "About the data" section: the audit's summary and thumbnails of what it found."""
+    path = Path(run_dir) / "audit.json"
+    if not path.is_file():
+        return None
+    from cnnlab.evaluate.plots import figure_png_base64
+
+    result = json.loads(path.read_text())
+    index = {name: i for i, name in enumerate(source.ids)}
+    rows = [
+        r for r in result["findings"] if r["image"] in index and (not r["other_image"] or r["other_image"] in index)
+    ]
+    picture = None
+    if rows:
+        picture = figure_png_base64(_findings_figure(rows[:12], source, index))
+    return {"summary": result, "note": evaluation_note(run_dir), "picture": picture, "top": result["findings"][:12]}
+
+
+def _findings_figure(rows: list[dict[str, Any]], source, index: dict[str, int]):
+    """One row per finding: the image (and its pair), titled with the issue, labels and splits."""
+    from cnnlab.evaluate.plots import new_figure
+
+    fig = new_figure((4.2, 1.9 * len(rows) + 0.2))
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for (left, right), row in zip(axes, rows, strict=True):
+        _thumb(left, source, index[row["image"]], f"{row['issue']} {row['score']:.3f}\n{row['label']} ({row['split']})")
+        if row["other_image"]:
+            _thumb(right, source, index[row["other_image"]], f"{row['other_label']} ({row['other_split']})")
+        else:
+            right.axis("off")
+            right.text(0.05, 0.5, f"suggested:\n{row['suggested_label']}" if row["suggested_label"] else "", fontsize=8)
+    return fig
+
+
+def _thumb(ax, source, i: int, title: str) -> None:
+    image = source.images[i].numpy().transpose(1, 2, 0)
+    ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")

@@ -1,0 +1,306 @@
+"""Can the data under a score be trusted? Duplicates and leakage across splits, likely label errors, outliers,
+class imbalance (`cnnlab audit`, and the duplicate check inside `cnnlab train`).
+
+Duplicates, measured choices (bench/RESULTS.md, issue 19):
+- exact: the same decoded pixels (same bytes imply the same pixels), by hash;
+- near (resized, re-encoded, slightly cropped copies): a 16x16 grey thumbnail per image, mean-centred and
+  unit-length, compared by cosine; the thumbnail of the image's 92% centre crop is compared too, so a
+  slightly cropped copy still meets its original. A pair is a near duplicate when its similarity is at least
+  FLOOR and the pair passes Lowe's ratio test: (1 - s1) / (1 - s2) < RATIO, with s1 the best and s2 the
+  second-best match. An absolute threshold alone cannot work on homogeneous sets: distinct Fashion-MNIST
+  trousers reach 0.99 as 16x16 thumbnails and 0.994 as EfficientNet embeddings, above a JPEG'd copy's
+  0.7-0.9 embedding similarity; the ratio asks instead "is this match far closer than any other?".
+  EfficientNet-Lite0 embeddings failed the same test (recall 0-45% at 1% false alarms on 25-28 px images),
+  so the backbone's features serve the label and outlier checks, not duplicates.
+- a duplicate whose two images sit in different splits is leakage: the test score saw training images.
+
+Label issues and outliers come from cleanlab, fed with the pretrained backbone's embeddings (cached on disk)
+and out-of-sample probabilities from 5-fold cross-validated logistic regression on them: no network training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import CnnlabError
+
+THUMB = 16  # px: the near-duplicate thumbnail's side
+CROP = 0.92  # the centre crop compared as well (a copy cropped by up to ~4% a side)
+FLOOR = 0.9  # least cosine similarity of a near-duplicate pair's thumbnails
+RATIO = 0.3  # Lowe's ratio test on (1 - similarity): the best match must be this much closer than the next
+IMBALANCE = 0.2  # a class with under this share of the largest class's images is flagged
+CANDIDATES = 8  # nearest thumbnails kept per image in the fast pass, then scored exactly
+RETRIEVE = 48  # PCA dimensions of the fast all-pairs pass
+FEATURE_SIZE_SMALL = 96  # px: the backbone's input for images up to 64 px (224 for larger ones)
+
+
+@dataclass
+class Finding:
+    """One row of the audit table."""
+
+    issue: str  # "leakage", "duplicate", "label", "outlier"
+    score: float  # ranking within the issue: similarity, or how unlikely the label / how far out
+    image: int  # index into the source
+    other: int | None = None  # the other image of a pair
+    suggested: int | None = None  # a label issue's likelier class
+    exact: bool = False  # a duplicate with the same pixels
+
+
+@dataclass
+class Audit:
+    findings: list[Finding] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def of(self, issue: str) -> list[Finding]:
+        return [f for f in self.findings if f.issue == issue]
+
+
+def split_names(n: int, splits: dict[str, np.ndarray]) -> np.ndarray:
+    names = np.full(n, "", dtype=object)
+    for split, idx in splits.items():
+        names[np.asarray(idx)] = split
+    return names
+
+
+def find_duplicates(images: torch.Tensor, splits: dict[str, np.ndarray], *, block: int = 1024) -> list[Finding]:
+    """Exact and near-duplicate pairs among uint8 `images` [N, C, H, W]; pairs across splits are leakage."""
+    where = split_names(len(images), splits)
+    groups = _exact_groups(images)
+    pairs: dict[tuple[int, int], tuple[float, bool]] = {}
+    for members in groups.values():
+        for other in members[1:]:
+            pairs[(members[0], other)] = (1.0, True)
+    group_of = np.full(len(images), -1, dtype=np.int64)
+    for g, members in enumerate(groups.values()):
+        group_of[members] = g
+    s1, s2, best = _best_two(images, torch.from_numpy(group_of), block=block)
+    ratio = (1 - s1) / (1 - s2).clamp_min(1e-9)
+    for i in np.flatnonzero(((s1 >= FLOOR) & (ratio < RATIO)).numpy()):
+        a, b = sorted((int(i), int(best[i])))
+        pairs.setdefault((a, b), (round(float(s1[i]), 4), False))
+    findings = []
+    for (a, b), (sim, exact) in pairs.items():
+        if where[a] != where[b]:  # keep the training image as `other`: the held-out one is what leaked
+            a, b = (b, a) if where[a] == "train" else (a, b)
+        issue = "leakage" if where[a] != where[b] else "duplicate"
+        findings.append(Finding(issue, sim, a, b, exact=exact))
+    return sorted(findings, key=lambda f: (f.issue != "leakage", -f.score))
+
+
+def _exact_groups(images: torch.Tensor) -> dict[str, list[int]]:
+    """Images with identical pixels, by hash: only groups of two or more."""
+    groups: dict[str, list[int]] = {}
+    flat = images.reshape(len(images), -1).numpy()
+    for i, row in enumerate(flat):
+        groups.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest(), []).append(i)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def thumbnails(images: torch.Tensor, crop: float = 1.0) -> torch.Tensor:
+    """[N, THUMB*THUMB] grey thumbnails (of the centre `crop`), mean-centred and unit-length."""
+    out = []
+    for start in range(0, len(images), 4096):
+        g = images[start : start + 4096].float().mean(1, keepdim=True)
+        if crop < 1:
+            h, w = g.shape[-2:]
+            dy, dx = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
+            g = g[..., dy : h - dy, dx : w - dx]
+        t = F.adaptive_avg_pool2d(g, THUMB).flatten(1)
+        out.append(F.normalize(t - t.mean(1, keepdim=True), dim=1))
+    return torch.cat(out) if out else torch.empty(0, THUMB * THUMB)
+
+
+def _best_two(images: torch.Tensor, group_of: torch.Tensor, *, block: int):
+    """For every image: its best and second-best similarity to another image (whole or centre crop either
+    side; members of its own exact-duplicate group excluded), and the best match's index.
+
+    All pairs are compared in a PCA projection of the thumbnails (RETRIEVE dims: the N x N comparison is memory
+    bound, 3x faster than on whole thumbnails), keeping CANDIDATES per image; the candidates are then scored
+    on the whole thumbnails, so the similarities reported are exact."""
+    full, crop = thumbnails(images), thumbnails(images, CROP)
+    n = len(full)
+    if n < 2:
+        return torch.full((n,), -1.0), torch.full((n,), -1.0), torch.zeros(n, dtype=torch.long)
+    candidates = _candidates(full, crop, group_of, block=block)  # [n, k]
+    exact = torch.maximum(
+        (full[:, None, :] * full[candidates]).sum(-1),
+        torch.maximum((crop[:, None, :] * full[candidates]).sum(-1), (full[:, None, :] * crop[candidates]).sum(-1)),
+    )
+    same = (group_of[candidates] == group_of[:, None]) & (group_of[:, None] >= 0)
+    exact = exact.masked_fill(same | (candidates == torch.arange(n)[:, None]), -2)
+    top = exact.topk(min(2, exact.shape[1]), dim=1)
+    s2 = top.values[:, 1] if exact.shape[1] > 1 else torch.full((n,), -1.0)
+    return top.values[:, 0], s2, candidates.gather(1, top.indices[:, :1])[:, 0]
+
+
+def _candidates(full: torch.Tensor, crop: torch.Tensor, group_of: torch.Tensor, *, block: int) -> torch.Tensor:
+    """Each image's CANDIDATES most similar others in the PCA projection (self and exact copies excluded)."""
+    n = len(full)
+    k = min(CANDIDATES, n - 1)
+    mean = full.mean(0, keepdim=True)
+    sample = full[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:10000]] - mean
+    basis = torch.linalg.svd(sample, full_matrices=False).Vh[:RETRIEVE].T  # [THUMB^2, RETRIEVE]
+    pf, pc = full @ basis, crop @ basis  # projections of centred-on-zero vectors: dot products stay close
+    out = torch.empty(n, k, dtype=torch.long)
+    buf, tmp = torch.empty(block, n), torch.empty(block, n)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sim, other = buf[: stop - start], tmp[: stop - start]
+        torch.mm(pf[start:stop], pf.T, out=sim)
+        torch.mm(pc[start:stop], pf.T, out=other)
+        torch.maximum(sim, other, out=sim)
+        torch.mm(pf[start:stop], pc.T, out=other)
+        torch.maximum(sim, other, out=sim)
+        rows = torch.arange(stop - start)
+        sim[rows, torch.arange(start, stop)] = -2
+        mine = group_of[start:stop, None]
+        if bool((mine >= 0).any()):
+            sim.masked_fill_((mine == group_of[None, :]) & (mine >= 0), -2)
+        out[start:stop] = sim.topk(k, dim=1).indices
+    return out
+
+
+def embeddings(
+    images: torch.Tensor, *, cache_dir: Path | None, log: Callable[[str], None] | None = None, only_cached: bool = False
+) -> np.ndarray | None:
+    """The offline ImageNet backbone's pooled features [N, D] (cached on disk under `cache_dir`; with
+    `only_cached`, None when they are not there yet)."""
+    from cnnlab.data.batches import Normalization
+    from cnnlab.data.features import backbone_features
+    from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
+
+    size = int(images.shape[-1])
+    p = backbone_preprocessing(DEFAULT_BACKBONE)
+    model = PretrainedClassifier(2, int(images.shape[1]), size, strategy="feature-extract",
+                                 input_size=FEATURE_SIZE_SMALL if size <= 64 else p.input_size)  # fmt: skip
+    load_pretrained(model)
+    norm = Normalization(p.mean, p.std)
+    features = backbone_features(model, images, norm, cache_dir=cache_dir, log=log, only_cached=only_cached)
+    return None if features is None else model.select_levels(features)[0].numpy()
+
+
+def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> tuple[list[Finding], np.ndarray]:
+    """Likely label errors, ranked (cleanlab's find_label_issues on out-of-sample probabilities from 5-fold
+    logistic regression), and those probabilities."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(5, int(np.bincount(labels).min()))
+    if folds < 2:
+        return [], np.empty((0, 0))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    probs = cross_val_predict(model, features, labels, cv=cv, method="predict_proba")
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    return [Finding("label", round(1 - float(probs[i, labels[i]]), 4), int(i), suggested=int(probs[i].argmax()))
+            for i in ranked], probs  # fmt: skip
+
+
+def outliers(features: np.ndarray, *, share: float = 0.005) -> list[Finding]:
+    """The least typical images by cleanlab's OutOfDistribution score (kNN distance in feature space): the
+    lowest `share`, as candidates to look at (score = 1 - cleanlab's score)."""
+    from cleanlab.outlier import OutOfDistribution
+
+    if len(features) < 12:
+        return []
+    scores = OutOfDistribution(params={"k": 10}).fit_score(features=features, verbose=False)
+    worst = np.argsort(scores)[: max(1, int(share * len(scores)))]
+    return [Finding("outlier", round(1 - float(scores[i]), 4), int(i)) for i in worst]
+
+
+def class_counts(labels: np.ndarray, splits: dict[str, np.ndarray], class_names: list[str]) -> dict[str, Any]:
+    per_split = {
+        s: np.bincount(labels[np.asarray(idx)], minlength=len(class_names)).tolist() for s, idx in splits.items()
+    }
+    total = np.bincount(labels, minlength=len(class_names))
+    small = [class_names[c] for c in range(len(class_names)) if total[c] < IMBALANCE * total.max()]
+    return {"per_split": per_split, "smallest_to_largest": round(float(total.min() / total.max()), 3),
+            "imbalanced_classes": small}  # fmt: skip
+
+
+def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cache_dir: Path | None, seed: int = 0,
+          log: Callable[[str], None] = print) -> Audit:  # fmt: skip
+    """Every check on a loaded source and its splits. `labels_too`: also the embedding-based label and outlier
+    checks, which cost one backbone pass over the images (cached); "cached": only if that pass is cached."""
+    labels = source.labels.numpy()
+    if len(source.class_names) < 2 or len(np.unique(labels)) < 2:
+        raise CnnlabError(f"{source.name} has a single class; an audit (and a classifier) needs two or more")
+    result, cost = Audit(), {}
+    start = time.perf_counter()
+    result.findings += find_duplicates(source.images, splits)
+    cost["duplicates_s"] = round(time.perf_counter() - start, 1)
+    features = None
+    if labels_too:
+        start = time.perf_counter()
+        features = embeddings(source.images, cache_dir=cache_dir, log=log, only_cached=labels_too == "cached")
+        cost["embeddings_s"] = round(time.perf_counter() - start, 1)
+    if features is not None:
+        start = time.perf_counter()
+        found, _ = label_issues(features, labels, seed=seed)
+        result.findings += found + outliers(features)
+        cost["labels_outliers_s"] = round(time.perf_counter() - start, 1)
+    result.summary = {
+        "images": len(labels), "classes": len(source.class_names),
+        "splits": {s: len(idx) for s, idx in splits.items()},
+        "counts": {i: len(result.of(i)) for i in ("leakage", "duplicate", "label", "outlier")},
+        "leaked_held_out_images": _leaked(result, split_names(len(labels), splits)),
+        "class_balance": class_counts(labels, splits, source.class_names),
+        "checks": ["duplicates"] + (["labels", "outliers"] if features is not None else []),
+        "method": {"thumbnail_px": THUMB, "crop": CROP, "floor": FLOOR, "ratio": RATIO,
+                   "labels": "cleanlab find_label_issues, 5-fold logistic regression on EfficientNet-Lite0 features",
+                   "outliers": "cleanlab OutOfDistribution (k=10) on the same features"},
+        "seconds": cost,
+    }  # fmt: skip
+    return result
+
+
+def _leaked(found: Audit, where: np.ndarray) -> dict[str, int]:
+    """How many valid and test images duplicate an image of another split."""
+    return {s: len({f.image for f in found.of("leakage") if where[f.image] == s}) for s in ("valid", "test")}
+
+
+def deduplicated(splits: dict[str, np.ndarray], found: Audit) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """`splits` without the valid/test images that duplicate a training image (`--dedupe`), and what was
+    dropped per split. Nothing is deleted from disk."""
+    leaked = {f.image for f in found.of("leakage") if f.other in set(splits["train"].tolist())}
+    dropped = {s: sorted(set(splits[s].tolist()) & leaked) for s in ("valid", "test")}
+    kept = {s: (np.setdiff1d(idx, dropped[s]) if s in dropped else idx) for s, idx in splits.items()}
+    return kept, dropped
+
+
+def restored(splits: dict[str, np.ndarray], dropped: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """`deduplicated`'s inverse: the splits with the dropped images back in."""
+    back = {s: np.asarray(dropped.get(s, []), dtype=np.int64) for s in splits}
+    return {s: np.sort(np.concatenate([np.asarray(idx, dtype=np.int64), back[s]])) for s, idx in splits.items()}
+
+
+def rows(found: Audit, source, splits: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The audit table, ranked: leakage first, then duplicates, label issues, outliers."""
+    where, names, labels = split_names(len(source.labels), splits), source.class_names, source.labels.numpy()
+    out = []
+    for rank, f in enumerate(found.findings, 1):
+        row = {"rank": rank, "issue": f.issue + (" (exact)" if f.exact else ""), "score": f.score,
+               "split": where[f.image], "image": source.ids[f.image], "label": names[labels[f.image]],
+               "other_split": "", "other_image": "", "other_label": "", "suggested_label": ""}  # fmt: skip
+        if f.other is not None:
+            row.update(other_split=where[f.other], other_image=source.ids[f.other], other_label=names[labels[f.other]])
+        if f.suggested is not None:
+            row["suggested_label"] = names[f.suggested]
+        out.append(row)
+    return out
+
+
+def as_json(found: Audit, table: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**found.summary, "findings": table, "finding_fields": list(asdict(Finding("", 0, 0)))}

@@ -1,0 +1,201 @@
+"""`cnnlab audit` and the audit inside `cnnlab train`, on real images with planted faults: copies of training
+images moved into test after a resize and a JPEG re-encode, labels flipped on 5% of a Fashion-MNIST folder,
+and LFW face crops that look alike but are distinct people."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.data.samples import write_sample_folder
+
+
+def _table(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _plant_copies(folder: Path, n: int, seed: int = 0) -> set[tuple[str, str]]:
+    """`n` training images copied into test/ of the same class: half enlarged 1.5x, half shrunk to 0.8x, all
+    re-encoded as JPEG (quality 70). Returns (copy, original) path pairs."""
+    rng = random.Random(seed)
+    planted = set()
+    for k, original in enumerate(rng.sample(sorted((folder / "train").rglob("*.png")), n)):
+        img = Image.open(original)
+        scale = 1.5 if k % 2 else 0.8
+        copy = folder / "test" / original.parent.name / f"copy-{original.stem}.jpg"
+        img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC).save(
+            copy, quality=70
+        )
+        planted.add((str(copy), str(original)))
+    return planted
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        h.update(str(path).encode())
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "fashion"
+    write_sample_folder("fashion", folder, per_class=100)
+    return folder
+
+
+def test_resized_reencoded_copies_in_test_are_found_as_leakage(cli, fashion, tmp_path):
+    folder = tmp_path / "leaky"
+    shutil.copytree(fashion, folder)
+    planted = _plant_copies(folder, 40)
+    before = _digest(folder)
+    code, out, err = cli("audit", "--data", f"folder:{folder}", "--no-labels", "--output", tmp_path / "a")
+    assert code == 0, err
+    found = {(r["image"], r["other_image"]) for r in _table(tmp_path / "a" / "audit.csv") if r["issue"] == "leakage"}
+    recall = len(planted & found) / len(planted)
+    assert recall >= 0.95, f"found {len(planted & found)} of {len(planted)} planted copies"
+    assert "leakage: " in out and _digest(folder) == before  # the audit never touches the user's files
+    summary = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert summary["leaked_held_out_images"]["test"] >= 38
+
+
+def test_distinct_faces_are_not_called_duplicates(cli, tmp_path):
+    folder = tmp_path / "lfw"
+    write_sample_folder("lfw", folder)
+    code, _, err = cli("audit", "--data", f"folder:{folder}", "--no-labels", "--output", tmp_path / "a")
+    assert code == 0, err
+    rows = _table(tmp_path / "a" / "audit.csv")
+    faces = {p for r in rows for p in (r["image"], r["other_image"]) if "/face/" in p}
+    n_faces = len(list(folder.rglob("face/*.png")))
+    assert n_faces == 100 and len(faces) / n_faces < 0.01  # under 1% of the face crops in a false pair
+
+
+def test_flipped_labels_rank_high(cli, fashion, tmp_path):
+    folder = tmp_path / "noisy"
+    shutil.copytree(fashion, folder)
+    rng = random.Random(1)
+    files = sorted(folder.rglob("*.png"))
+    classes = sorted({p.parent.name for p in files})
+    flipped = set()
+    for path in rng.sample(files, len(files) // 20):  # 5% of the images move to another class's folder
+        dest = path.parent.parent / rng.choice([c for c in classes if c != path.parent.name]) / f"flip-{path.name}"
+        shutil.move(path, dest)
+        flipped.add(str(dest))
+    code, out, err = cli("audit", "--data", f"folder:{folder}", "--output", tmp_path / "a", "--data-root", tmp_path)
+    assert code == 0, err
+    ranked = [r["image"] for r in _table(tmp_path / "a" / "audit.csv") if r["issue"] == "label"]
+    precision = len(set(ranked[: len(flipped)]) & flipped) / len(flipped)
+    assert precision >= 0.5, f"precision at {len(flipped)}: {precision:.2f}"
+    assert "likely label errors" in out
+
+
+def test_train_warns_about_leakage_and_dedupe_drops_it(cli, fashion, tmp_path):
+    folder = tmp_path / "leaky"
+    shutil.copytree(fashion, folder)
+    planted = _plant_copies(folder, 10)
+    before = _digest(folder)
+    args = [
+        "train",
+        "--data",
+        f"folder:{folder}",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-report",
+        "--runs-dir",
+        tmp_path,
+    ]
+    code, out, err = cli(*args, "--name", "kept")
+    assert code == 0, err
+    assert re.search(r"warning: (9|1\d) test and \d valid image\(s\) duplicate a training image", out + err)
+    kept = json.loads((tmp_path / "kept" / "eval.json").read_text())
+    assert kept["data_audit"]["leaked_held_out_images"]["test"] >= 9 and not kept["data_audit"]["deduplicated"]
+    code, out, err = cli(*args, "--name", "deduped", "--dedupe")
+    assert code == 0, err
+    deduped = json.loads((tmp_path / "deduped" / "eval.json").read_text())
+    dropped = json.loads((tmp_path / "deduped" / "splits.json").read_text())["deduplicated"]
+    assert deduped["data_audit"]["deduplicated"]["test"] == len(dropped["test"]) >= 9
+    assert deduped["n_test"] == kept["n_test"] - len(dropped["test"])
+    copies = {c for c, _ in planted} & {r["image"] for r in _table(tmp_path / "deduped" / "audit.csv")}
+    assert len(copies) >= 9  # found (the recall test above measures how many)
+    scored = {r["id"] for r in _table(tmp_path / "deduped" / "predictions.csv")}
+    assert copies & {r["id"] for r in _table(tmp_path / "kept" / "predictions.csv")} == copies
+    assert not copies & scored  # the deduplicated score left the copies out
+    assert _digest(folder) == before
+
+
+def test_the_report_has_an_about_the_data_section(cli, tmp_path):
+    folder = tmp_path / "lfw"
+    write_sample_folder("lfw", folder)
+    _plant_copies(folder, 4)
+    code, _, err = cli("train", "--data", f"folder:{folder}", "--model", "mlp", "--epochs", "1", "--no-explain",
+                       "--runs-dir", tmp_path, "--name", "r")  # fmt: skip
+    assert code == 0, err
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert 'id="data"' in html and "About the data" in html and 'alt="audit findings"' in html
+    assert "test image(s) duplicate a training image" in html
+
+
+def test_audit_of_a_run_uses_its_splits(cli, digits_cnn_run):
+    code, out, err = cli("audit", digits_cnn_run, "--no-labels")
+    assert code == 0, err
+    summary = json.loads((digits_cnn_run / "audit.json").read_text())
+    splits = json.loads((digits_cnn_run / "splits.json").read_text())
+    assert summary["splits"] == {s: len(splits[s]) for s in ("train", "valid", "test")}
+
+
+def test_bad_input_is_one_clear_line(cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one = tmp_path / "one" / "cat"
+    one.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), i * 40, np.uint8)).save(one / f"{i}.png")
+    broken = tmp_path / "broken"
+    for cls in ("a", "b"):
+        (broken / cls).mkdir(parents=True)
+        for i in range(3):
+            (broken / cls / f"{i}.jpg").write_bytes(b"not an image" + bytes(i))
+    for data, words in ((empty, "no class"), (tmp_path / "one", "class"), (broken, "no readable")):
+        code, out, err = cli("audit", "--data", f"folder:{data}", "--no-labels", "--output", tmp_path / "out")
+        assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, (data, err)
+        assert words in err.lower(), err
+        assert not (tmp_path / "out").exists()
+    code, _, err = cli("audit")
+    assert code == 2 and "give a run folder or --data" in err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "audit.csv").write_text("mine")
+    code, _, err = cli("audit", "--data", "digits", "--no-labels", "--output", tmp_path / "out")
+    assert code == 2 and "--force" in err and (tmp_path / "out" / "audit.csv").read_text() == "mine"
+
+
+def test_an_exact_copy_is_reported_as_exact(tmp_path):
+    import torch
+
+    from cnnlab.data.audit import find_duplicates
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 255, (50, 1, 16, 16), dtype=np.uint8))
+    images[40] = images[3]
+    found = find_duplicates(images, {"train": np.arange(30), "test": np.arange(30, 50)})
+    assert [(f.issue, f.image, f.other, f.exact) for f in found] == [("leakage", 40, 3, True)]
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
