@@ -13,7 +13,18 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # as root on these machines Chromium needs these; the network flags stop it from calling home
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
-SECTIONS = ["summary", "curves", "per-class", "confusion", "roc", "calibration", "samples", "top-losses", "data", "inside"]
+SECTIONS = [
+    "summary",
+    "curves",
+    "per-class",
+    "confusion",
+    "roc",
+    "calibration",
+    "samples",
+    "top-losses",
+    "data",
+    "inside",
+]
 
 
 @pytest.fixture(scope="module")

@@ -300,6 +300,102 @@ def dogapp(
         typer.echo(f"wrote {len(targets)} annotated image(s) to {output}")
 
 
+@app.command()
+def autoencode(
+    data: str = typer.Option("fashion-mnist", help="digits | fashion-mnist | mnist | cifar10 | folder:PATH"),
+    model: str = typer.Option("conv-upsample", help="linear | conv (transposed-conv decoder) | conv-upsample."),
+    latent: int = typer.Option(32, min=1, help="Size of the bottleneck."),
+    noise: float = typer.Option(0.0, help="> 0: denoising (Gaussian noise of this std on the 0..1 scale, clipped)."),
+    loss: str = typer.Option("mse", help="mse | bce."),
+    epochs: int = typer.Option(10, min=1, help="Epochs (best.pt: the lowest valid reconstruction loss)."),
+    batch_size: int = typer.Option(128, min=1, help="Batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    seed: int = typer.Option(0, help="Fixes splits, init, noise and batch order."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this many minutes."),
+    anomaly: Optional[str] = typer.Option(
+        None, help="A class to hold out of training, or another data source: scored by reconstruction error (AUC)."
+    ),
+    image_size: Optional[int] = typer.Option(None, help="Folders: decode at this size."),
+    train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
+    data_root: str = typer.Option("data", help="Where datasets and caches live."),
+    name: Optional[str] = typer.Option(None, help="Run folder name."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run folder (or --output picture)."),
+    compare: Optional[list[Path]] = typer.Option(
+        None, help="RUN (give it twice or more): the same test images through each run, side by side; no training."
+    ),
+    output: Path = typer.Option(Path("autoencoders.png"), help="With --compare: the picture to write."),
+    resume: Optional[Path] = typer.Option(None, help="Continue RUN from its last.pt (no other options)."),
+) -> None:
+    """Train an autoencoder (linear, conv, conv-upsample; --noise: denoising) and score reconstructions on the
+    test split: MSE, PSNR, SSIM, and with --anomaly the ROC AUC of reconstruction error as an outlier score."""
+    from cnnlab.autoencode import AutoencodeOptions
+    from cnnlab.autoencode import autoencode as run
+    from cnnlab.autoencode import compare as compare_runs
+    from cnnlab.autoencode import resume as resume_run
+
+    if resume is not None:
+        resume_run(resume, log=_log)
+        return
+    if compare:
+        if len(compare) < 2:
+            raise CnnlabError("--compare needs two runs or more (--compare runs/a --compare runs/b)")
+        scores = compare_runs(compare, output, force=force)
+        for path, q in zip(compare, scores, strict=True):
+            typer.echo(f"{path}: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f} on the pictured images")
+        typer.echo(f"wrote {output}")
+        return
+
+    options = AutoencodeOptions(
+        data=data, model=model, latent=latent, noise=noise, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, budget_minutes=budget_minutes, anomaly=anomaly, image_size=image_size, data_root=data_root,
+        train_limit=train_limit,
+    )  # fmt: skip
+    run(options, runs_dir=runs_dir, name=name, force=force, log=_log)
+
+
+@app.command()
+def stylize(
+    content: Optional[Path] = typer.Argument(None, help="The photo whose content is kept."),
+    style: Optional[Path] = typer.Argument(None, help="The image whose style (textures, colours) is taken."),
+    demo: bool = typer.Option(False, "--demo", help="scikit-image's astronaut in the style of its stained tissue."),
+    output: Path = typer.Option(Path("stylized.png"), help="The image; OUTPUT.loss.png and OUTPUT.json beside it."),
+    size: int = typer.Option(256, help="The output's longer side in px."),
+    steps: int = typer.Option(300, help="Optimiser steps."),
+    network: str = typer.Option("efficientnet_lite0", help="efficientnet_lite0 (offline) | vgg19 (ImageNet weights)."),
+    weights: Optional[str] = typer.Option(None, help="A state_dict file for the network (e.g. vgg19-dcbb9e9d.pth)."),
+    smoothing: str = typer.Option("none", help="none | softmax (activation smoothing after Wang et al. 2021)."),
+    optimizer: str = typer.Option("adam", help="adam | lbfgs."),
+    lr: float = typer.Option(0.02, help="Adam's step on pixels in 0..1."),
+    content_weight: float = typer.Option(1.0, help="Weight of the content loss."),
+    style_weight: float = typer.Option(1e3, help="Weight of the style loss (the content/style ratio sets the look)."),
+    tv_weight: float = typer.Option(1e-2, help="Weight of the total-variation (smoothness) loss."),
+    init: str = typer.Option("content", help="content | noise: the starting image."),
+    seed: int = typer.Option(0, help="Fixes the noise start and the run."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT and its companions."),
+) -> None:
+    """Neural style transfer (Gatys et al.): content loss on one deep layer, Gram-matrix style losses on several,
+    total variation; writes the image, its loss curve and a JSON record."""
+    from cnnlab.apps.style import StyleOptions, demo_images, format_record, read_image, save_outputs
+    from cnnlab.apps.style import stylize as run
+
+    options = StyleOptions(size=size, steps=steps, network=network, weights=weights, smoothing=smoothing,
+                           optimizer=optimizer, lr=lr, content_weight=content_weight, style_weight=style_weight,
+                           tv_weight=tv_weight, init=init, seed=seed)  # fmt: skip
+    options.check()
+    if demo == (content is not None or style is not None) or (not demo and (content is None or style is None)):
+        raise CnnlabError("give CONTENT and STYLE images, or --demo (and no images)")
+    if output.exists() and not force:
+        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
+    arrays = demo_images() if demo else (None, None)
+    content_image = read_image(content, arrays[0], longer=size)
+    style_image = read_image(style, arrays[1], longer=size)
+    result, record = run(content_image, style_image, options)
+    typer.echo(format_record(record))
+    paths = save_outputs(result, record, output, force=force)
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
 @app.command("audit")
 def audit_command(
     run: Optional[Path] = typer.Argument(None, help="A run folder: audit its data with the splits it trained on."),
