@@ -128,3 +128,5 @@ def test_an_interrupted_run_resumes_to_the_same_weights(cli, tmp_path):
         torch.equal(whole["state_dict"][k], cut["state_dict"][k]) for k in whole["state_dict"]
     )
     assert (tmp_path / "cut" / "metrics.csv").read_text().count("\n") == 5
+    code, _, err = cli("autoencode", "--resume", tmp_path / "cut", "--epochs", "9")
+    assert code == 2 and "drop epochs" in err

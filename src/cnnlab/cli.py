@@ -329,12 +329,23 @@ def autoencode(
 ) -> None:
     """Train an autoencoder (linear, conv, conv-upsample; --noise: denoising) and score reconstructions on the
     test split: MSE, PSNR, SSIM, and with --anomaly the ROC AUC of reconstruction error as an outlier score."""
+    from dataclasses import asdict
+
     from cnnlab.autoencode import AutoencodeOptions
     from cnnlab.autoencode import autoencode as run
     from cnnlab.autoencode import compare as compare_runs
     from cnnlab.autoencode import resume as resume_run
 
+    options = AutoencodeOptions(
+        data=data, model=model, latent=latent, noise=noise, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, budget_minutes=budget_minutes, anomaly=anomaly, image_size=image_size, data_root=data_root,
+        train_limit=train_limit,
+    )  # fmt: skip
     if resume is not None:
+        given = [k for k, v in asdict(options).items() if v != getattr(AutoencodeOptions(), k)]
+        given += ["--name"] * bool(name) + ["--compare"] * bool(compare)
+        if given:
+            raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given)}")
         resume_run(resume, log=_log)
         return
     if compare:
@@ -345,12 +356,6 @@ def autoencode(
             typer.echo(f"{path}: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f} on the pictured images")
         typer.echo(f"wrote {output}")
         return
-
-    options = AutoencodeOptions(
-        data=data, model=model, latent=latent, noise=noise, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, budget_minutes=budget_minutes, anomaly=anomaly, image_size=image_size, data_root=data_root,
-        train_limit=train_limit,
-    )  # fmt: skip
     run(options, runs_dir=runs_dir, name=name, force=force, log=_log)
 
 
