@@ -80,22 +80,13 @@ class DogApp:
     """Face detector + ImageNet backbone (+ an optional breed classifier run), loaded once."""
 
     def __init__(self, *, breeds_run: Path | None = None, weights: str | None = None,
-                 faces: FaceSettings = FaceSettings()) -> None:  # fmt: skip
-        from cnnlab.engine.checkpoint import InputSpec
-        from cnnlab.models.pretrained import (
-            PretrainedClassifier,
-            backbone_preprocessing,
-            imagenet_class_names,
-            load_pretrained,
-        )  # fmt: skip
+                 faces: FaceSettings = FaceSettings(), classifier=None) -> None:  # fmt: skip
+        """`classifier`: an already loaded (model, preprocessing) of BACKBONE with its ImageNet head, shared."""
+        from cnnlab.evaluate.predict import imagenet_classifier
+        from cnnlab.models.pretrained import imagenet_class_names
 
         self.detector = FaceDetector(faces)
-        p = backbone_preprocessing(BACKBONE)
-        self.model = PretrainedClassifier(1000, 3, p.input_size, backbone=BACKBONE, strategy="feature-extract")
-        if not load_pretrained(self.model, weights, with_head=True):
-            raise CnnlabError(f"the weights for {BACKBONE} have no ImageNet classifier (pass weights that include it)")
-        self.model.eval()
-        self.prep = InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
+        self.model, self.prep = classifier or imagenet_classifier(BACKBONE, weights)
         self.names = imagenet_class_names()
         self.breeds_run = Path(breeds_run) if breeds_run else None
         self._breeds_loaded = None

@@ -48,6 +48,7 @@ class Servable:
     cam: Callable[[np.ndarray, int], tuple[np.ndarray, str]] | None = None  # (image, class) -> (map, layer)
     dogapp: Any = None  # apps.dogapp.DogApp
     max_pixels: int | None = None
+    model: Any = None  # the torch model behind `probabilities`, when there is one (shared with the dog app)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -73,10 +74,11 @@ def open_servable(target: str, *, dogapp: bool = False, weights: str | None = No
             f"(pass a folder made by cnnlab train, a file made by cnnlab export, or one of: {names})"
         )
     if dogapp:
-        from cnnlab.apps.dogapp import DogApp
+        from cnnlab.apps.dogapp import BACKBONE, DogApp
 
         breeds = path if servable.kind == "run" else None  # a run trained on breeds names them
-        servable.dogapp = DogApp(breeds_run=breeds, weights=weights if servable.kind == "backbone" else None)
+        shared = (servable.model, servable.prep) if servable.kind == "backbone" and target == BACKBONE else None
+        servable.dogapp = DogApp(breeds_run=breeds, weights=weights if shared else None, classifier=shared)
     return servable
 
 
@@ -95,20 +97,11 @@ def _run(run_dir: Path) -> Servable:
 
 
 def _backbone(name: str, weights: str | None) -> Servable:
-    from cnnlab.engine.checkpoint import InputSpec
-    from cnnlab.models.pretrained import (
-        PretrainedClassifier,
-        backbone_preprocessing,
-        imagenet_class_names,
-        load_pretrained,
-    )  # fmt: skip
+    from cnnlab.evaluate.predict import imagenet_classifier
+    from cnnlab.models.pretrained import imagenet_class_names
 
-    p = backbone_preprocessing(name)
-    model = PretrainedClassifier(1000, 3, p.input_size, backbone=name, strategy="feature-extract")
-    if not load_pretrained(model, weights, with_head=True):
-        raise CnnlabError(f"the weights for {name} have no ImageNet classifier (pass weights that include it)")
-    prep = InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
-    return _torch_servable(f"{name} (ImageNet)", "backbone", model.eval(), imagenet_class_names(), prep)
+    model, prep = imagenet_classifier(name, weights)
+    return _torch_servable(f"{name} (ImageNet)", "backbone", model, imagenet_class_names(), prep)
 
 
 def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Servable:
@@ -119,7 +112,7 @@ def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Se
     from cnnlab.explain import layers as L
 
     norm = prep.normalization()
-    twin = L.explainable(model)
+    twin = L.explainable(model)  # one copy serves predictions and Grad-CAM (its activations are not in place)
     x = norm.apply(torch.zeros(1, prep.channels, prep.image_size, prep.image_size, dtype=torch.uint8)).float()
     layers = L.trace_layers(twin, x)
     cam = None
@@ -133,9 +126,9 @@ def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Se
             return heat[0].numpy(), cam_layer.name
 
     def probabilities(image: np.ndarray) -> np.ndarray:
-        return predict_logits(model, torch.from_numpy(image), norm).softmax(1)[0].numpy()
+        return predict_logits(twin, torch.from_numpy(image), norm).softmax(1)[0].numpy()
 
-    return Servable(name, kind, classes, prep, probabilities, cam)
+    return Servable(name, kind, classes, prep, probabilities, cam, model=twin)
 
 
 def _onnx(path: Path) -> Servable:

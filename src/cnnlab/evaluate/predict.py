@@ -169,23 +169,26 @@ def predict_images(
     return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta, backend=chosen)
 
 
-def predict_imagenet(
-    backbone: str, inputs: list[Path], *, weights: str | None = None, limit: int | None = None
-) -> tuple[list[str], list[ImagePrediction]]:
-    """ImageNet-1k class probabilities from a pretrained backbone, no training: its own preprocessing."""
-    from cnnlab.models.pretrained import (
-        PretrainedClassifier,
-        backbone_preprocessing,
-        imagenet_class_names,
-        load_pretrained,
-    )  # fmt: skip
+def imagenet_classifier(backbone: str, weights: str | None = None) -> tuple[nn.Module, InputSpec]:
+    """A pretrained backbone with its 1000-class ImageNet head, in eval mode, and how it reads images (its own
+    preprocessing): what `predict --imagenet`, the dog app and `serve BACKBONE` run."""
+    from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, load_pretrained
 
     p = backbone_preprocessing(backbone)
     model = PretrainedClassifier(1000, 3, p.input_size, backbone=backbone, strategy="feature-extract")
     if not load_pretrained(model, weights, with_head=True):
         raise CnnlabError(f"the weights for {backbone} have no ImageNet classifier (pass weights that include it)")
-    prep = InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
-    return _predict_files(model.eval(), imagenet_class_names(), prep, inputs, limit)
+    return model.eval(), InputSpec(p.input_size, 3, p.mean, p.std, p.crop_pct)
+
+
+def predict_imagenet(
+    backbone: str, inputs: list[Path], *, weights: str | None = None, limit: int | None = None
+) -> tuple[list[str], list[ImagePrediction]]:
+    """ImageNet-1k class probabilities from a pretrained backbone, no training: its own preprocessing."""
+    from cnnlab.models.pretrained import imagenet_class_names
+
+    model, prep = imagenet_classifier(backbone, weights)
+    return _predict_files(model, imagenet_class_names(), prep, inputs, limit)
 
 
 def _predict_files(
