@@ -199,3 +199,37 @@ def _jpeg(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def test_dedupe_that_would_empty_a_split_and_a_streamed_folder(cli, tmp_path):
+    folder = tmp_path / "copies"
+    rng = np.random.default_rng(0)
+    for split in ("train", "valid", "test"):
+        for cls in ("a", "b"):
+            (folder / split / cls).mkdir(parents=True)
+    for cls in ("a", "b"):
+        for i in range(6):
+            image = Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8))
+            image.save(folder / "train" / cls / f"{i}.png")
+            if i < 2:  # every valid and test image is an exact copy of a training image
+                image.save(folder / "valid" / cls / f"{i}.png")
+                image.save(folder / "test" / cls / f"{i}.png")
+    args = [
+        "train",
+        "--data",
+        f"folder:{folder}",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-report",
+        "--runs-dir",
+        tmp_path,
+    ]
+    code, _, err = cli(*args, "--name", "d", "--dedupe")
+    assert code == 2 and "--dedupe would leave the valid split empty" in err and not (tmp_path / "d").exists()
+    code, out, err = cli(*args, "--name", "s", "--stream")
+    assert code == 0, err
+    assert "audit: skipped (the audit needs the images in memory" in out and not (tmp_path / "s" / "audit.csv").exists()
+    code, _, err = cli(*args, "--name", "x", "--audit", "sometimes")
+    assert code == 2 and "audit" in err and "sometimes" in err

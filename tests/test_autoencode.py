@@ -106,6 +106,8 @@ def test_compare_draws_the_same_images_through_each_run(cli, denoiser, tmp_path)
         "autoencode", "--compare", denoiser, "--compare", tmp_path / "other", "--output", tmp_path / "x.png"
     )
     assert code == 2 and "different data or splits" in err and not (tmp_path / "x.png").exists()
+    code, _, err = cli("autoencode", "--compare", denoiser, "--output", tmp_path / "y.png")
+    assert code == 2 and "needs two runs or more" in err and not (tmp_path / "y.png").exists()
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(cli, tmp_path):

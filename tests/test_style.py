@@ -51,3 +51,6 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
         code, _, err = cli("stylize", *args, "--output", out, "--steps", "1")
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not out.exists()
+    out.write_bytes(b"mine")
+    code, _, err = cli("stylize", photo, photo, "--output", out, "--steps", "1")
+    assert code == 2 and "--force" in err and out.read_bytes() == b"mine"

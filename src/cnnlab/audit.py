@@ -65,7 +65,9 @@ def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.n
 
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
-    out = Path(output) if output is not None else Path("runs") / f"audit-{_slug(source.name)}"
+    from cnnlab.runfolder import source_slug
+
+    out = Path(output) if output is not None else Path("runs") / f"audit-{source_slug(source.name)}"
     clash = [out / f for f in FILES if (out / f).exists()]
     if clash and not force:
         raise CnnlabError(f"{clash[0]} already exists (choose another --output or pass --force)")
@@ -76,10 +78,6 @@ def _audit_and_write(source, splits, config, output: Path | None, *, force: bool
     write_audit(out, found, table)
     log(f"wrote {out / 'audit.csv'} and {out / 'audit.json'}")
     return A.as_json(found, table)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(name.removeprefix("folder:")).name or name)
 
 
 def write_audit(folder: Path, found: A.Audit, table: list[dict[str, Any]]) -> None:

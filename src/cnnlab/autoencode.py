@@ -70,14 +70,15 @@ class Data:
 def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), name: str | None = None,
                force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Train, evaluate and draw; returns eval.json's content."""
-    from cnnlab.runfolder import claim_run_dir, creating_run_dir
+    from cnnlab.data.splits import save_splits
+    from cnnlab.runfolder import claim_run_dir, creating_run_dir, source_slug
 
     options.check()
     data = _load(options, log)
     channels, size = int(data.images.shape[1]), int(data.images.shape[-1])
     torch.manual_seed(options.seed)  # the initial weights
     model = create_autoencoder(options.model, channels=channels, size=size, latent=options.latent)
-    name = name or f"{_slug(options.data)}-ae-{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{source_slug(options.data)}-ae-{options.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = claim_run_dir(runs_dir, name, force=force)
     log(f"data: {options.data}, {channels}x{size}px; train {len(data.splits['train'])} / valid "
         f"{len(data.splits['valid'])} / test {len(data.splits['test'])}"
@@ -86,9 +87,8 @@ def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), nam
     log(f"model: {options.model} autoencoder, latent {options.latent}, {n_params:,} parameters; loss {options.loss}"
         + (f"; denoising, noise {options.noise}" if options.noise else ""))  # fmt: skip
     with creating_run_dir(run_dir):
-        _write_json(run_dir / "config.json", {"kind": KIND, **asdict(options)})
         _write_yaml(run_dir / "config.yaml", {"kind": KIND, **asdict(options)})
-        _write_json(run_dir / "splits.json", {"seed": options.seed, **{k: v.tolist() for k, v in data.splits.items()}})
+        save_splits(data.splits, run_dir / "splits.json", seed=options.seed)
         _fit(model, data, options, run_dir, log)
     result = evaluate(run_dir, data=data, log=log)
     log(f"run folder: {run_dir}")
@@ -233,17 +233,18 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 def load_autoencoder(run_dir: Path, *, checkpoint: str = "best.pt"):
     """`checkpoint` of an autoencoder run as a model in eval mode, its options and its epoch."""
+    import yaml
+
     path = Path(run_dir) / checkpoint
-    config = Path(run_dir) / "config.json"
-    if not config.is_file() or json.loads(config.read_text()).get("kind") != KIND:
+    config = Path(run_dir) / "config.yaml"
+    raw = yaml.safe_load(config.read_text()) if config.is_file() else None
+    if not isinstance(raw, dict) or raw.pop("kind", None) != KIND:
         raise CnnlabError(f"{run_dir} is not an autoencoder run (make one with cnnlab autoencode)")
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (the run stopped before its first epoch; train it again)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = create_autoencoder(state["design"], channels=state["channels"], size=state["size"], latent=state["latent"])
     model.load_state_dict(state["state_dict"])
-    raw = json.loads(config.read_text())
-    raw.pop("kind")
     return model.eval(), AutoencodeOptions(**raw), state["epoch"]
 
 
@@ -395,16 +396,6 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"  anomaly '{a['what']}' by reconstruction error: ROC AUC {a['auc']:.3f} "
                      f"({a['normal']} normal vs {a['anomalous']} anomalous test images)")  # fmt: skip
     return "\n".join(lines)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(name.removeprefix("folder:")).name or name)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    from cnnlab.files import write_text_atomic
-
-    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def _write_yaml(path: Path, payload: dict) -> None:

@@ -448,10 +448,13 @@ def serve(
     from cnnlab.apps.serve import bind, open_servable
     from cnnlab.apps.serve import serve as run_server
 
-    bind(host, port).close()  # a port in use fails now, not after the model has loaded
-    servable = open_servable(target, dogapp=dogapp, weights=weights)
-    servable.max_pixels = int(max_megapixels * 1e6)
-    run_server(servable, host=host, port=port, max_upload_mb=max_upload_mb, top_k=top_k, log=_log)
+    sock = bind(host, port)  # a port in use fails now, not after the model has loaded
+    try:
+        servable = open_servable(target, dogapp=dogapp, weights=weights)
+        servable.max_pixels = int(max_megapixels * 1e6)
+        run_server(servable, sock, max_upload_mb=max_upload_mb, top_k=top_k, log=_log)
+    finally:
+        sock.close()
 
 
 @app.command()

@@ -15,9 +15,14 @@ from cnnlab.errors import CnnlabError
 
 def default_run_name(config: RunConfig) -> str:
     """`<data>-<model>-<YYYYmmdd-HHMMSS>`, e.g. `fashion-mnist-simple_cnn_bn-20261128-183000`."""
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", config.data.source.replace("folder:", "").strip("/")).strip("-")
-    data = data.rsplit("-", 1)[-1] if config.data.source.startswith("folder:") else data
-    return f"{data or 'data'}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{source_slug(config.data.source)}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def source_slug(source: str) -> str:
+    """A data source as a folder-name part: `fashion-mnist`, or a folder's last name (`folder:~/my pets/` -> `pets`)."""
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.replace("folder:", "").strip("/")).strip("-")
+    data = data.rsplit("-", 1)[-1] if source.startswith("folder:") else data
+    return data or "data"
 
 
 def claim_run_dir(runs_dir: Path, name: str, *, force: bool) -> Path:

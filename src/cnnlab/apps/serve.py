@@ -333,12 +333,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(servable: Servable, *, host: str, port: int, max_upload_mb: float, top_k: int = TOP_K,
+def serve(servable: Servable, sock: socket.socket, *, max_upload_mb: float, top_k: int = TOP_K,
           log: Callable[[str], None] = print) -> None:  # fmt: skip
-    """Run the page until Ctrl+C."""
+    """Run the page on `sock` (from `bind`, made before the model loads) until Ctrl+C."""
     import uvicorn
 
-    sock = bind(host, port)
+    host = sock.getsockname()[0]
     if host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: --host {host} makes the page reachable from other machines; it has no login")
     app = create_app(servable, max_upload_mb=max_upload_mb, top_k=top_k)

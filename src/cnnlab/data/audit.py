@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,8 @@ def embeddings(
     from cnnlab.data.features import backbone_features
     from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
 
+    if only_cached and not (cache_dir is not None and any((Path(cache_dir) / "features").glob("*.pt"))):
+        return None  # nothing cached at all: no backbone to build and no weights to hash (train's every start)
     size = int(images.shape[-1])
     p = backbone_preprocessing(DEFAULT_BACKBONE)
     model = PretrainedClassifier(2, int(images.shape[1]), size, strategy="feature-extract",
@@ -318,4 +320,4 @@ def rows(found: Audit, source, splits: dict[str, np.ndarray]) -> list[dict[str, 
 
 
 def as_json(found: Audit, table: list[dict[str, Any]]) -> dict[str, Any]:
-    return {**found.summary, "findings": table, "finding_fields": list(asdict(Finding("", 0, 0)))}
+    return {**found.summary, "findings": table}
