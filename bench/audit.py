@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.audit import checks as A
 from cnnlab.config import DataConfig
-from cnnlab.data import audit as A
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import stratified_split
-from cnnlab.engine.precision import CpuInfo
+from cnnlab.machine import CpuInfo
 
 
 def _subset(source, n: int):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.autoencode import AutoencodeOptions, autoencode
-from cnnlab.engine.precision import CpuInfo
+from cnnlab.apps.autoencode import AutoencodeOptions, autoencode
+from cnnlab.machine import CpuInfo
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.config import RunConfig, with_overrides
-from cnnlab.engine.precision import CpuInfo
+from cnnlab.machine import CpuInfo
 from cnnlab.pipeline import train
 from cnnlab.report.html import write_report
 

@@ -26,7 +26,7 @@ import torch
 from cnnlab.config import DataConfig, EvaluationConfig, ModelConfig, RunConfig
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.pipeline import train
-from cnnlab.runfolder import open_run
+from cnnlab.runs import open_run
 
 BACKBONE = "efficientnet_lite0"
 

@@ -24,13 +24,13 @@ from cnnlab.data.batches import Normalization
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import load_splits
-from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.precision import CpuInfo
-from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
-from cnnlab.export.backends import choose_backend
+from cnnlab.machine import CpuInfo
 from cnnlab.models import create_model
-from cnnlab.onnx_predict import onnx_logits, open_session
-from cnnlab.runfolder import open_run
+from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.predict.backends import choose_backend
+from cnnlab.predict.infer import model_from_checkpoint, predict_logits
+from cnnlab.predict.onnx import onnx_logits, open_session
+from cnnlab.runs import open_run
 
 
 def load_model(run: Path | None, tmp: Path):

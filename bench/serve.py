@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.engine.precision import CpuInfo
+from cnnlab.machine import CpuInfo
 
 
 def _free_port() -> int:

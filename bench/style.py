@@ -11,7 +11,7 @@ import json
 import torch
 
 from cnnlab.apps.style import StyleOptions, demo_images, read_image, stylize
-from cnnlab.engine.precision import CpuInfo
+from cnnlab.machine import CpuInfo
 
 
 def main() -> None:

@@ -26,9 +26,10 @@ from cnnlab.config import DataConfig, TrainConfig
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.sources import load_source
-from cnnlab.engine.fit import build_optimizer
-from cnnlab.engine.precision import BF16, FP32, CpuInfo, auto_precision
+from cnnlab.machine import CpuInfo
 from cnnlab.models import create_model
+from cnnlab.train.fit import build_optimizer
+from cnnlab.train.precision import BF16, FP32, auto_precision
 
 
 def _timed(fn, repeats: int) -> float:

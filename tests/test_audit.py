@@ -186,7 +186,7 @@ def test_bad_input_is_one_clear_line(cli, tmp_path):
 def test_an_exact_copy_is_reported_as_exact(tmp_path):
     import torch
 
-    from cnnlab.data.audit import find_duplicates
+    from cnnlab.audit.checks import find_duplicates
 
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 255, (50, 1, 16, 16), dtype=np.uint8))

@@ -16,7 +16,7 @@ from PIL import Image
 
 @pytest.fixture(scope="module")
 def denoiser(tmp_path_factory):
-    from cnnlab.autoencode import AutoencodeOptions, autoencode
+    from cnnlab.apps.autoencode import AutoencodeOptions, autoencode
 
     runs = tmp_path_factory.mktemp("runs")
     options = AutoencodeOptions(data="digits", model="conv-upsample", noise=0.3, latent=16, epochs=30, batch_size=32,
@@ -43,7 +43,7 @@ def test_the_run_folder_keeps_the_best_epoch_by_valid_loss(denoiser):
 
 
 def test_reconstruction_error_flags_another_dataset(tmp_path):
-    from cnnlab.autoencode import AutoencodeOptions, autoencode
+    from cnnlab.apps.autoencode import AutoencodeOptions, autoencode
 
     options = AutoencodeOptions(data="digits", model="conv", latent=16, epochs=30, batch_size=32, lr=3e-3,
                                 anomaly="fashion-mnist")  # fmt: skip
@@ -54,7 +54,7 @@ def test_reconstruction_error_flags_another_dataset(tmp_path):
 
 
 def test_image_quality_equals_hand_computed_values():
-    from cnnlab.autoencode import image_quality
+    from cnnlab.apps.autoencode import image_quality
 
     target = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8
     q = image_quality(target + 0.1, target)
@@ -83,7 +83,7 @@ def test_bad_input_is_one_line_and_leaves_no_run(cli, tmp_path):
 
 
 def test_a_classifier_run_is_not_an_autoencoder(digits_cnn_run):
-    from cnnlab.autoencode import load_autoencoder
+    from cnnlab.apps.autoencode import load_autoencoder
     from cnnlab.errors import CnnlabError
 
     with pytest.raises(CnnlabError, match="not an autoencoder run"):
@@ -111,7 +111,7 @@ def test_compare_draws_the_same_images_through_each_run(cli, denoiser, tmp_path)
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(cli, tmp_path):
-    from cnnlab.autoencode import AutoencodeOptions, autoencode, resume
+    from cnnlab.apps.autoencode import AutoencodeOptions, autoencode, resume
 
     options = AutoencodeOptions(data="digits", model="conv", latent=8, epochs=4, batch_size=64)
     autoencode(options, runs_dir=tmp_path, name="whole", log=lambda _: None)

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from cnnlab.export import backends as B
+from cnnlab.predict import backends as B
 
 
 def _predicted(run):

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import (
+from cnnlab.errors import CnnlabError
+from cnnlab.models.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     InputSpec,
@@ -13,7 +14,6 @@ from cnnlab.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from cnnlab.errors import CnnlabError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -50,7 +50,7 @@ def test_a_format_1_checkpoint_still_loads_and_predicts(tmp_path):
     --augment none` (93.31% test)."""
     from sklearn.datasets import load_digits
 
-    from cnnlab.evaluate.predict import model_from_checkpoint, predict_logits
+    from cnnlab.predict.infer import model_from_checkpoint, predict_logits
 
     path = FIXTURES / "checkpoint_v1.pt"
     assert torch.load(path, weights_only=True)["format_version"] == 1

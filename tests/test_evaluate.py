@@ -134,7 +134,7 @@ def test_positive_class_travels_one_route_through_dry_run_evaluate_and_report(cl
 def test_mirror_averaging_is_the_mean_of_the_two_softmaxes():
     import torch
 
-    from cnnlab.evaluate.predict import mean_of_views
+    from cnnlab.predict.infer import mean_of_views
 
     a, b = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
     assert torch.allclose(mean_of_views(a, b).softmax(1), (a.softmax(1) + b.softmax(1)) / 2)

@@ -87,7 +87,7 @@ def test_gradcam_on_the_offline_imagenet_backbone_points_at_the_coffee_cup(tmp_p
     from skimage import data
 
     from cnnlab.data.images import decode_array
-    from cnnlab.engine.checkpoint import InputSpec
+    from cnnlab.models.checkpoint import InputSpec
     from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, load_pretrained
 
     p = backbone_preprocessing("efficientnet_lite0")

@@ -13,7 +13,7 @@ from cnnlab.export import exporter as E
 def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_cnn_run, tmp_path):
     import onnx
 
-    from cnnlab.engine.checkpoint import load_checkpoint
+    from cnnlab.models.checkpoint import load_checkpoint
 
     out = tmp_path / "digits.onnx"
     result = E.export_run(digits_cnn_run, output=out, log=lambda _: None)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.models.checkpoint import load_checkpoint
 
 EPOCHS = 3
 KILLS = 5
@@ -104,7 +104,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(reference):
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(tmp_path, cli, monkeypatch):
     import errno
 
-    from cnnlab.engine import fit
+    from cnnlab.train import fit
 
     real, calls = fit.save_checkpoint, []
 

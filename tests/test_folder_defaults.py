@@ -10,15 +10,15 @@ from PIL import Image
 
 from cnnlab.config import DataConfig, load_config
 from cnnlab.data.batches import Normalization
-from cnnlab.data.defaults import default_batch_size
-from cnnlab.data.features import backbone_features
 from cnnlab.data.sources import folder_image_size, load_source
 from cnnlab.data.splits import make_splits
-from cnnlab.engine.flips import FlipCheck
-from cnnlab.engine.head import fit_linear_head
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import backbone_preprocessing, load_pretrained
+from cnnlab.predict.features import backbone_features
+from cnnlab.train.flips import FlipCheck
+from cnnlab.train.head import fit_linear_head
+from cnnlab.train.plan import default_batch_size
 from helpers import needs_fashion
 
 

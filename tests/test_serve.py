@@ -80,7 +80,7 @@ def _post(client, data: bytes, name: str = "image.png"):
 
 
 def test_the_endpoint_answers_as_cnnlab_predict_does(run_client, digits_cnn_run, digit_files):
-    from cnnlab.evaluate.predict import predict_images
+    from cnnlab.predict.infer import predict_images
 
     classes, expected = predict_images(digits_cnn_run / "best.pt", digit_files, backend="torch", log=lambda _: None)
     for path, want in zip(digit_files, expected, strict=True):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cnnlab.config import RunConfig, with_overrides
-from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.errors import TrainingInterrupted
+from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.pipeline import resume, train
 from helpers import needs_fashion
 

@@ -11,14 +11,14 @@ from PIL import Image
 
 from cnnlab.config import DataConfig, ModelConfig, RunConfig
 from cnnlab.data.batches import Normalization
-from cnnlab.data.features import backbone_features
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models import pretrained as pt
-from cnnlab.transfer import SIMILAR_CONFIDENCE, choose_strategy, imagenet_confidence
+from cnnlab.predict.features import backbone_features
+from cnnlab.train.transfer import SIMILAR_CONFIDENCE, choose_strategy, imagenet_confidence
 from helpers import needs_fashion
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

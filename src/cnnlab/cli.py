@@ -331,10 +331,10 @@ def autoencode(
     test split: MSE, PSNR, SSIM, and with --anomaly the ROC AUC of reconstruction error as an outlier score."""
     from dataclasses import asdict
 
-    from cnnlab.autoencode import AutoencodeOptions
-    from cnnlab.autoencode import autoencode as run
-    from cnnlab.autoencode import compare as compare_runs
-    from cnnlab.autoencode import resume as resume_run
+    from cnnlab.apps.autoencode import AutoencodeOptions
+    from cnnlab.apps.autoencode import autoencode as run
+    from cnnlab.apps.autoencode import compare as compare_runs
+    from cnnlab.apps.autoencode import resume as resume_run
 
     options = AutoencodeOptions(
         data=data, model=model, latent=latent, noise=noise, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -418,7 +418,7 @@ def audit_command(
 ) -> None:
     """Duplicates and leakage across train/valid/test, likely label errors, outliers and class balance: a ranked
     table, audit.csv and audit.json. Never changes or deletes an image."""
-    from cnnlab.audit import audit_data, audit_run
+    from cnnlab.audit.gate import audit_data, audit_run
     from cnnlab.config import RunConfig, with_overrides
 
     if (run is None) == (data is None):
@@ -501,13 +501,13 @@ def predict(
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
     limit = 1 if dry_run else None
     if model is None and len(paths) >= 2 and paths[0].suffix == ".onnx":
-        from cnnlab.onnx_predict import predict_onnx
+        from cnnlab.predict.onnx import predict_onnx
 
         classes, preds = predict_onnx(paths[0], paths[1:], limit=limit)
         _echo_predictions(classes, preds, top_k, output, dry_run)
         return
-    from cnnlab.evaluate.predict import predict_imagenet, predict_images
-    from cnnlab.runfolder import open_run
+    from cnnlab.predict.infer import predict_imagenet, predict_images
+    from cnnlab.runs import open_run
 
     if model is not None:
         classes, preds = predict_imagenet(model, paths, weights=weights, limit=limit)

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from cnnlab.errors import CnnlabError, did_you_mean, unknown_choice
+from cnnlab.files import write_text_atomic
 
 Augment = Literal["none", "light", "standard"]
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -285,6 +286,4 @@ def load_config(path: str | Path) -> RunConfig:
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Written atomically: a run killed mid-write keeps its previous config.yaml whole."""
-    from cnnlab.files import write_text_atomic
-
     write_text_atomic(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

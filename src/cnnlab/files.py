@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
@@ -31,8 +33,6 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence]
 
 def save_torch_atomic(obj: Any, path: Path) -> None:
     """`torch.save` through a unique temp file and a rename (checkpoints, caches)."""
-    import torch
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -13,26 +13,28 @@ from typing import Any
 
 import torch
 
-from cnnlab.audit import audit_for_training, write_audit
+from cnnlab.audit.checks import restored, rows
+from cnnlab.audit.gate import audit_for_training, write_audit
 from cnnlab.config import RunConfig, save_config
-from cnnlab.data.audit import restored, rows
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import run_batches
-from cnnlab.data.defaults import data_decisions
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, make_splits, save_splits
-from cnnlab.engine.budget import plan_budget
-from cnnlab.engine.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
-from cnnlab.engine.fit import EpochStats, accelerator_for, fit, make_fabric
-from cnnlab.engine.flips import FlipCheck
-from cnnlab.engine.precision import decide_precision
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.models import create_model, describe_model
+from cnnlab.models.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
-from cnnlab.runfolder import claim_shared_run_dir, creating_run_dir, default_run_name, open_run, record_config
-from cnnlab.transfer import fit_frozen_head, resolve_strategy, training_normalization, transfer_defaults
+from cnnlab.report.html import write_report
+from cnnlab.report.tensorboard import log_evaluation
+from cnnlab.runs import claim_shared_run_dir, creating_run_dir, default_run_name, open_run, record_config
+from cnnlab.train.budget import plan_budget
+from cnnlab.train.fit import EpochStats, accelerator_for, fit, make_fabric
+from cnnlab.train.flips import FlipCheck
+from cnnlab.train.plan import data_decisions
+from cnnlab.train.precision import decide_precision
+from cnnlab.train.transfer import fit_frozen_head, resolve_strategy, training_normalization, transfer_defaults
 
 
 @dataclass
@@ -98,8 +100,6 @@ def train(
     evaluation = evaluate_run(run_dir, source=source, log=log)  # positive class and rule from config.yaml
     _log_evaluation(config, run_dir, source, history, log)
     if report:
-        from cnnlab.report.html import write_report
-
         log(f"report: {write_report(run_dir, source=source, explain=explain)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
@@ -112,8 +112,6 @@ def _silent(_: str) -> None:
 def _log_evaluation(config: RunConfig, run_dir: Path, source: Source, history: list[EpochStats], log) -> None:
     """With --logger tensorboard: the test result joins the run's curves."""
     if config.train.logger == "tensorboard" and history:
-        from cnnlab.watch import log_evaluation
-
         log(f"tensorboard: {log_evaluation(run_dir, source, epoch=history[-1].epoch)} "
             "(view with: tensorboard --logdir runs)")  # fmt: skip
 

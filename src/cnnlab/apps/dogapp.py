@@ -12,14 +12,23 @@ neither.
 
 from __future__ import annotations
 
+import io
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageOps
+from rich.progress import Progress
 
+from cnnlab.data.images import UnreadableImage, collect_images, decode_array
 from cnnlab.errors import CnnlabError
+from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.models.pretrained import imagenet_class_names
+from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
+from cnnlab.runs import open_run
 
 DOG_CLASSES = range(151, 269)  # ImageNet-1k indices of dog breeds
 BACKBONE = "efficientnet_lite0"
@@ -56,7 +65,7 @@ class FaceDetector:
     """OpenCV's frontal-face Haar cascade, with its parameters exposed."""
 
     def __init__(self, settings: FaceSettings = FaceSettings()) -> None:
-        import cv2
+        import cv2  # optional heavy import: OpenCV (Haar faces / filters, only here)
 
         self.cv2, self.settings = cv2, settings
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
@@ -82,17 +91,12 @@ class DogApp:
     def __init__(self, *, breeds_run: Path | None = None, weights: str | None = None,
                  faces: FaceSettings = FaceSettings(), classifier=None) -> None:  # fmt: skip
         """`classifier`: an already loaded (model, preprocessing) of BACKBONE with its ImageNet head, shared."""
-        from cnnlab.evaluate.predict import imagenet_classifier
-        from cnnlab.models.pretrained import imagenet_class_names
-
         self.detector = FaceDetector(faces)
         self.model, self.prep = classifier or imagenet_classifier(BACKBONE, weights)
         self.names = imagenet_class_names()
         self.breeds_run = Path(breeds_run) if breeds_run else None
         self._breeds_loaded = None
         if self.breeds_run is not None:
-            from cnnlab.runfolder import open_run
-
             open_run(self.breeds_run)  # a clear error for a folder that is not a run
             self._breed_model()  # loaded once, here, so that a broken run fails before any image
 
@@ -100,12 +104,6 @@ class DogApp:
         """One answer per readable image, in batches with a progress bar when there are many. Folders are
         expanded; a file named directly that cannot be read is an error, one found in a folder is skipped and
         counted in a warning (a `warning: ...` line through `log` when given)."""
-        import warnings
-
-        from rich.progress import Progress
-
-        from cnnlab.data.images import collect_images
-
         files, named = collect_images(paths), {p for p in paths if not p.is_dir()}
         answers: list[Answer] = []
         skipped: list[Path] = []
@@ -124,14 +122,10 @@ class DogApp:
 
     def answer_bytes(self, name: str, data: bytes) -> Answer:
         """The answer for one uploaded image (`UnreadableImage` when the bytes are not one)."""
-        from cnnlab.data.images import decode_array
-
         array = decode_array(data, size=self.prep.image_size, channels=3, crop_pct=self.prep.crop_pct)[0]
         return self._answer_batch([(name, data, array)])[0]
 
     def _decoded(self, files: list[Path], named: set[Path], skipped: list[Path]) -> list[tuple[str, Path, np.ndarray]]:
-        from cnnlab.data.images import UnreadableImage, decode_array
-
         found = []
         for path in files:
             try:
@@ -163,9 +157,6 @@ class DogApp:
             dogs = np.array(list(DOG_CLASSES))  # shares among the dog classes: a face's best match reads 30%, not 0.2%
             share = probs[:, dogs] / probs[:, dogs].sum(1, keepdims=True)
             return [[(self.names[dogs[k]], float(row[k])) for k in np.argsort(row)[::-1][:3]] for row in share]
-        from cnnlab.data.images import decode_array
-        from cnnlab.evaluate.predict import predict_logits
-
         model, classes, prep = self._breed_model()
         arrays = np.stack([decode_array(s, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct)[0]
                            for s in sources])  # fmt: skip
@@ -175,9 +166,6 @@ class DogApp:
     def _breed_model(self):
         """The breed run's model, class names (as shown) and preprocessing, loaded on first use."""
         if self._breeds_loaded is None:
-            from cnnlab.engine.checkpoint import load_checkpoint
-            from cnnlab.evaluate.predict import model_from_checkpoint
-
             path = self.breeds_run / "best.pt"
             if not path.is_file():
                 raise CnnlabError(f"{path} is missing (train the breed run first: cnnlab train --data folder:DIR)")
@@ -189,10 +177,6 @@ class DogApp:
 
 def upright_rgb(source: Path | bytes) -> np.ndarray:
     """The image's RGB pixels as a viewer shows them (EXIF orientation applied): where faces are looked for."""
-    import io
-
-    from PIL import Image, ImageOps
-
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
 
@@ -204,8 +188,6 @@ def breed_name(folder: str) -> str:
 
 def annotate(answer: Answer, out: Path) -> None:
     """The image with its face boxes and the app's answer written under it, as PNG."""
-    from PIL import Image, ImageDraw, ImageOps
-
     with Image.open(answer.path) as img:
         img = ImageOps.exif_transpose(img).convert("RGB")  # the pixels the faces were found in
     scale = 512 / max(img.size) if max(img.size) > 512 else 1.0
@@ -223,7 +205,7 @@ def annotate(answer: Answer, out: Path) -> None:
 
 def no_dog_photos() -> dict[str, np.ndarray]:
     """Photos that ship with the installed packages and show no dog (a cat, a cup, people, objects)."""
-    from skimage import data
+    from skimage import data  # optional heavy import: scikit-image (bundled photos, only here)
 
     found = {}
     names = ("astronaut", "camera", "cat", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "coins",
@@ -245,8 +227,7 @@ def assess(app: DogApp, tmp: Path, dogs: Path | None = None) -> dict:
     """The course's detector figures on data available offline: LFW faces and non-faces (scikit-image's
     lfw_subset: 100 + 100 crops) through the face and dog detectors, the dog detector on photos without dogs,
     and, with `dogs`, the share of a user's dog folder found as dog and as human."""
-    from PIL import Image
-    from skimage import data
+    from skimage import data  # optional heavy import: scikit-image (bundled photos, only here)
 
     lfw = data.lfw_subset()
     paths = []

@@ -18,18 +18,31 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import File, Request, UploadFile  # at module level: FastAPI reads the endpoint's annotations here
 
+from cnnlab.apps.dogapp import BACKBONE, DogApp
+from cnnlab.data.images import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_array
 from cnnlab.errors import CnnlabError
+from cnnlab.explain import attributions as A
+from cnnlab.explain import layers as L
+from cnnlab.explain.pictures import heatmap_overlay
+from cnnlab.models.checkpoint import InputSpec, load_checkpoint
+from cnnlab.models.pretrained import OFFLINE, TORCHVISION, imagenet_class_names, is_pretrained_name
+from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
+from cnnlab.predict.onnx import NEEDED, onnx_logits, open_session
+from cnnlab.runs import open_run
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 TOP_K = 5
@@ -57,8 +70,6 @@ class Servable:
 def open_servable(target: str, *, dogapp: bool = False, weights: str | None = None) -> Servable:
     """A run folder, an exported .onnx file or a pretrained backbone name, ready to answer; anything else is
     one clear error naming what is accepted."""
-    from cnnlab.models.pretrained import OFFLINE, TORCHVISION, is_pretrained_name
-
     path = Path(target)
     if path.is_dir():
         servable = _run(path)
@@ -74,8 +85,6 @@ def open_servable(target: str, *, dogapp: bool = False, weights: str | None = No
             f"(pass a folder made by cnnlab train, a file made by cnnlab export, or one of: {names})"
         )
     if dogapp:
-        from cnnlab.apps.dogapp import BACKBONE, DogApp
-
         breeds = path if servable.kind == "run" else None  # a run trained on breeds names them
         shared = (servable.model, servable.prep) if servable.kind == "backbone" and target == BACKBONE else None
         servable.dogapp = DogApp(breeds_run=breeds, weights=weights if shared else None, classifier=shared)
@@ -83,10 +92,6 @@ def open_servable(target: str, *, dogapp: bool = False, weights: str | None = No
 
 
 def _run(run_dir: Path) -> Servable:
-    from cnnlab.engine.checkpoint import load_checkpoint
-    from cnnlab.evaluate.predict import model_from_checkpoint
-    from cnnlab.runfolder import open_run
-
     open_run(run_dir)
     path = run_dir / "best.pt"
     if not path.is_file():
@@ -97,20 +102,11 @@ def _run(run_dir: Path) -> Servable:
 
 
 def _backbone(name: str, weights: str | None) -> Servable:
-    from cnnlab.evaluate.predict import imagenet_classifier
-    from cnnlab.models.pretrained import imagenet_class_names
-
     model, prep = imagenet_classifier(name, weights)
     return _torch_servable(f"{name} (ImageNet)", "backbone", model, imagenet_class_names(), prep)
 
 
 def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Servable:
-    import torch
-
-    from cnnlab.evaluate.predict import predict_logits
-    from cnnlab.explain import attributions as A
-    from cnnlab.explain import layers as L
-
     norm = prep.normalization()
     twin = L.explainable(model)  # one copy serves predictions and Grad-CAM (its activations are not in place)
     x = norm.apply(torch.zeros(1, prep.channels, prep.image_size, prep.image_size, dtype=torch.uint8)).float()
@@ -132,11 +128,6 @@ def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Se
 
 
 def _onnx(path: Path) -> Servable:
-    import json
-
-    from cnnlab.engine.checkpoint import InputSpec
-    from cnnlab.onnx_predict import NEEDED, onnx_logits, open_session
-
     session = open_session(path)
     meta = session.get_modelmeta().custom_metadata_map
     missing = [k for k in NEEDED if k not in meta]
@@ -168,8 +159,6 @@ def answer(servable: Servable, data: bytes, *, filename: str = "upload", top_k: 
     """The page's answer for one uploaded image: top-k classes, the Grad-CAM overlay (a PNG data URL) for the
     top class, and the dog app's answer when it is on. `BadUpload` (415/413) when the bytes are not an image
     the server takes."""
-    from cnnlab.data.images import MAX_PIXELS, TooManyPixels, UnreadableImage, decode_array
-
     p = servable.prep
     name = Path(filename or "upload").name[:100]  # shown, never opened
     try:
@@ -199,8 +188,6 @@ def _gradcam(servable: Servable, image: np.ndarray, target: int) -> dict[str, An
     if servable.cam is None:
         why = "an ONNX file has no gradients" if servable.kind == "onnx" else "the model has no convolution layer"
         return {"gradcam": None, "gradcam_note": f"no Grad-CAM: {why}"}
-    from cnnlab.explain.pictures import heatmap_overlay
-
     heat, layer = servable.cam(image, target)
     buffer = io.BytesIO()
     heatmap_overlay(image[0], heat).save(buffer, format="PNG")
@@ -210,10 +197,10 @@ def _gradcam(servable: Servable, image: np.ndarray, target: int) -> dict[str, An
 
 def create_app(servable: Servable, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, top_k: int = TOP_K):
     """The FastAPI app: GET / (the page), GET /info, POST /predict (multipart field `file`), GET /docs."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.exceptions import HTTPException
+    from fastapi import FastAPI  # optional heavy import: FastAPI (the web page only)
+    from fastapi.exceptions import RequestValidationError  # optional heavy import: FastAPI (the web page only)
+    from fastapi.responses import HTMLResponse, JSONResponse  # optional heavy import: FastAPI (the web page only)
+    from starlette.exceptions import HTTPException  # optional heavy import: Starlette (the web page only)
 
     limit = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="cnnlab serve", description=f"Try {servable.name} on an image.")
@@ -284,7 +271,7 @@ class UploadLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                from starlette.exceptions import HTTPException
+                from starlette.exceptions import HTTPException  # optional heavy import: Starlette (the web page only)
 
                 raise HTTPException(413, _too_large(self.max_bytes))
             return message
@@ -294,7 +281,7 @@ class UploadLimit:
     async def _refuse(self, scope, receive, send) -> None:
         """Read and drop the body (up to 8x the limit) before answering: a browser still sending reports a
         broken connection instead of the 413 when the server answers early."""
-        from starlette.responses import JSONResponse
+        from starlette.responses import JSONResponse  # optional heavy import: Starlette (the web page only)
 
         drained, more = 0, True
         while more and drained <= 8 * self.max_bytes:
@@ -305,9 +292,7 @@ class UploadLimit:
 
 
 def _page(servable: Servable, limit: int, top_k: int) -> str:
-    from importlib.resources import files
-
-    from jinja2 import Environment
+    from jinja2 import Environment  # optional heavy import: Jinja2 (HTML rendering only)
 
     template = (files("cnnlab.apps") / "templates" / "serve.html.j2").read_text(encoding="utf-8")
     return Environment(autoescape=True).from_string(template).render(
@@ -336,7 +321,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(servable: Servable, sock: socket.socket, *, max_upload_mb: float, top_k: int = TOP_K,
           log: Callable[[str], None] = print) -> None:  # fmt: skip
     """Run the page on `sock` (from `bind`, made before the model loads) until Ctrl+C."""
-    import uvicorn
+    import uvicorn  # optional heavy import: uvicorn (the web page only)
 
     host = sock.getsockname()[0]
     if host not in ("127.0.0.1", "localhost", "::1"):

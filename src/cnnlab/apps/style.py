@@ -28,9 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image, ImageOps, UnidentifiedImageError
+from rich.progress import Progress
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.figures import new_figure
+from cnnlab.files import write_text_atomic
+from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
 
 NETWORKS = ("efficientnet_lite0", "vgg19")
 VGG_STYLE = {1: 1.0, 6: 0.75, 11: 0.2, 20: 0.2, 29: 0.2}  # ReLU after conv1_1, 2_1, 3_1, 4_1, 5_1
@@ -107,8 +113,6 @@ class LossNetwork(nn.Module):
 
 
 def _vgg19(weights: str | None) -> nn.Module:
-    import torchvision
-
     model = torchvision.models.vgg19()
     if weights:
         state = _read_state(weights)
@@ -133,8 +137,6 @@ def _vgg19(weights: str | None) -> nn.Module:
 
 
 def _lite0(weights: str | None) -> nn.Module:
-    from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
-
     model = PretrainedClassifier(1000, 3, 224, backbone="efficientnet_lite0", strategy="feature-extract")
     load_pretrained(model, weights)
     return model.backbone
@@ -151,8 +153,6 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
 
 def read_image(path: Path | None, array: np.ndarray | None = None, *, longer: int) -> torch.Tensor:
     """An RGB image [1, 3, H, W] in 0..1, its longer side `longer` px (EXIF orientation applied; any mode)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if array is not None:
         img = Image.fromarray(array)
     else:
@@ -194,8 +194,6 @@ def stylize(content: torch.Tensor, style: torch.Tensor, options: StyleOptions, *
             progress: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
     """The stylised image [1, 3, H, W] (content's size) and a record: losses per step, Gram distances per style
     layer of the content, the style and the result, the network, layers and time."""
-    from rich.progress import Progress
-
     options.check()
     start = time.perf_counter()
     torch.manual_seed(options.seed)
@@ -258,11 +256,6 @@ def stylize(content: torch.Tensor, style: torch.Tensor, options: StyleOptions, *
 def save_outputs(result: torch.Tensor, record: dict[str, Any], output: Path, *, force: bool) -> list[Path]:
     """The image, its loss curve (OUTPUT.loss.png) and the record (OUTPUT.json); nothing is overwritten without
     `force`."""
-    from PIL import Image
-
-    from cnnlab.evaluate.plots import new_figure
-    from cnnlab.files import write_text_atomic
-
     paths = [output, output.with_suffix(".loss.png"), output.with_suffix(".json")]
     clash = next((p for p in paths if p.exists()), None)
     if clash is not None and not force:
@@ -285,7 +278,7 @@ def save_outputs(result: torch.Tensor, record: dict[str, Any], output: Path, *, 
 
 def demo_images() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's astronaut photo as content and its stained-tissue (immunohistochemistry) image as style."""
-    from skimage import data
+    from skimage import data  # optional heavy import: scikit-image (bundled photos, only here)
 
     return data.astronaut(), data.immunohistochemistry()
 

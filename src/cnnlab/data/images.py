@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError
 
@@ -36,7 +37,7 @@ def is_image_file(path: Path) -> bool:
 
 def decode_image(path: Path, *, size: int, channels: int, crop_pct: float = 1.0) -> tuple[torch.Tensor, bool]:
     """`decode_array` as a torch tensor."""
-    import torch
+    import torch  # deferred: predict.onnx decodes through this module and must run without torch
 
     array, grey = decode_array(path, size=size, channels=channels, crop_pct=crop_pct)
     return torch.from_numpy(array), grey
@@ -54,8 +55,6 @@ def decode_array(
     first frame. A file whose header claims more than `max_pixels` is refused before any pixel is decoded.
     `UnreadableImage` explains a bad file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         if (len(path) if isinstance(path, bytes) else path.stat().st_size) == 0:
             raise UnreadableImage("empty file (0 bytes)")
@@ -100,8 +99,6 @@ def _upright(img, image_ops):
 def _eight_bit(img):
     """16-bit and 32-bit integer grey scaled to 0..255 (Pillow's own conversion clips at 255, so a 16-bit
     scan turned white); float images stretched from their minimum to their maximum."""
-    from PIL import Image
-
     if img.mode.startswith("I;16") or img.mode == "I":
         a = np.asarray(img).astype(np.float64)
         if img.mode.startswith("I;16") or a.max() > 255:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.errors import CnnlabError
+from cnnlab.config import DataConfig
+from cnnlab.data.sources import load_source
+from cnnlab.errors import CnnlabError, unknown_choice
 
 SAMPLES = ("lfw", "fashion")
 
@@ -24,23 +26,18 @@ def write_sample_folder(name: str, dest: Path, *, per_class: int = 60, seed: int
     if dest.exists() and any(dest.iterdir()):
         raise CnnlabError(f"{dest} already exists and is not empty (choose a new folder; nothing was written)")
     if name == "lfw":
-        from skimage.data import lfw_subset
+        from skimage.data import lfw_subset  # optional heavy import: scikit-image (bundled photos, only here)
 
         images = (lfw_subset() * 255).round().astype(np.uint8)
         labels, classes = np.repeat([0, 1], 100), ["face", "non-face"]
     elif name == "fashion":
         images, labels, classes = _fashion_subset(per_class, seed)
     else:
-        from cnnlab.errors import unknown_choice
-
         raise unknown_choice("sample dataset", name, SAMPLES)
     return _write_split(images, labels, classes, dest, seed)
 
 
 def _fashion_subset(per_class: int, seed: int):
-    from cnnlab.config import DataConfig
-    from cnnlab.data.sources import load_source
-
     source = load_source(DataConfig(source="fashion-mnist"))
     labels = source.labels.numpy()
     rng = np.random.default_rng(seed)

@@ -17,11 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from cnnlab.config import DataConfig
 from cnnlab.data.cache import cache_key, load_or_compute
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
+from cnnlab.data.lazy import LazyImages
 from cnnlab.errors import CnnlabError, unknown_choice
 
 FASHION_CLASSES = [
@@ -102,8 +106,6 @@ def _from_pools(name, pools, class_names, flip_invariant) -> Source:
 
 
 def _load_digits(root: Path) -> Source:
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     # 0..16 grey levels -> 0..255 so every source shares one uint8 scale
     images = torch.from_numpy((digits.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
@@ -148,8 +150,6 @@ def _load_idx_dataset(name: str, root: Path, tv_name: str, debian_dir: str, clas
 
 
 def _download_torchvision(tv_name: str, root: Path, searched: list[Path]) -> None:
-    import torchvision.datasets as tvd
-
     try:
         for train in (True, False):
             getattr(tvd, tv_name)(str(root), train=train, download=True)
@@ -172,8 +172,6 @@ def _load_mnist(root: Path) -> Source:
 
 
 def _load_cifar(root: Path) -> Source:
-    import torchvision.datasets as tvd
-
     pools = []
     for part, train in (("train", True), ("test", False)):
         try:
@@ -251,7 +249,6 @@ def folder_image_size(files, root: Path, stats=None) -> tuple[int, str]:
 
 def _image_sizes(files, root: Path, stats) -> torch.Tensor:
     """(width, height) of every file from its header ((0, 0) if unreadable), cached like the decoded images."""
-    from PIL import Image
 
     def size_of(item) -> tuple[int, int]:
         try:
@@ -271,9 +268,6 @@ def _image_sizes(files, root: Path, stats) -> torch.Tensor:
 def _stream_folder(path: Path, files, class_names, size: int, config: DataConfig) -> Source:
     """The streamed path: check every file's header now (bad files are skipped or fail as in memory), decode
     later batch by batch. Grey when every file is a grey mode."""
-    from PIL import Image
-
-    from cnnlab.data.lazy import LazyImages
 
     def probe(item):
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import write_text_atomic
 
 
 def stratified_split(
@@ -68,8 +69,6 @@ def save_splits(
 ) -> None:
     """splits.json; `deduplicated`: the held-out images `--dedupe` dropped (indices into the source), kept so that
     the run says what its score left out."""
-    from cnnlab.files import write_text_atomic
-
     payload = {"seed": seed, **{k: v.tolist() for k, v in splits.items()}}
     if deduplicated:
         payload["deduplicated"] = deduplicated

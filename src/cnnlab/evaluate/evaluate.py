@@ -12,16 +12,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.audit.gate import evaluation_note
 from cnnlab.config import save_config, with_decisions, with_overrides
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
-from cnnlab.engine.checkpoint import check_compatible, load_checkpoint
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
-from cnnlab.evaluate.predict import mean_of_views, model_from_checkpoint, model_logits, predict_logits
 from cnnlab.files import write_csv_atomic, write_text_atomic
-from cnnlab.runfolder import open_run
+from cnnlab.models.checkpoint import check_compatible, load_checkpoint
+from cnnlab.predict.backends import Backend, choose_backend
+from cnnlab.predict.infer import mean_of_views, model_from_checkpoint, model_logits, predict_logits
+from cnnlab.runs import open_run
 
 
 def format_accuracy_table(result: dict[str, Any]) -> str:
@@ -102,8 +104,6 @@ def evaluate_run(
     }
     if positive is not None:
         result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed)
-    from cnnlab.audit import evaluation_note
-
     note = None if dry_run else evaluation_note(run_dir)
     if note is not None:  # the score says whether its test set held copies of training images, or had them dropped
         result["data_audit"] = note
@@ -128,8 +128,6 @@ def evaluate_run(
 def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int, run_dir: Path, dry_run: bool, log):
     """What runs the model on whole images: `--backend`, or the faster one measured here. A frozen backbone
     whose features are cached needs none (it reads the features); a dry run neither builds nor keeps files."""
-    from cnnlab.export.backends import Backend, choose_backend
-
     if wanted == "auto" and (dry_run or model.frozen):
         return Backend("torch", model, "dry run" if dry_run else "frozen backbone: cached features and PyTorch")
     chosen = choose_backend(model, ckpt_path, norm.apply(sample).float(), n_images=n_images, wanted=wanted,

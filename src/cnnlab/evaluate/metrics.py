@@ -11,6 +11,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc
 
 
 class DegenerateMetricWarning(UserWarning):
@@ -92,8 +95,6 @@ def per_class_report(y_true, y_pred, *, n_classes: int) -> list[ClassReport]:
 
 def roc_auc(y_true_binary, score) -> float:
     """Area under the ROC curve; NaN with a warning when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y_true_binary).astype(bool)
     if y.all() or not y.any():
         return _nan("ROC AUC is undefined with only one class present")
@@ -102,15 +103,11 @@ def roc_auc(y_true_binary, score) -> float:
 
 def roc_curve(y_true_binary, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) from scikit-learn, all points kept (thresholds decreasing)."""
-    from sklearn.metrics import roc_curve as sk_roc
-
     return sk_roc(np.asarray(y_true_binary).astype(bool), np.asarray(score, dtype=np.float64), drop_intermediate=False)
 
 
 def precision_recall(y_true_binary, score) -> tuple[np.ndarray, np.ndarray, float]:
     """(precision, recall, average precision); AP is NaN with a warning when no positive exists."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
     y = np.asarray(y_true_binary).astype(bool)
     if not y.any():
         return np.array([1.0]), np.array([0.0]), _nan("average precision is undefined without positives")
@@ -146,8 +143,6 @@ def bootstrap_auc_ci(
 def rank_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """AUC of each row of boolean labels `y` [B, n] and scores `s` [B, n] by the Mann-Whitney rank
     formula (ties count half); NaN for a row with a single class. Equals sklearn's roc_auc_score."""
-    from scipy.stats import rankdata
-
     ranks = rankdata(s, axis=1)
     n_pos = y.sum(axis=1)
     n_neg = y.shape[1] - n_pos

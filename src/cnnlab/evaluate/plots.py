@@ -5,32 +5,17 @@ Every function returns the matplotlib Axes (or Figure for multi-panel plots) it 
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
 
-
-def new_figure(figsize: tuple[float, float]):
-    """A matplotlib Figure outside pyplot: no global figure registry and no backend switch for the process
-    (savefig renders through Agg by itself), so cnnlab's plots never change a caller's matplotlib setup."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize)
+from cnnlab.figures import figure_png_base64, new_figure  # noqa: F401  (plots.X for the report)
 
 
 def _axes(ax, figsize=(5, 4)):
     if ax is not None:
         return ax
     return new_figure(figsize).subplots()
-
-
-def figure_png_base64(fig) -> str:
-    """PNG bytes of `fig`, base64-encoded for an <img src="data:..."> tag."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def plot_training_curves(rows: Sequence[dict], *, axes=None):

@@ -15,11 +15,14 @@ fall faster than removing random squares. The area under that curve (lower is be
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 from cnnlab.errors import CnnlabError
 
@@ -73,7 +76,7 @@ def attribute(
 
 
 def _attribute(model, x, target, method, layer, s: Settings) -> torch.Tensor:
-    from captum.attr import (
+    from captum.attr import (  # optional heavy import: captum (attributions only)
         IntegratedGradients,
         LayerAttribution,
         LayerGradCam,
@@ -116,8 +119,6 @@ def deletion_curve(
     by their mean attribution in `maps` (None: in a random order, seeded), set to 0 (`fill` mean: the
     dataset mean after normalisation) or to a blurred copy of the image (`fill` blur) in every channel.
     Ties (a map that is flat somewhere) are broken at random."""
-    import torch.nn.functional as F
-
     n, _, h, w = x.shape
     gh, gw = h // patch, w // patch
     noise = torch.from_numpy(np.random.default_rng(seed).random((n, gh * gw))).float()
@@ -147,10 +148,6 @@ FILLS = ("mean", "blur")
 def blurred(x: torch.Tensor) -> torch.Tensor:
     """A Gaussian-blurred copy (sigma = size/22 px): the canvas of RISE's insertion test, whose removed squares
     keep the image's colours and coarse shapes instead of punching grey holes in it."""
-    import math
-
-    from torchvision.transforms.functional import gaussian_blur
-
     sigma = max(0.5, x.shape[-1] / 22)
     return gaussian_blur(x, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
 

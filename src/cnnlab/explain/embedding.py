@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 
 from cnnlab.errors import CnnlabError
+from cnnlab.predict.features import backbone_features
 
 EMBEDDINGS = ("tsne", "pca")
 
@@ -31,8 +36,6 @@ def penultimate(model, images: torch.Tensor, norm, *, cache_dir: Path | None, ba
     """`forward_features` of uint8 images (pooled if the model returns maps); a frozen backbone reads the
     features training cached."""
     if model.frozen and cache_dir is not None:
-        from cnnlab.data.features import backbone_features
-
         return model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir)[0]).float()
     out = []
     with torch.inference_mode():
@@ -49,20 +52,13 @@ def embed(features: np.ndarray, method: str, *, seed: int) -> np.ndarray:
     if len(features) < 5:
         raise CnnlabError(f"an embedding needs at least 5 images, got {len(features)}")
     if method == "pca":
-        from sklearn.decomposition import PCA
-
         return PCA(n_components=2, random_state=seed).fit_transform(features)
-    from sklearn.manifold import TSNE
-
     perplexity = float(min(30, (len(features) - 1) / 3))
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
 
 
 def knn_accuracy(coords: np.ndarray, labels: np.ndarray, *, k: int = 5) -> float:
     """5-fold cross-validated accuracy of a k-nearest-neighbour classifier on the 2-D coordinates."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
-
     folds = min(5, int(np.bincount(labels).min()) if len(labels) else 0)
     if folds < 2:
         return float("nan")

@@ -9,6 +9,7 @@ output, skip connection included), as its authors take the last convolutional la
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,6 @@ class Layer:
 def explainable(model: nn.Module) -> nn.Module:
     """An eval-mode copy whose ReLUs are not in place: hooks and gradient methods read layer outputs that an
     in-place activation would overwrite."""
-    import copy
-
     twin = copy.deepcopy(model).float().eval()
     for module in twin.modules():
         if hasattr(module, "inplace"):

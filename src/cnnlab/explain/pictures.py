@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from cnnlab.evaluate.plots import new_figure
+from cnnlab.figures import new_figure
 
 
 def filters_figure(weight: torch.Tensor, title: str):
@@ -120,8 +121,7 @@ def _show_image(ax, image: np.ndarray, alpha: float = 1.0) -> None:
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, *, display: int = 224, alpha: float = 0.45):
     """`image` (uint8 [C, H, W]) with `heat` ([H, W], larger = more evidence) blended over it in the jet
     colour map, as a PIL image `display` px wide (small inputs enlarged without smoothing)."""
-    from matplotlib import colormaps
-    from PIL import Image
+    from matplotlib import colormaps  # optional heavy import: matplotlib (drawing only)
 
     rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
     h = heat - heat.min()

@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.data.images import decode_files
+from cnnlab.data.lazy import select
+from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.explain import attributions as A
+from cnnlab.explain import embedding as E
 from cnnlab.explain import layers as L
+from cnnlab.explain import pictures
+from cnnlab.explain.embedding import EMBEDDINGS
+from cnnlab.files import write_csv_atomic
+from cnnlab.predict.infer import open_trained_run
 
 PICTURE_IMAGES = 8  # half right, half wrong where the sample has them
 
@@ -55,8 +63,6 @@ def explain_run(
     """Explain `run_dir`'s best.pt on `images` (default: a seeded sample of its test split); see module doc."""
     options = options or ExplainOptions()
     methods = A.check_methods(options.methods)
-    from cnnlab.explain.embedding import EMBEDDINGS
-
     if options.embedding not in EMBEDDINGS:  # checked before minutes of attributions, not after
         raise CnnlabError(f"unknown embedding '{options.embedding}' (choose from: {', '.join(EMBEDDINGS)})")
     if options.deletion_fill not in A.FILLS:
@@ -128,14 +134,10 @@ def explain_run(
 
 
 def _pictures():
-    from cnnlab.explain import pictures
-
     return pictures
 
 
 def _load(run_dir: Path):
-    from cnnlab.evaluate.predict import open_trained_run
-
     run = open_trained_run(run_dir)
     return L.explainable(run.model), run.checkpoint, run.source, run.config
 
@@ -144,14 +146,9 @@ def _sample(run_dir: Path, source, ckpt, images: list[Path] | None, n: int, *, s
     """User images (decoded as training was), or `n` test images drawn with the run's seed."""
     prep = ckpt.preprocessing
     if images:
-        from cnnlab.data.images import decode_files
-
         arrays, kept = decode_files(images, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct,
                                     limit=n)  # fmt: skip
         return Sample(arrays, None, [str(p) for p in kept])
-    from cnnlab.data.lazy import select
-    from cnnlab.data.splits import load_splits
-
     test = np.asarray(load_splits(run_dir / "splits.json")["test"])
     idx = np.sort(np.random.default_rng(seed).choice(test, size=min(n, len(test)), replace=False))
     chosen = select(source.images, idx)[: len(idx)]  # a tensor, also from a streamed source
@@ -222,10 +219,6 @@ def _attribution_picture(model, x, sample: Sample, rows, predicted, probs, class
 
 
 def _embedding(run_dir: Path, model, ckpt, source, config, options: ExplainOptions):
-    from cnnlab.data.lazy import select
-    from cnnlab.data.splits import load_splits
-    from cnnlab.explain import embedding as E
-
     test = np.asarray(load_splits(run_dir / "splits.json")["test"])
     labels = source.labels[torch.as_tensor(test)].numpy()
     pick = E.stratified_sample(labels, options.embed_samples, seed=config.train.seed)
@@ -253,8 +246,6 @@ def _write(out_dir: Path, figures: dict[str, Any], result: dict[str, Any], embed
         for name, fig in figures.items():
             fig.savefig(work / name, dpi=110, bbox_inches="tight")
         if embedding_rows is not None:
-            from cnnlab.files import write_csv_atomic
-
             write_csv_atomic(work / "embedding.csv", ["test_index", "x", "y", "label", "predicted"], embedding_rows)
         (work / "explain.json").write_text(json.dumps(result, indent=2))
         out_dir.mkdir(exist_ok=True)

@@ -1,7 +1,7 @@
 """Models leaving eager PyTorch: exported files with parity checks (`exporter`), the prediction backends
 that `evaluate` and `predict` choose between by measurement (`backends`), and the latency table a person
 deploying to a device wants (`benchmark`). Torch-free prediction from an exported file is
-`cnnlab.onnx_predict`, outside this package so that importing it never imports torch."""
+`cnnlab.predict.onnx`, outside this package so that importing it never imports torch."""
 
 from cnnlab.export.exporter import FORMATS, export_run
 

@@ -21,6 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.data.lazy import select
+from cnnlab.data.splits import load_splits
+from cnnlab.files import write_text_atomic
+from cnnlab.machine import CpuInfo
+from cnnlab.predict.backends import choose_backend, kept_onnx_path, onnx_file, torch_forward
+from cnnlab.predict.infer import open_trained_run
+from cnnlab.predict.onnx import open_session
+
 LATENCY_S = 1.5  # time spent on batch-1 calls per backend (at least MIN_CALLS calls)
 MIN_CALLS = 30
 THROUGHPUT_BATCH = 64
@@ -52,8 +60,6 @@ def benchmark_run(
 
 
 def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dict[str, Any]:
-    from cnnlab.export.backends import choose_backend, kept_onnx_path, onnx_file
-
     cache = Path(run_dir) / "cache"
     backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / "best.pt", cache), log),
                          Path(run_dir) / "model.int8.onnx", threads)  # fmt: skip
@@ -64,8 +70,6 @@ def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dic
         "image": list(sample.shape[1:]), "default": {"backend": default.name, "why": default.why},
         "latency_budget_ms": latency_budget_ms, "rows": [asdict(r) for r in rows], **_machine(),
     }  # fmt: skip
-    from cnnlab.files import write_text_atomic
-
     write_text_atomic(Path(run_dir) / "benchmark.json", json.dumps(result, indent=2))
     log(format_table(result))
     return result
@@ -73,10 +77,6 @@ def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dic
 
 def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     """The run's model and THROUGHPUT_BATCH of its test images, normalised as in training."""
-    from cnnlab.data.lazy import select
-    from cnnlab.data.splits import load_splits
-    from cnnlab.evaluate.predict import open_trained_run
-
     run = open_trained_run(run_dir)
     idx = load_splits(run_dir / "splits.json")["test"][:THROUGHPUT_BATCH]
     images = run.checkpoint.preprocessing.normalization().apply(select(run.source.images, idx)[: len(idx)])
@@ -85,9 +85,6 @@ def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
 
 def _backends(model: nn.Module, onnx: Path, int8: Path, threads: int | None) -> dict[str, Callable]:
     """name -> a callable on a normalised float batch, in the layout each backend runs fastest with."""
-    from cnnlab.export.backends import torch_forward
-    from cnnlab.onnx_predict import open_session
-
     folded = torch_forward(model)
     found = {
         "eager": lambda x: model(x),
@@ -131,8 +128,6 @@ def _pass(forward: Callable, images: torch.Tensor) -> float:
 
 
 def _machine() -> dict[str, str]:
-    from cnnlab.engine.precision import CpuInfo
-
     cpu = CpuInfo.here()
     return {"cpu": cpu.name, "capability": cpu.capability, "torch": torch.__version__}
 

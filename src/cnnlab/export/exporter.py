@@ -16,6 +16,7 @@ failed check is an error that leaves no file behind, and an existing file is onl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -26,17 +27,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.data.lazy import select
+from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
-from cnnlab.onnx_predict import onnx_logits
+from cnnlab.files import write_text_atomic
+from cnnlab.predict.graph import (
+    OPSET,
+    PARITY_TOLERANCE,
+    add_metadata,
+    folded,
+    onnx_metadata,
+    relative_difference,
+    write_onnx,
+)
+from cnnlab.predict.infer import open_trained_run, predict_logits
+from cnnlab.predict.onnx import onnx_logits
 
 FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
-PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
 INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
-OPSET = 18  # the torch.export-based exporter's baseline
-RESIZE_RULE = (
-    "shorter side to round(image_size / crop_pct) (bicubic, antialiased), centre crop to image_size; "
-    "grey (L) or RGB as `channels` (data.images.decode_array)"
-)
 
 
 def export_run(
@@ -48,9 +56,6 @@ def export_run(
     the fp32 file is quantised (ONNX Runtime, static, per-channel weights) with activation ranges calibrated
     on `calibration` seeded validation images, and must keep its test accuracy within INT8_MAX_DROP of the
     fp32 file's."""
-    from cnnlab.data.splits import load_splits
-    from cnnlab.evaluate.predict import open_trained_run, predict_logits
-
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if int8 and fmt != "onnx":
@@ -72,10 +77,10 @@ def export_run(
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:  # gone on any error
         if fmt == "pt2":
             final = Path(work) / "model.pt2"
-            got = _write_pt2(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt), x)
+            got = _write_pt2(folded(model), torch.from_numpy(x[:2]), final, onnx_metadata(ckpt), x)
         else:
             final = Path(work) / "fp32.onnx"
-            write_onnx(folded(model), torch.from_numpy(x[:2]), final, _metadata(ckpt))
+            write_onnx(folded(model), torch.from_numpy(x[:2]), final, onnx_metadata(ckpt))
             got = onnx_logits(final, x)
         result = _parity(expected, got, labels)
         result.update(format=fmt, opset=OPSET if fmt == "onnx" else None)
@@ -87,14 +92,12 @@ def export_run(
         if int8:
             fp32_bytes = final.stat().st_size
             chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
-            final = _quantized(final, _normalised(source.images, chosen, norm), _metadata(ckpt))
+            final = _quantized(final, _normalised(source.images, chosen, norm), onnx_metadata(ckpt))
             result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final)
             result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
         final.replace(output)
-    from cnnlab.files import write_text_atomic
-
     exports = _read_exports(run_dir / "export.json")
     exports[output.name] = result  # one entry per exported file
     write_text_atomic(run_dir / "export.json", json.dumps(exports, indent=2))
@@ -121,8 +124,6 @@ _IDENTITY = _Identity()
 
 
 def _normalised(images, idx, norm) -> np.ndarray:
-    from cnnlab.data.lazy import select
-
     chosen = select(images, idx)
     return torch.cat([norm.apply(chosen[i : i + 1000]).float() for i in range(0, len(idx), 1000)]).numpy()
 
@@ -135,10 +136,13 @@ def _calibration_indices(valid: np.ndarray, n: int, *, seed: int) -> np.ndarray:
 
 def _quantized(fp32: Path, calibration: np.ndarray, metadata: dict[str, str]) -> Path:
     """ONNX Runtime's static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations)."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import onnx  # optional heavy import: onnx (exported files only)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )  # optional heavy import: onnxruntime (optional backend / int8)
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -157,7 +161,7 @@ def _quantized(fp32: Path, calibration: np.ndarray, metadata: dict[str, str]) ->
         root.level = level
     proto = onnx.load(str(out))
     del proto.metadata_props[:]
-    _add_metadata(proto, {**metadata, "quantization": "int8 static (ONNX Runtime), per-channel weights"})
+    add_metadata(proto, {**metadata, "quantization": "int8 static (ONNX Runtime), per-channel weights"})
     onnx.save(proto, str(out))
     return out
 
@@ -191,45 +195,6 @@ def _summary(r: dict[str, Any]) -> str:
     return line
 
 
-def folded(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with batch norm folded into the preceding convolutions (torch.fx), or as it is."""
-    import copy
-
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(copy.deepcopy(model).float().eval())
-    except Exception:  # not fx-traceable (data-dependent control flow): ONNX Runtime folds at load
-        return model.float().eval()
-
-
-def _metadata(ckpt) -> dict[str, str]:
-    import cnnlab
-
-    p = ckpt.preprocessing
-    return {
-        "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__, "model": ckpt.model_name,
-        "class_names": json.dumps(list(ckpt.class_names)), "image_size": str(p.image_size),
-        "channels": str(p.channels), "mean": json.dumps(list(map(float, p.mean))),
-        "std": json.dumps(list(map(float, p.std))), "crop_pct": str(p.crop_pct), "resize": RESIZE_RULE,
-        "input": "normalised float32 images [N, channels, image_size, image_size]: (pixel / 255 - mean) / std",
-        "output": "logits [N, classes], in class_names order",
-    }  # fmt: skip
-
-
-def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
-    import onnx
-
-    # torch.export-based exporter (the default since PyTorch 2.9; the TorchScript one is deprecated)
-    torch.onnx.export(
-        model, (example,), str(path), input_names=["image"], output_names=["logits"], opset_version=OPSET,
-        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
-    )  # fmt: skip
-    proto = onnx.load(str(path))
-    _add_metadata(proto, metadata)
-    onnx.save(proto, str(path))
-
-
 def _write_pt2(
     model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str], x: np.ndarray
 ) -> np.ndarray:
@@ -246,12 +211,6 @@ def _write_pt2(
         return torch.cat([loaded(torch.from_numpy(x[i : i + 1000])) for i in range(0, len(x), 1000)]).numpy()
 
 
-def _add_metadata(proto, metadata: dict[str, str]) -> None:
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def _parity(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     relative = relative_difference(expected, got)
     return {
@@ -261,8 +220,3 @@ def _parity(expected: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict[s
         "accuracy_torch": float((expected.argmax(1) == labels).mean()),
         "accuracy_exported": float((got.argmax(1) == labels).mean()), "passed": relative <= PARITY_TOLERANCE,
     }  # fmt: skip
-
-
-def relative_difference(expected: np.ndarray, got: np.ndarray) -> float:
-    """Max absolute logit difference relative to the expected logits' range: the parity measure."""
-    return float(np.abs(expected - got).max()) / (float(expected.max() - expected.min()) or 1.0)

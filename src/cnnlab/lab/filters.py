@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from sklearn.datasets import load_sample_image
 
+from cnnlab.data.images import UnreadableImage
 from cnnlab.errors import CnnlabError
+from cnnlab.figures import new_figure
 
 KERNELS: dict[str, np.ndarray] = {
     # high-pass: weights sum to 0, so flat regions go to 0 and only changes remain
@@ -33,8 +37,6 @@ def parse_kernel(text: str) -> tuple[str, np.ndarray]:
     if text in KERNELS:
         return text, KERNELS[text]
     if text.strip().startswith("["):
-        import yaml
-
         try:
             matrix = np.array(yaml.safe_load(text), dtype=np.float32)
         except (yaml.YAMLError, ValueError, TypeError):
@@ -50,14 +52,10 @@ def parse_kernel(text: str) -> tuple[str, np.ndarray]:
 def load_grey(path: Path | None) -> tuple[str, np.ndarray]:
     """A greyscale float32 image in [0, 1]; without a path, scikit-learn's bundled photo of China."""
     if path is None:
-        from sklearn.datasets import load_sample_image
-
         rgb = load_sample_image("china.jpg").astype(np.float32) / 255
         return "china.jpg (scikit-learn sample)", rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    from cnnlab.data.images import UnreadableImage
-
     try:
-        from PIL import Image
+        from PIL import Image  # optional heavy import: Pillow (reading the user's image only)
 
         if not Path(path).is_file():
             raise UnreadableImage("file not found")
@@ -68,7 +66,7 @@ def load_grey(path: Path | None) -> tuple[str, np.ndarray]:
 
 
 def filter_opencv(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    import cv2
+    import cv2  # optional heavy import: OpenCV (Haar faces / filters, only here)
 
     return cv2.filter2D(image, ddepth=cv2.CV_32F, kernel=kernel, borderType=cv2.BORDER_REFLECT_101)
 
@@ -89,8 +87,6 @@ def log_spectrum(image: np.ndarray) -> np.ndarray:
 def filter_figure(image_name: str, image: np.ndarray, kernels: list[tuple[str, np.ndarray]], out: Path) -> float:
     """Write the figure (image and each filtered image over their spectra); return the largest
     OpenCV-vs-conv2d difference seen."""
-    from cnnlab.evaluate.plots import new_figure
-
     cols = 1 + len(kernels)
     fig = new_figure((3.2 * cols, 6.4))
     axes = fig.subplots(2, cols, squeeze=False)

@@ -10,11 +10,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.config import DataConfig, TrainConfig
+from cnnlab.data.batches import InMemoryBatches, Normalization
+from cnnlab.data.sources import load_source
+from cnnlab.data.splits import make_splits
 from cnnlab.errors import unknown_choice
+from cnnlab.figures import new_figure
+from cnnlab.models import create_model, describe_model
+from cnnlab.train.fit import evaluate_loss
 
 
 def _scaled_uniform(w: torch.Tensor) -> None:
@@ -68,8 +76,6 @@ def compare_inits(
     seed: int, log: Callable[[str], None] = print,
 ) -> list[InitResult]:  # fmt: skip
     """Train a fresh `build()` per scheme with SGD (momentum 0.9, constant lr), same seed and batch order."""
-    from cnnlab.engine.fit import evaluate_loss
-
     results = []
     for scheme in schemes:
         with torch.random.fork_rng(devices=[]):
@@ -99,12 +105,6 @@ def init_comparison(
 ) -> list[InitResult]:  # fmt: skip
     """The course's lesson end to end: `model` on data source `data`, trained once per init scheme (one batch
     each in a dry run). Options are checked before any data is read."""
-    from cnnlab.config import DataConfig, TrainConfig
-    from cnnlab.data.batches import InMemoryBatches, Normalization
-    from cnnlab.data.sources import load_source
-    from cnnlab.data.splits import make_splits
-    from cnnlab.models import create_model, describe_model
-
     TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)  # validates the numbers
     describe_model(model)
     for name in schemes:
@@ -130,10 +130,6 @@ def init_comparison(
 
 def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
     """All schemes' training-loss curves (smoothed over 20 batches) on one figure."""
-    import numpy as np
-
-    from cnnlab.evaluate.plots import new_figure
-
     fig = new_figure((8, 4.5))
     ax = fig.subplots()
     for r in results:

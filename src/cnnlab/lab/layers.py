@@ -12,6 +12,7 @@ compares every row with a real forward pass.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +118,6 @@ def _size_note(module: nn.Module, shape, out, k: int, s: int) -> str:
 
 def _trace_shapes(model: nn.Module, input_shape: tuple[int, int, int]):
     """(name, module, input shape, output shape) of each formula layer, from a meta-device run (no data)."""
-    import copy
-
     meta = copy.deepcopy(model).to("meta")
     originals = dict(model.named_modules())
     records = []

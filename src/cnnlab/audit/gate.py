@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from cnnlab.data import audit as A
+from cnnlab.audit import checks as A
+from cnnlab.data.sources import load_source
+from cnnlab.data.splits import load_splits, make_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.figures import figure_png_base64, new_figure
+from cnnlab.files import write_text_atomic
+from cnnlab.runs import open_run, source_slug
 
 FILES = ("audit.csv", "audit.json")
 SHOWN = 15  # table rows printed
@@ -27,9 +33,6 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
                log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Audit the source and the splits `cnnlab train` would make from `config` (a RunConfig), or, when `output`
     is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
-    from cnnlab.data.sources import load_source
-    from cnnlab.data.splits import make_splits
-
     source = load_source(config.data, log=log)
     _check_source(source)
     splits = make_splits(
@@ -41,10 +44,6 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
 
 def audit_run(run_dir: Path, *, labels: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Audit a run folder's data with the splits it trained on (splits.json); the files go into the run."""
-    from cnnlab.data.sources import load_source
-    from cnnlab.data.splits import load_splits
-    from cnnlab.runfolder import open_run
-
     config = open_run(run_dir)
     source = load_source(config.data, log=log)
     _check_source(source)
@@ -53,8 +52,6 @@ def audit_run(run_dir: Path, *, labels: bool = True, log: Callable[[str], None] 
 
 
 def _check_source(source) -> None:
-    import torch
-
     if not isinstance(source.images, torch.Tensor):
         raise CnnlabError("the audit needs the images in memory (drop --stream, or audit a smaller folder)")
 
@@ -65,8 +62,6 @@ def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.n
 
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
-    from cnnlab.runfolder import source_slug
-
     out = Path(output) if output is not None else Path("runs") / f"audit-{source_slug(source.name)}"
     clash = [out / f for f in FILES if (out / f).exists()]
     if clash and not force:
@@ -82,8 +77,6 @@ def _audit_and_write(source, splits, config, output: Path | None, *, force: bool
 
 def write_audit(folder: Path, found: A.Audit, table: list[dict[str, Any]]) -> None:
     """audit.csv (the ranked table) and audit.json (summary + table), written atomically."""
-    from cnnlab.files import write_text_atomic
-
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     fields = ["rank", "issue", "score", "split", "image", "label", "other_split", "other_image", "other_label",
@@ -182,8 +175,6 @@ def about_the_data(run_dir: Path, source) -> dict[str, Any] | None:
     path = Path(run_dir) / "audit.json"
     if not path.is_file():
         return None
-    from cnnlab.evaluate.plots import figure_png_base64
-
     result = json.loads(path.read_text())
     index = {name: i for i, name in enumerate(source.ids)}
     rows = [
@@ -197,8 +188,6 @@ def about_the_data(run_dir: Path, source) -> dict[str, Any] | None:
 
 def _findings_figure(rows: list[dict[str, Any]], source, index: dict[str, int]):
     """One row per finding: the image (and its pair), titled with the issue, labels and splits."""
-    from cnnlab.evaluate.plots import new_figure
-
     fig = new_figure((4.2, 1.9 * len(rows) + 0.2))
     axes = fig.subplots(len(rows), 2, squeeze=False)
     for (left, right), row in zip(axes, rows, strict=True):

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cnnlab import __version__
 from cnnlab.data.batches import Normalization
 from cnnlab.errors import CnnlabError
 from cnnlab.files import save_torch_atomic
@@ -50,8 +51,6 @@ class TrainingState:
 
 
 def current_versions() -> dict[str, str]:
-    from cnnlab import __version__
-
     return {"cnnlab": str(__version__), "torch": str(torch.__version__)}  # TorchVersion is not a plain str
 
 

@@ -32,11 +32,10 @@ import torch
 from cnnlab.config import RunConfig
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import Normalization
-from cnnlab.data.features import backbone_features
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source
-from cnnlab.engine.head import fit_linear_head
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.metrics import roc_auc
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import (
     FINAL,
@@ -47,6 +46,9 @@ from cnnlab.models.pretrained import (
     level_columns,
     load_pretrained,
 )
+from cnnlab.predict.features import backbone_features
+from cnnlab.runs import record_config
+from cnnlab.train.head import fit_linear_head, train_head, write_head_run
 
 SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "small"
 SIMILAR_CONFIDENCE = 0.25  # mean top-1 ImageNet probability; at or above this the images are "similar"
@@ -228,8 +230,6 @@ def measure_frozen_candidates(
         head = fit_linear_head(x_train, y_train, x_valid, y_valid, len(source.class_names))
         score = head.valid_acc
         if positive_index is not None:
-            from cnnlab.evaluate.metrics import roc_auc
-
             probs = torch.softmax(head.logits(x_valid), dim=1)[:, positive_index]
             score = roc_auc((y_valid == positive_index).numpy(), probs.numpy())
         out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2))
@@ -307,9 +307,6 @@ def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_
                     dry_run: bool, log):  # fmt: skip
     """A frozen strategy's whole training: features from the shared cache, the head fit to convergence, the run
     folder written as `fit` would (best.pt = last.pt, one metrics row). Returns the one EpochStats."""
-    from cnnlab.engine.head import train_head, write_head_run
-    from cnnlab.runfolder import record_config
-
     features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
     log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
     stats, head = train_head(model, *features, log=log)

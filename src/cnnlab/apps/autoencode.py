@@ -23,10 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from cnnlab.config import DataConfig
+from cnnlab.data.sources import SOURCE_NAMES, load_source
+from cnnlab.data.splits import make_splits, save_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.metrics import roc_auc
+from cnnlab.explain.embedding import embed
+from cnnlab.figures import new_figure
+from cnnlab.files import save_torch_atomic, write_text_atomic
 from cnnlab.models.autoencoder import create_autoencoder
+from cnnlab.runs import claim_run_dir, creating_run_dir, source_slug
+from cnnlab.train.fit import BestTracker
 
 LOSSES = ("mse", "bce")
 KIND = "autoencoder"
@@ -70,9 +79,6 @@ class Data:
 def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), name: str | None = None,
                force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Train, evaluate and draw; returns eval.json's content."""
-    from cnnlab.data.splits import save_splits
-    from cnnlab.runfolder import claim_run_dir, creating_run_dir, source_slug
-
     options.check()
     data = _load(options, log)
     channels, size = int(data.images.shape[1]), int(data.images.shape[-1])
@@ -111,9 +117,6 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> dict[str, An
 
 
 def _load(options: AutoencodeOptions, log) -> Data:
-    from cnnlab.data.sources import SOURCE_NAMES, load_source
-    from cnnlab.data.splits import make_splits
-
     source = load_source(DataConfig(source=options.data, root=options.data_root, image_size=options.image_size),
                          log=log)  # fmt: skip
     labels = source.labels.numpy()
@@ -170,9 +173,6 @@ def _batches(data: Data, split: str, batch: int, *, shuffle: torch.Generator | N
 def _fit(model, data: Data, o: AutoencodeOptions, run_dir: Path, log, *, last: dict | None = None) -> None:
     """Epochs 1..o.epochs, or from the epoch after `last` (last.pt's content: weights, optimiser, history), so
     that a resumed run ends with the weights an uninterrupted one would have."""
-    from cnnlab.engine.fit import BestTracker
-    from cnnlab.files import save_torch_atomic
-
     optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
     best, rows, first = BestTracker(patience=None), [], 1
     if last is not None:
@@ -223,8 +223,6 @@ def reconstruction_loss(model, data: Data, split: str, o: AutoencodeOptions) -> 
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    from cnnlab.files import write_text_atomic
-
     lines = ["epoch,train_loss,valid_loss,seconds"] + [
         f"{r['epoch']},{r['train_loss']:.6f},{r['valid_loss']:.6f},{r['seconds']:.2f}" for r in rows
     ]
@@ -233,8 +231,6 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 def load_autoencoder(run_dir: Path, *, checkpoint: str = "best.pt"):
     """`checkpoint` of an autoencoder run as a model in eval mode, its options and its epoch."""
-    import yaml
-
     path = Path(run_dir) / checkpoint
     config = Path(run_dir) / "config.yaml"
     raw = yaml.safe_load(config.read_text()) if config.is_file() else None
@@ -259,7 +255,10 @@ def reconstruct(model, x: torch.Tensor, noise: float, seed: int) -> tuple[torch.
 
 def image_quality(estimate: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """MSE, PSNR (dB, mean over images) and SSIM (mean) of `estimate` against `target`, both 0..1 (torchmetrics)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )  # optional heavy import: torchmetrics (image metrics, autoencoder evaluation only)
 
     size = int(target.shape[-1])
     kernel = min(11, size - 1 if size % 2 == 0 else size)  # odd, and no larger than the image
@@ -270,8 +269,6 @@ def image_quality(estimate: torch.Tensor, target: torch.Tensor) -> dict[str, flo
 
 def evaluate(run_dir: Path, *, data: Data | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The best epoch on the test split: eval.json and plots/ (reconstructions, latent space)."""
-    from cnnlab.files import write_text_atomic
-
     model, o, epoch = load_autoencoder(run_dir)
     data = data or _load(o, log=lambda _: None)
     test = torch.as_tensor(data.splits["test"])
@@ -296,8 +293,6 @@ def evaluate(run_dir: Path, *, data: Data | None = None, log: Callable[[str], No
 
 def _anomaly(model, data: Data, o: AutoencodeOptions, x: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
     """ROC AUC of the per-image reconstruction error as an out-of-distribution score."""
-    from cnnlab.evaluate.metrics import roc_auc
-
     error = ((out - x) ** 2).flatten(1).mean(1).numpy()
     if data.outliers is None:
         k = data.class_names.index(o.anomaly)
@@ -314,8 +309,6 @@ def _anomaly(model, data: Data, o: AutoencodeOptions, x: torch.Tensor, out: torc
 
 
 def _reconstruction_figure(x, inputs, out, o: AutoencodeOptions, n: int = 10):
-    from cnnlab.evaluate.plots import new_figure
-
     rows = [("input (noisy)", inputs), ("reconstruction", out), ("original", x)] if o.noise else [
         ("original", x), ("reconstruction", out)]  # fmt: skip
     fig = new_figure((1.1 * n, 1.2 * len(rows) + 0.3))
@@ -334,9 +327,6 @@ def _reconstruction_figure(x, inputs, out, o: AutoencodeOptions, n: int = 10):
 
 @torch.inference_mode()
 def _latent_figure(model, inputs, labels, class_names, o: AutoencodeOptions, n: int = 2000):
-    from cnnlab.evaluate.plots import new_figure
-    from cnnlab.explain.embedding import embed
-
     inputs = inputs[:n]
     z = torch.cat([model.encode(inputs[i : i + 512]) for i in range(0, len(inputs), 512)]).numpy()
     coords = embed(z, "pca", seed=o.seed)
@@ -354,8 +344,6 @@ def _latent_figure(model, inputs, labels, class_names, o: AutoencodeOptions, n: 
 def compare(run_dirs: list[Path], output: Path, *, n: int = 10, force: bool = False) -> list[dict[str, float]]:
     """The same test images through several autoencoder runs of the same data, side by side (e.g. `conv` vs
     `conv-upsample`: the transposed convolution's checkerboard shows at this size), written as one PNG."""
-    from cnnlab.evaluate.plots import new_figure
-
     if output.exists() and not force:
         raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
     loaded = [load_autoencoder(r) for r in run_dirs]
@@ -399,8 +387,4 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def _write_yaml(path: Path, payload: dict) -> None:
-    import yaml
-
-    from cnnlab.files import write_text_atomic
-
     write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
@@ -23,9 +22,11 @@ STEP_EVERY = 25  # optimiser steps between logged training losses (each costs on
 SUBDIR = "tensorboard"
 
 
-def _logger(run_dir: Path, **kwargs):
+def tensorboard_logger(run_dir: Path, **kwargs):
     try:
-        from lightning.fabric.loggers import TensorBoardLogger
+        from lightning.fabric.loggers import (
+            TensorBoardLogger,
+        )  # optional heavy import: Lightning (~1.5 s to import; training only)
 
         return TensorBoardLogger(root_dir=run_dir, name=SUBDIR, version="", default_hp_metric=False, **kwargs)
     except ModuleNotFoundError as exc:  # Fabric names the missing package in its own message
@@ -39,7 +40,7 @@ class TensorBoardLog:
 
     def __init__(self, run_dir: Path, *, steps_per_epoch: int, start_epoch: int = 1, config: dict | None = None):
         self.global_step = (start_epoch - 1) * steps_per_epoch
-        self.logger = _logger(Path(run_dir), purge_step=self.global_step + 1 if start_epoch > 1 else None)
+        self.logger = tensorboard_logger(Path(run_dir), purge_step=self.global_step + 1 if start_epoch > 1 else None)
         if config is not None and start_epoch == 1:
             self.logger.log_hyperparams(_flatten(config))
 
@@ -62,36 +63,6 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.logger.finalize("success")
-
-
-def log_evaluation(run_dir: Path, source, *, epoch: int) -> Path:
-    """Add the test result of `run_dir` (eval.json, predictions.csv) to its TensorBoard log: test accuracy,
-    the confusion matrix and sample predictions, as images. Returns the log folder."""
-    import json
-
-    from cnnlab.evaluate import plots
-    from cnnlab.evaluate.analysis import read_predictions
-    from cnnlab.report.html import N_SAMPLES, prediction_grid
-
-    ev = json.loads((Path(run_dir) / "eval.json").read_text())
-    test = read_predictions(Path(run_dir) / "predictions.csv")
-    logger = _logger(Path(run_dir))
-    logger.log_metrics({"test/accuracy": ev["accuracy"]}, step=epoch)
-    confusion = plots.plot_confusion_matrix(np.array(ev["confusion_matrix"]), test.class_names).figure
-    samples = prediction_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids))))
-    for tag, fig in (("test/confusion_matrix", confusion), ("test/sample_predictions", samples)):
-        logger.experiment.add_image(tag, _pixels(fig), global_step=epoch, dataformats="HWC")
-    logger.finalize("success")
-    return Path(logger.log_dir)
-
-
-def _pixels(fig) -> np.ndarray:
-    """A matplotlib Figure as an RGB array (drawn on its own Agg canvas: no pyplot, no global backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.engine.fit import build_optimizer, evaluate_loss
+from cnnlab.train.fit import build_optimizer, evaluate_loss
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
 

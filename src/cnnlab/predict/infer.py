@@ -12,10 +12,15 @@ from torch import nn
 
 from cnnlab.data.batches import Normalization
 from cnnlab.data.images import decode_files
-from cnnlab.engine.checkpoint import Checkpoint, InputSpec, load_checkpoint
+from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.base import Classifier
+from cnnlab.models.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
+from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, imagenet_class_names, load_pretrained
+from cnnlab.predict.backends import choose_backend
+from cnnlab.predict.features import backbone_features
+from cnnlab.runs import open_run
 
 
 def pick_device() -> torch.device:
@@ -53,10 +58,6 @@ class TrainedRun:
 def open_trained_run(run_dir: Path) -> TrainedRun:
     """RUN/best.pt with the run's data, checked against each other (what export, benchmark and explain start
     from); a missing checkpoint or one made for another model is one clear error."""
-    from cnnlab.data.sources import load_source
-    from cnnlab.engine.checkpoint import check_compatible
-    from cnnlab.runfolder import open_run
-
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     path = run_dir / "best.pt"
@@ -130,8 +131,6 @@ def model_logits(
     outside_torch = not getattr(forward, "channels_last", True)  # e.g. ONNX Runtime: whole images, as asked
     if not model.frozen or cache_dir is None or max_batches is not None or outside_torch:
         return predict_logits(forward, images, norm, max_batches=max_batches)
-    from cnnlab.data.features import backbone_features
-
     model = model.to(pick_device())
     features = model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir)[0])
     with torch.inference_mode():
@@ -172,8 +171,6 @@ def predict_images(
 def imagenet_classifier(backbone: str, weights: str | None = None) -> tuple[nn.Module, InputSpec]:
     """A pretrained backbone with its 1000-class ImageNet head, in eval mode, and how it reads images (its own
     preprocessing): what `predict --imagenet`, the dog app and `serve BACKBONE` run."""
-    from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, load_pretrained
-
     p = backbone_preprocessing(backbone)
     model = PretrainedClassifier(1000, 3, p.input_size, backbone=backbone, strategy="feature-extract")
     if not load_pretrained(model, weights, with_head=True):
@@ -185,8 +182,6 @@ def predict_imagenet(
     backbone: str, inputs: list[Path], *, weights: str | None = None, limit: int | None = None
 ) -> tuple[list[str], list[ImagePrediction]]:
     """ImageNet-1k class probabilities from a pretrained backbone, no training: its own preprocessing."""
-    from cnnlab.models.pretrained import imagenet_class_names
-
     model, prep = imagenet_classifier(backbone, weights)
     return _predict_files(model, imagenet_class_names(), prep, inputs, limit)
 
@@ -200,8 +195,6 @@ def _predict_files(
     )
     images, norm = torch.from_numpy(arrays), prep.normalization()
     if backend is not None:
-        from cnnlab.export.backends import choose_backend
-
         sample = norm.apply(images[:64]).float()
         chosen = choose_backend(model, sample=sample, n_images=len(images) * (1 + tta), **backend)
         backend["log"](f"prediction backend: {chosen.name} ({chosen.why})")

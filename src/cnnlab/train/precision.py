@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,42 +20,16 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import RunConfig, with_decisions
+from cnnlab.config import ModelConfig, RunConfig, TrainConfig, with_decisions
 from cnnlab.files import write_text_atomic
+from cnnlab.machine import CpuInfo
+from cnnlab.models import create_model
 from cnnlab.models.base import Classifier
 
 FP32, BF16 = "32-true", "bf16-mixed"
 MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much: a tie is not worth bf16's rounding
 MAX_LOSS_GAP = 0.05  # relative gap between the bf16 and fp32 loss of the same batch that still counts as agreeing
 PROBE_STEPS, WARMUP_STEPS = 5, 2
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    name: str  # the model name, e.g. "AMD EPYC" (the same name has covered AVX2 and AVX-512/bf16 parts)
-    capability: str  # torch's kernel dispatch level: DEFAULT, AVX2, AVX512, ...
-    bf16: bool  # oneDNN runs bf16 kernels (AVX-512 core or AMX); without it autocast emulates bf16
-
-    @classmethod
-    def here(cls) -> CpuInfo:
-        return cls(_cpu_name(), torch.backends.cpu.get_cpu_capability(), _mkldnn_bf16())
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mkldnn_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -158,9 +131,6 @@ def decide_precision(
 def auto_precision(model_name: str, *, batch: int, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
                    log: Callable[[str], None] = lambda _: None) -> str:  # fmt: skip
     """What `--precision auto` picks here for `model_name` at this input and batch (measured, or cached)."""
-    from cnnlab.config import ModelConfig, TrainConfig
-    from cnnlab.models import create_model
-
     config = RunConfig(model=ModelConfig(name=model_name), train=TrainConfig(batch_size=batch))
 
     def build() -> Classifier:

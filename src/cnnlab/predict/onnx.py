@@ -47,7 +47,7 @@ def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = No
 def open_session(path: Path, *, threads: int | None = None):
     """An ONNX Runtime CPU session for `path` (on `threads` threads; default ONNX Runtime's: one per core); a
     missing or damaged file is one clear error."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional heavy import: onnxruntime (optional backend / int8)
 
     if not Path(path).is_file():
         raise CnnlabError(f"model file not found: {path} (make one with: cnnlab export RUN)")

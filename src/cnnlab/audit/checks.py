@@ -31,8 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from cnnlab.data.batches import Normalization
 from cnnlab.errors import CnnlabError
+from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
+from cnnlab.predict.features import backbone_features
 
 THUMB = 16  # px: the near-duplicate thumbnail's side
 CROP = 0.92  # the centre crop compared as well (a copy cropped by up to ~4% a side)
@@ -176,10 +184,6 @@ def embeddings(
 ) -> np.ndarray | None:
     """The offline ImageNet backbone's pooled features [N, D] (cached on disk under `cache_dir`; with
     `only_cached`, None when they are not there yet)."""
-    from cnnlab.data.batches import Normalization
-    from cnnlab.data.features import backbone_features
-    from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
-
     if only_cached and not (cache_dir is not None and any((Path(cache_dir) / "features").glob("*.pt"))):
         return None  # nothing cached at all: no backbone to build and no weights to hash (train's every start)
     size = int(images.shape[-1])
@@ -196,8 +200,6 @@ def reduced(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """The features projected on their first REDUCED principal components (fit on all images, labels unseen):
     the label and outlier checks on 60,000 x 1,280 features took 449 s, on the projection 129 s (precision at
     the number of planted flips 0.64 vs 0.70 on 1,000 images, bench/RESULTS.md)."""
-    from sklearn.decomposition import PCA
-
     k = min(REDUCED, features.shape[1], len(features) - 1)
     if k >= features.shape[1] or k < 2:
         return features
@@ -207,11 +209,7 @@ def reduced(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
 def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> tuple[list[Finding], np.ndarray]:
     """Likely label errors, ranked (cleanlab's find_label_issues on out-of-sample probabilities from 5-fold
     logistic regression), and those probabilities."""
-    from cleanlab.filter import find_label_issues
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from cleanlab.filter import find_label_issues  # optional heavy import: cleanlab (label checks only)
 
     folds = min(5, int(np.bincount(labels).min()))
     if folds < 2:
@@ -227,7 +225,7 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> 
 def outliers(features: np.ndarray, *, share: float = 0.005) -> list[Finding]:
     """The least typical images by cleanlab's OutOfDistribution score (kNN distance in feature space): the
     lowest `share`, as candidates to look at (score = 1 - cleanlab's score)."""
-    from cleanlab.outlier import OutOfDistribution
+    from cleanlab.outlier import OutOfDistribution  # optional heavy import: cleanlab (label checks only)
 
     if len(features) < 12:
         return []

@@ -2,7 +2,7 @@
 or by ONNX Runtime, chosen for `evaluate` and `predict` by measurement on the machine at hand.
 
 `auto` times both on the job's own images and takes the faster one that agrees with PyTorch (relative logit
-difference <= exporter.PARITY_TOLERANCE). The ONNX file is built once per checkpoint (the torch.export-based
+difference <= graph.PARITY_TOLERANCE). The ONNX file is built once per checkpoint (the torch.export-based
 exporter takes 1-10 s) and kept, with the measurement, in the run's `cache/` folder; a job that PyTorch
 would finish in under BUILD_MIN_SECONDS (estimated from one pass over the sample) does not pay for building
 it, but follows a measurement already kept. On a GPU, PyTorch runs
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,10 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.onnx_predict import open_session
+from cnnlab.machine import CpuInfo
+from cnnlab.predict import graph
+from cnnlab.predict.graph import PARITY_TOLERANCE, folded, write_onnx
+from cnnlab.predict.onnx import open_session
 
 BACKENDS = ("auto", "torch", "onnx")
 BUILD_MIN_SECONDS = 3.0  # a job PyTorch finishes sooner cannot pay back building the ONNX file (1-10 s)
@@ -59,8 +63,6 @@ class OnnxForward(nn.Module):
 
 def torch_forward(model: nn.Module) -> nn.Module:
     """The model as PyTorch predicts fastest on CPU: batch norm folded into the convolutions, channels_last."""
-    from cnnlab.export.exporter import folded
-
     return folded(model).to(memory_format=torch.channels_last)
 
 
@@ -98,8 +100,6 @@ def choose_backend(
 
 
 def _pick(fast_torch: nn.Module, onnx: nn.Module, t: Timing) -> Backend:
-    from cnnlab.export.exporter import PARITY_TOLERANCE
-
     speeds = f"{t.onnx_images_per_s:.0f} vs {t.torch_images_per_s:.0f} images/s measured"
     if t.relative_diff > PARITY_TOLERANCE:
         return Backend("torch", fast_torch, f"ONNX Runtime disagrees with PyTorch ({t.relative_diff:.2g} of range)")
@@ -128,15 +128,11 @@ def kept_onnx_path(checkpoint: Path, cache_dir: Path | None) -> Path:
 
 
 def _temp_folder() -> Path:
-    import tempfile
-
     return Path(tempfile.gettempdir()) / "cnnlab-backends"
 
 
 def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[[str], None]) -> Path:
     """The kept ONNX file of `model` at `path` (see `kept_onnx_path`), exported first when not there yet."""
-    from cnnlab.export.exporter import folded, write_onnx
-
     if not path.exists():
         started = time.perf_counter()
         try:
@@ -154,8 +150,6 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
 def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: Path) -> Timing:
     """Both backends' speed on the same batch and their agreement, kept beside the ONNX file per CPU, threads
     and checkpoint."""
-    from cnnlab.export import exporter
-
     key = _timing_key(onnx_path)
     cache = onnx_path.parent / "backend.json"
     known = _read_json(cache)
@@ -167,7 +161,7 @@ def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: P
     timing = Timing(
         torch_images_per_s=_images_per_s(fast_torch, x.contiguous(memory_format=torch.channels_last)),
         onnx_images_per_s=_images_per_s(onnx, x),
-        relative_diff=exporter.relative_difference(expected.numpy(), got.numpy()),
+        relative_diff=graph.relative_difference(expected.numpy(), got.numpy()),
     )
     known[key] = asdict(timing)
     try:
@@ -178,8 +172,6 @@ def _timed(fast_torch: nn.Module, onnx: nn.Module, x: torch.Tensor, onnx_path: P
 
 
 def _timing_key(onnx_path: Path) -> str:
-    from cnnlab.engine.precision import CpuInfo
-
     cpu = CpuInfo.here()
     return f"{cpu.name}|{cpu.capability}|{torch.get_num_threads()}|{onnx_path.stem}|{SAMPLE_IMAGES}"
 

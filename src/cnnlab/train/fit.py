@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cnnlab.config import TrainConfig
-from cnnlab.engine.checkpoint import Checkpoint, TrainingState, save_checkpoint
-from cnnlab.engine.flips import FlipCheck
 from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
+from cnnlab.models.checkpoint import Checkpoint, TrainingState, save_checkpoint
+from cnnlab.train.flips import FlipCheck
+from cnnlab.train.tensorboard import TensorBoardLog
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "images_per_s"]
 
@@ -84,7 +86,7 @@ def make_fabric(config: TrainConfig):
     (a run folder from before that, several processes) means bf16 autocast on CUDA with bf16, else fp32:
     CPUs without native bf16 train 10x slower in it.
     """
-    from lightning.fabric import Fabric
+    from lightning.fabric import Fabric  # optional heavy import: Lightning (~1.5 s to import; training only)
 
     accelerator = accelerator_for(config)
     precision = config.precision
@@ -229,8 +231,6 @@ def fit(
     writer = fabric.is_global_zero  # under DDP only rank 0 touches the run folder
     watch = None
     if writer and config.logger == "tensorboard":
-        from cnnlab.watch import TensorBoardLog
-
         watch = TensorBoardLog(run_dir, steps_per_epoch=len(train_batches), start_epoch=start, config=meta.config)
     metrics_path = run_dir / "metrics.csv"
     if writer:
@@ -284,8 +284,6 @@ def fit(
 def _run_epoch(
     fabric, model, optimizer, scheduler, train_batches, valid_batches, config, epoch, plain_model, watch=None
 ) -> EpochStats:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     train_batches.set_epoch(epoch)
     t0 = time.perf_counter()
     columns = (TextColumn(f"epoch {epoch}/{config.epochs}"), BarColumn(), TimeRemainingColumn())

@@ -1,1 +1,0 @@
-"""Training engine: the explicit loop (fit.py) and safe checkpoints (checkpoint.py)."""
