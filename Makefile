@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast fuzz lint data browser clean
+.PHONY: demo test test-fast fuzz lint docs data browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-test: $(STAMP) data browser lint
+# the documentation pages, with the command reference generated from the CLI; strict: a broken link fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: $(STAMP) data browser lint docs
 	$(BIN)/pytest -q
 
 # minutes, not part of `make test` (which runs a short seeded pass of the same tests)
@@ -36,4 +40,4 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build
