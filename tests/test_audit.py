@@ -83,6 +83,7 @@ def test_distinct_faces_are_not_called_duplicates(cli, tmp_path):
     assert n_faces == 100 and len(faces) / n_faces < 0.01  # under 1% of the face crops in a false pair
 
 
+@pytest.mark.slow
 def test_flipped_labels_rank_high(cli, fashion, tmp_path):
     folder = tmp_path / "noisy"
     shutil.copytree(fashion, folder)

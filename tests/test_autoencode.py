@@ -42,6 +42,7 @@ def test_the_run_folder_keeps_the_best_epoch_by_valid_loss(denoiser):
     assert {p.name for p in (denoiser / "plots").iterdir()} == {"reconstructions.png", "latent.png"}
 
 
+@pytest.mark.slow
 def test_reconstruction_error_flags_another_dataset(tmp_path):
     from cnnlab.apps.autoencode import AutoencodeOptions, autoencode
 

@@ -4,6 +4,7 @@ backend and judges a latency budget."""
 
 import json
 
+import pytest
 import torch
 
 from cnnlab.predict import backends as B
@@ -59,6 +60,7 @@ def test_an_unknown_backend_is_one_clear_line(digits_cnn_run, cli):
     assert code == 2 and "unknown backend 'tensorrt'" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_benchmark_reports_each_backend_and_judges_the_latency_budget(digits_cnn_run, cli, monkeypatch):
     from cnnlab.export import benchmark
 

@@ -32,6 +32,7 @@ def test_a_face_is_human_and_a_coffee_cup_is_neither(photos, cli, tmp_path):
     assert code == 2 and "already exists" in err
 
 
+@pytest.mark.slow
 def test_the_detectors_score_as_the_course_measures_them(cli):
     code, out, err = cli("dogapp", "--assess")
     assert code == 0, err

@@ -157,8 +157,8 @@ def test_test_time_flips_are_chosen_on_validation_then_followed(tmp_path):
     with_mirror, without = float(found[1]), float(found[2])
     saved = yaml.safe_load((run / "config.yaml").read_text())
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["tta"] is saved["evaluation"]["tta"] is (with_mirror < without)
-    assert saved["decisions"]["tta"] in line
+    assert ev["tta"] is (with_mirror < without) and ev["tta_reason"] in line  # decided by evaluation, kept there
+    assert saved["evaluation"]["tta"] is None  # config.yaml keeps the request (auto); training wrote it
     valid = read_predictions(run / "valid_predictions.csv")  # written the chosen way
     loss = -np.log(np.clip(valid.probs[np.arange(len(valid.labels)), valid.labels], 1e-12, 1)).mean()
     assert loss == pytest.approx(min(with_mirror, without), abs=2e-3)

@@ -70,6 +70,7 @@ def test_a_damaged_onnx_file_is_a_clear_error(tmp_path):
         E.onnx_logits(bad, np.zeros((1, 1, 8, 8), np.float32))
 
 
+@pytest.mark.slow
 def test_an_exported_file_predicts_as_the_run_without_importing_torch(digits_cnn_run, tmp_path, cli):
     """`cnnlab predict model.onnx IMAGES` runs on ONNX Runtime alone and gives the run's labels."""
     import subprocess

@@ -6,6 +6,7 @@ runs started on one name do not corrupt each other."""
 from __future__ import annotations
 
 import csv
+import errno
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,7 @@ def reference(tmp_path_factory):
     return runs, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(reference):
     runs, seconds = reference
     ref = runs / "ref"
@@ -102,8 +104,6 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(reference):
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(tmp_path, cli, monkeypatch):
-    import errno
-
     from cnnlab.train import fit
 
     real, calls = fit.save_checkpoint, []
@@ -138,6 +138,7 @@ def test_a_run_folder_moved_elsewhere_evaluates_and_predicts(reference, tmp_path
     assert code == 0 and out.startswith(str(image)), err
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_name_at_once_leave_one_whole_run(reference, tmp_path):
     runs = tmp_path / "runs"
     procs = [subprocess.Popen(_train_args(runs, "same"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -153,6 +154,7 @@ def test_two_runs_on_one_name_at_once_leave_one_whole_run(reference, tmp_path):
     assert _epochs(runs / "same") == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_before_the_first_epoch_or_during_evaluation(reference, tmp_path, cli):
     """The two states a kill can leave that resume used to refuse, made on purpose: no last.pt yet (it trains
     from the saved plan), and every epoch saved but no eval.json (it evaluates)."""
@@ -172,3 +174,38 @@ def test_resume_after_a_kill_before_the_first_epoch_or_during_evaluation(referen
     assert _scores(late) == _scores(runs / "ref")
     code, _, err = cli("train", "--resume", late)  # now there is nothing left to do
     assert code == 2 and "already finished" in err
+
+
+def _full_disk(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_in_export_explain_or_audit_is_one_line_and_leaves_nothing(digits_cnn_run, tmp_path, cli,
+                                                                                monkeypatch):  # fmt: skip
+    """Every command's files go through one writer: a full disk is one `error:` line, exit 2, nothing partial."""
+    from cnnlab import files
+    from cnnlab.explain import run as explain_module
+    from cnnlab.export import exporter
+
+    monkeypatch.setattr(exporter, "write_onnx", _full_disk)
+    out = tmp_path / "exported"
+    code, _, err = cli("export", digits_cnn_run, "--output", out / "m.onnx")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: could not write") and "No space" in err
+    assert not (out / "m.onnx").exists() and not any(out.glob(".*"))
+    monkeypatch.setattr(explain_module.shutil, "move", _full_disk)
+    code, _, err = cli("explain", digits_cnn_run, "--output", tmp_path / "ex", "--embed-samples", "20")
+    assert code == 2 and err.startswith("error: could not write") and not any((tmp_path / "ex").glob("*"))
+    monkeypatch.setattr(files.os, "replace", _full_disk)  # the rename that ends every atomic write
+    code, _, err = cli("audit", digits_cnn_run, "--output", tmp_path / "au", "--no-labels")
+    assert code == 2 and err.startswith("error: ") and "No space" in err
+
+
+def test_audit_of_a_run_writes_where_output_says(digits_cnn_run, tmp_path, cli):
+    """`cnnlab audit RUN --output DIR` writes into DIR and leaves the run folder as it was."""
+    before = sorted(p.name for p in digits_cnn_run.iterdir())
+    code, out, err = cli("audit", digits_cnn_run, "--output", tmp_path / "au", "--no-labels")
+    assert code == 0, err
+    assert (tmp_path / "au" / "audit.csv").is_file() and (tmp_path / "au" / "audit.json").is_file()
+    assert sorted(p.name for p in digits_cnn_run.iterdir()) == before
+    code, _, err = cli("audit", digits_cnn_run, "--output", tmp_path / "au", "--no-labels")
+    assert code == 2 and "already exists" in err and "--force" in err

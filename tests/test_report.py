@@ -57,6 +57,7 @@ def test_report_changes_positive_class_and_draws_readers(cli, digits_run, tmp_pa
     assert code == 2 and "unknown positive class 'cat'" in err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (make test installs it as root)")
 def test_report_renders_in_headless_chromium(digits_run, tmp_path):
     from playwright.sync_api import sync_playwright

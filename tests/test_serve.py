@@ -228,6 +228,7 @@ def server():
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (make test installs it as root)")
 def test_the_page_in_a_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright

@@ -18,6 +18,19 @@ RULE_HELP = (
     "fixed:T (default sensitivity:0.95)."
 )
 
+RUN_OPTIONS = (
+    "config",
+    "name",
+    "runs_dir",
+    "force",
+    "resume",
+    "report",
+    "explain",
+    "dry_run",
+    "pipeline",
+    "config_from_flags",
+)  # train's options that are not part of the run's config
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train, evaluate and use CNN image classifiers. Start with: cnnlab train --data fashion-mnist",
@@ -33,6 +46,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _log(message: str) -> None:
     typer.echo(message)
+
+
+def _note(message: str) -> None:
+    """Progress and warnings while output goes to stdout (predictions, answers): on stderr."""
+    typer.echo(message, err=True)
 
 
 @app.command()
@@ -121,55 +139,19 @@ def train(
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
     from cnnlab import pipeline
-    from cnnlab.config import RunConfig, load_config, with_overrides
+    from cnnlab.config import config_from_flags
 
-    data_flags = {
-        "source": data, "valid_fraction": valid_fraction, "test_fraction": test_fraction, "augment": augment,
-        "image_size": image_size, "train_limit": train_limit, "root": data_root, "strict": strict,
-        "stream": stream, "flips": flips, "audit": audit, "dedupe": dedupe,
-    }  # fmt: skip
-    train_flags = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "schedule": schedule,
-        "weight_decay": weight_decay, "momentum": momentum, "label_smoothing": label_smoothing,
-        "patience": patience, "precision": precision, "device": device, "seed": seed, "backbone_lr": backbone_lr,
-        "budget_minutes": budget_minutes, "devices": devices, "num_nodes": num_nodes, "compile": compile,
-        "logger": logger,
-    }  # fmt: skip
-    model_flags = {
-        "name": model, "options": _parse_options(model_option) if model_option else None, "strategy": strategy,
-        "weights": weights, "feature_views": feature_views,
-    }  # fmt: skip
-    eval_flags = {"positive": positive, "threshold_rule": threshold_rule, "tta": tta}
+    flags = {k: v for k, v in locals().items() if k not in RUN_OPTIONS}  # the config's options, None if not given
     if resume is not None:
-        flags = {**data_flags, **train_flags, **model_flags, **eval_flags, "config": config}
-        given = [k for k, v in flags.items() if v is not None]
+        given = [k for k, v in flags.items() if v is not None] + ["config"] * bool(config)
         if given or dry_run or name:
             raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given) or 'the other options'}")
         pipeline.resume(resume, log=_log)
         return
-    cfg = load_config(config) if config else RunConfig()
-    cfg = with_overrides(cfg, "data", **data_flags)
-    cfg = with_overrides(cfg, "model", **model_flags)
-    cfg = with_overrides(cfg, "train", **train_flags)
-    cfg = with_overrides(cfg, "evaluation", **eval_flags)
+    cfg = config_from_flags(config, flags)
     pipeline.train(
         cfg, runs_dir=runs_dir, name=name, force=force, dry_run=dry_run, report=report, explain=explain, log=_log
     )
-
-
-def _parse_options(items: list[str]) -> dict:
-    import yaml
-
-    options = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise CnnlabError(f"--model-option '{item}' is not KEY=VALUE (e.g. --model-option dropout=0.1)")
-        try:
-            options[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise CnnlabError(f"--model-option {key}: cannot read value '{raw}' ({exc.__class__.__name__})") from exc
-    return options
 
 
 BACKEND_HELP = (
@@ -272,32 +254,11 @@ def dogapp(
     face_min_size: int = typer.Option(20, min=4, help="Smallest face in pixels (after small images are upscaled)."),
 ) -> None:
     """The course's dog-breed app: a dog (which breed), a human (which breed they resemble), or neither."""
-    import tempfile
+    from cnnlab.apps.dogapp import FaceSettings, run_dogapp
 
-    from cnnlab.apps.dogapp import DogApp, FaceSettings, annotate, format_assessment
-    from cnnlab.apps.dogapp import assess as run_assessment
-
-    if not images and not assess:
-        raise CnnlabError("give images or folders to answer, or --assess to measure the detectors")
     faces = FaceSettings(scale_factor=face_scale, min_neighbors=face_neighbors, min_size=face_min_size)
-    app_ = DogApp(breeds_run=breeds, faces=faces)
-    if assess:
-        with tempfile.TemporaryDirectory() as tmp:
-            typer.echo(format_assessment(run_assessment(app_, Path(tmp), dogs=assess_dogs)))
-    if not images:
-        return
-    answers = app_.answer(images, log=lambda m: typer.echo(m, err=True))
-    for a in answers:
-        typer.echo(a.sentence())
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        targets = [output / f"{Path(a.path).stem}.answer.png" for a in answers]
-        clash = next((t for t in targets if t.exists()), None)
-        if clash is not None and not force:
-            raise CnnlabError(f"{clash} already exists (choose another --output or pass --force)")
-        for a, target in zip(answers, targets, strict=True):
-            annotate(a, target)
-        typer.echo(f"wrote {len(targets)} annotated image(s) to {output}")
+    run_dogapp(images, breeds=breeds, output=output, force=force, assess_detectors=assess, assess_dogs=assess_dogs,
+               faces=faces, log=_log, note=_note)  # fmt: skip
 
 
 @app.command()
@@ -329,34 +290,15 @@ def autoencode(
 ) -> None:
     """Train an autoencoder (linear, conv, conv-upsample; --noise: denoising) and score reconstructions on the
     test split: MSE, PSNR, SSIM, and with --anomaly the ROC AUC of reconstruction error as an outlier score."""
-    from dataclasses import asdict
-
-    from cnnlab.apps.autoencode import AutoencodeOptions
-    from cnnlab.apps.autoencode import autoencode as run
-    from cnnlab.apps.autoencode import compare as compare_runs
-    from cnnlab.apps.autoencode import resume as resume_run
+    from cnnlab.apps.autoencode import AutoencodeOptions, autoencode_command
 
     options = AutoencodeOptions(
         data=data, model=model, latent=latent, noise=noise, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr,
         seed=seed, budget_minutes=budget_minutes, anomaly=anomaly, image_size=image_size, data_root=data_root,
         train_limit=train_limit,
     )  # fmt: skip
-    if resume is not None:
-        given = [k for k, v in asdict(options).items() if v != getattr(AutoencodeOptions(), k)]
-        given += ["--name"] * bool(name) + ["--compare"] * bool(compare)
-        if given:
-            raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given)}")
-        resume_run(resume, log=_log)
-        return
-    if compare:
-        if len(compare) < 2:
-            raise CnnlabError("--compare needs two runs or more (--compare runs/a --compare runs/b)")
-        scores = compare_runs(compare, output, force=force)
-        for path, q in zip(compare, scores, strict=True):
-            typer.echo(f"{path}: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f} on the pictured images")
-        typer.echo(f"wrote {output}")
-        return
-    run(options, runs_dir=runs_dir, name=name, force=force, log=_log)
+    autoencode_command(options, runs_dir=runs_dir, name=name, force=force, compare_runs=compare, output=output,
+                       resume_run=resume, log=_log)  # fmt: skip
 
 
 @app.command()
@@ -381,24 +323,12 @@ def stylize(
 ) -> None:
     """Neural style transfer (Gatys et al.): content loss on one deep layer, Gram-matrix style losses on several,
     total variation; writes the image, its loss curve and a JSON record."""
-    from cnnlab.apps.style import StyleOptions, demo_images, format_record, read_image, save_outputs
-    from cnnlab.apps.style import stylize as run
+    from cnnlab.apps.style import StyleOptions, stylize_files
 
     options = StyleOptions(size=size, steps=steps, network=network, weights=weights, smoothing=smoothing,
                            optimizer=optimizer, lr=lr, content_weight=content_weight, style_weight=style_weight,
                            tv_weight=tv_weight, init=init, seed=seed)  # fmt: skip
-    options.check()
-    if demo == (content is not None or style is not None) or (not demo and (content is None or style is None)):
-        raise CnnlabError("give CONTENT and STYLE images, or --demo (and no images)")
-    if output.exists() and not force:
-        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    arrays = demo_images() if demo else (None, None)
-    content_image = read_image(content, arrays[0], longer=size)
-    style_image = read_image(style, arrays[1], longer=size)
-    result, record = run(content_image, style_image, options)
-    typer.echo(format_record(record))
-    paths = save_outputs(result, record, output, force=force)
-    typer.echo(f"wrote {', '.join(map(str, paths))}")
+    stylize_files(content, style, options, demo=demo, output=output, force=force, log=_log)
 
 
 @app.command("audit")
@@ -418,18 +348,15 @@ def audit_command(
 ) -> None:
     """Duplicates and leakage across train/valid/test, likely label errors, outliers and class balance: a ranked
     table, audit.csv and audit.json. Never changes or deletes an image."""
-    from cnnlab.audit.gate import audit_data, audit_run
+    from cnnlab.audit.gate import audit_command as run_audit
     from cnnlab.config import RunConfig, with_overrides
 
-    if (run is None) == (data is None):
-        raise CnnlabError("give a run folder or --data SOURCE to audit (one of them)")
-    if run is not None:
-        audit_run(run, labels=labels, log=_log)
-        return
-    cfg = with_overrides(RunConfig(), "data", source=data, image_size=image_size, valid_fraction=valid_fraction,
-                         test_fraction=test_fraction, root=data_root)  # fmt: skip
-    cfg = with_overrides(cfg, "train", seed=seed)
-    audit_data(cfg, output=output, force=force, labels=labels, log=_log)
+    cfg = None
+    if data is not None:
+        cfg = with_overrides(RunConfig(), "data", source=data, image_size=image_size, valid_fraction=valid_fraction,
+                             test_fraction=test_fraction, root=data_root)  # fmt: skip
+        cfg = with_overrides(cfg, "train", seed=seed)
+    run_audit(run, cfg, output=output, force=force, labels=labels, log=_log)
 
 
 @app.command()
@@ -445,16 +372,10 @@ def serve(
 ) -> None:
     """A web page (and POST /predict JSON) to try a model on an image: top classes as bars, the Grad-CAM overlay
     and, for an ImageNet backbone or --dogapp, the dog app's answer."""
-    from cnnlab.apps.serve import bind, open_servable
-    from cnnlab.apps.serve import serve as run_server
+    from cnnlab.apps.serve import serve_target
 
-    sock = bind(host, port)  # a port in use fails now, not after the model has loaded
-    try:
-        servable = open_servable(target, dogapp=dogapp, weights=weights)
-        servable.max_pixels = int(max_megapixels * 1e6)
-        run_server(servable, sock, max_upload_mb=max_upload_mb, top_k=top_k, log=_log)
-    finally:
-        sock.close()
+    serve_target(target, host=host, port=port, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels,
+                 top_k=top_k, dogapp=dogapp, weights=weights, log=_log)  # fmt: skip
 
 
 @app.command()
@@ -470,12 +391,10 @@ def benchmark(
 ) -> None:
     """Latency (batch 1, p50/p95) and throughput (batch 64) of a run's model per backend: eager PyTorch, BN-folded
     PyTorch, ONNX Runtime fp32 and int8 (when exported); writes RUN/benchmark.json."""
-    from cnnlab.export.benchmark import benchmark_run
+    from cnnlab.export.benchmark import benchmark_run, meets_latency_budget
 
     result = benchmark_run(run, threads=threads, latency_budget_ms=latency_budget, log=_log)
-    default = next((r for r in result["rows"] if r["backend"] == result["default"]["backend"]), None)
-    if latency_budget is not None and default is not None and not default["meets_budget"]:
-        typer.echo(f"the default backend ({default['backend']}) misses the latency budget", err=True)
+    if not meets_latency_budget(result, log=_note):
         raise typer.Exit(1)
 
 
@@ -497,47 +416,10 @@ def predict(
     """Classify image files with a trained model (RUN, its checkpoint, or a file made by `cnnlab export`: then
     ONNX Runtime alone, no torch), preprocessed as its training data was, or with a pretrained backbone's
     ImageNet classifier (--model)."""
-    if output is not None and output.exists() and not force and not dry_run:
-        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    limit = 1 if dry_run else None
-    if model is None and len(paths) >= 2 and paths[0].suffix == ".onnx":
-        from cnnlab.predict.onnx import predict_onnx
+    from cnnlab.predict.paths import predict_paths
 
-        classes, preds = predict_onnx(paths[0], paths[1:], limit=limit)
-        _echo_predictions(classes, preds, top_k, output, dry_run)
-        return
-    from cnnlab.predict.infer import predict_imagenet, predict_images
-    from cnnlab.runs import open_run
-
-    if model is not None:
-        classes, preds = predict_imagenet(model, paths, weights=weights, limit=limit)
-    else:
-        if len(paths) < 2:
-            raise CnnlabError("give a run folder and at least one image (or --model NAME for ImageNet classes)")
-        run, images = paths[0], paths[1:]
-        ckpt = run / "best.pt" if run.is_dir() else run
-        tta = run.is_dir() and bool(open_run(run).evaluation.tta)  # as the run's evaluation decided
-        classes, preds = predict_images(
-            ckpt, images, limit=limit, tta=tta, backend=backend, log=lambda m: typer.echo(m, err=True)
-        )
-    _echo_predictions(classes, preds, top_k, output, dry_run)
-
-
-def _echo_predictions(classes: list[str], preds, top_k: int, output: Path | None, dry_run: bool) -> None:
-    """The top classes per image, and the CSV when asked for."""
-    for p in preds:
-        order = p.probabilities.argsort()[::-1][:top_k]
-        typer.echo(f"{p.path}: " + ", ".join(f"{classes[k]} {100 * p.probabilities[k]:.1f}%" for k in order))
-    if output is not None and not dry_run:
-        _write_prediction_csv(output, classes, preds)
-        typer.echo(f"wrote {output}")
-
-
-def _write_prediction_csv(path: Path, classes: list[str], preds) -> None:
-    from cnnlab.files import write_csv_atomic
-
-    rows = ([p.path, classes[int(p.probabilities.argmax())], *[f"{v:.6f}" for v in p.probabilities]] for p in preds)
-    write_csv_atomic(path, ["path", "predicted", *[f"p_{c}" for c in classes]], rows)
+    predict_paths(paths, model=model, weights=weights, top_k=top_k, output=output, force=force, dry_run=dry_run,
+                  backend=backend, log=_log, note=_note)  # fmt: skip
 
 
 @app.command()
@@ -553,21 +435,12 @@ def report(
 ) -> None:
     """Write RUN/report.html: one self-contained page with every figure embedded. With --positive or
     --threshold-rule, eval.json's binary block is recomputed first from the saved predictions."""
-    from cnnlab.config import parse_rule
-    from cnnlab.evaluate.evaluate import rescore_binary
-    from cnnlab.report.html import load_evaluation, read_readers, write_report
+    from cnnlab.pipeline import report_run
 
-    if threshold_rule is not None:
-        parse_rule(threshold_rule)  # an invalid rule fails before anything is read
-    if dry_run:
-        load_evaluation(run)
-        if readers:
-            read_readers(readers)
-        typer.echo(f"dry run ok: {run} can be reported (nothing written)")
-        return
-    if positive is not None or threshold_rule is not None:
-        rescore_binary(run, positive=positive, rule=threshold_rule)
-    typer.echo(f"wrote {write_report(run, readers=readers, explain=explain)}")
+    path = report_run(run, positive=positive, rule=threshold_rule, readers=readers, explain=explain,
+                      dry_run=dry_run, log=_log)  # fmt: skip
+    if path is not None:
+        _log(f"wrote {path}")
 
 
 @app.command()
@@ -580,39 +453,10 @@ def score(
     dry_run: bool = typer.Option(False, "--dry-run", help="Same checks and output; writes nothing."),
 ) -> None:
     """Score predictions made elsewhere (generic or ISIC-2017 / dermatologist-ai layout)."""
-    from cnnlab.evaluate.evaluate import write_eval_json
-    from cnnlab.evaluate.score import score_file
+    from cnnlab.evaluate.score import score_command
 
-    if output is not None and output.exists():
-        raise CnnlabError(f"{output} already exists (choose another --output)")
-    result = score_file(predictions, truth=truth, positive=positive, threshold=threshold)
-    typer.echo(_format_score(result))
-    if output is not None and not dry_run:
-        write_eval_json(output, result)
-        typer.echo(f"wrote {output}")
-
-
-def _format_score(r: dict) -> str:
-    def binary_line(label: str, b: dict) -> str:
-        lo, hi = b["auc_ci95"]
-        at = f"at threshold {b.get('threshold', r.get('threshold')):.2f}"
-        rates = f"sensitivity {b['sensitivity']:.4f}, specificity {b['specificity']:.4f}"
-        values = f"{rates}, PPV {b['ppv']:.4f}, NPV {b['npv']:.4f}"
-        return f"{label}: AUC {b['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f}); {at}: {values}"
-
-    if r["format"] == "isic2017":
-        return "\n".join([
-            f"{r['n']} cases (ISIC-2017 layout)",
-            binary_line("Category 1 (melanoma, task_1)", r["category_1"]),
-            binary_line("Category 2 (seborrheic keratosis, task_2)", r["category_2"]),
-            f"Category 3 (mean AUC): {r['category_3_mean_auc']:.4f}",
-        ])  # fmt: skip
-    if r["format"] == "binary":
-        return f"{r['n']} cases\n" + binary_line(f"{r['positive']} vs rest", r)
-    lines = [f"{r['n']} cases: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}"]
-    if "binary" in r:
-        lines.append(binary_line(f"{r['binary']['positive']} vs rest", r["binary"]))
-    return "\n".join(lines)
+    score_command(predictions, truth=truth, positive=positive, threshold=threshold, output=output, dry_run=dry_run,
+                  log=_log)  # fmt: skip
 
 
 @app.command()
@@ -623,14 +467,9 @@ def compare(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the table only; write nothing."),
 ) -> None:
     """Put runs side by side: parameters, recipe, best valid loss, test accuracy, time, speed, curves."""
-    from cnnlab.report.compare import comparison_rows, write_comparison
+    from cnnlab.report.compare import compare_runs
 
-    rows = comparison_rows(runs)
-    for r in rows:
-        typer.echo(f"{r['name']:<40} {r['model']:<14} {r['params']:>10} params  acc {r['accuracy']:>7}  "
-                   f"best valid loss {r['best_valid_loss']}  {r['time']:>6}  {r['speed']} img/s")  # fmt: skip
-    if not dry_run:
-        typer.echo(f"wrote {write_comparison(runs, output, force=force)}")
+    compare_runs(runs, output, force=force, dry_run=dry_run, log=_log)
 
 
 @app.command()
@@ -642,28 +481,9 @@ def layers(
 ) -> None:
     """Conv arithmetic per layer from the formulas (size, parameters, receptive field, MACs), checked
     against a real forward pass."""
-    from cnnlab.lab.layers import check_against_forward, format_table, layer_table
-    from cnnlab.models import create_model
+    from cnnlab.lab.layers import layers_report
 
-    shape = _parse_shape(input)
-    net = create_model(model, num_classes=classes, in_channels=shape[0], image_size=shape[1])
-    rows = layer_table(net, shape)
-    typer.echo(format_table(rows))
-    problems = check_against_forward(net, shape)
-    typer.echo(
-        f"check: {'formula == forward pass for all ' + str(len(rows)) + ' layers' if not problems else problems}"
-    )
-
-
-def _parse_shape(text: str) -> tuple[int, int, int]:
-    parts = text.lower().split("x")
-    try:
-        c, h, w = (int(p) for p in parts)
-    except ValueError:
-        raise CnnlabError(f"--input '{text}' is not CxHxW (e.g. 1x28x28 or 3x32x32)") from None
-    if h != w or min(c, h) < 1:
-        raise CnnlabError(f"--input '{text}': give positive sizes with a square image (H == W)")
-    return c, h, w
+    _log(layers_report(model, input_shape=input, classes=classes))
 
 
 @app.command()
@@ -677,17 +497,9 @@ def filters(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),
 ) -> None:
     """Apply high-pass and low-pass kernels with OpenCV and with conv2d; plot images and spectra."""
-    from cnnlab.lab.filters import filter_figure, load_grey, parse_kernel
+    from cnnlab.lab.filters import filters_command
 
-    kernels = [parse_kernel(k) for k in (kernel or ["sobel-x", "sobel-y", "laplacian", "gaussian"])]
-    name, grey = load_grey(image)
-    if output.exists() and not force and not dry_run:
-        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    if dry_run:
-        typer.echo(f"dry run ok: {name}, kernels {', '.join(k for k, _ in kernels)}")
-        return
-    worst = filter_figure(name, grey, kernels, output)
-    typer.echo(f"wrote {output} ({name}; OpenCV vs conv2d max difference {worst:.2e})")
+    filters_command(image, kernel, output, force=force, dry_run=dry_run, log=_log)
 
 
 @app.command("init-compare")
@@ -704,17 +516,10 @@ def init_compare(
     dry_run: bool = typer.Option(False, "--dry-run", help="One batch per scheme; write nothing."),
 ) -> None:
     """Train the same model once per weight-init scheme and compare the losses (the course's lesson)."""
-    from cnnlab.lab.init import SCHEMES, init_comparison, plot_init_losses
+    from cnnlab.lab.init import init_compare_command
 
-    if output.exists() and not force and not dry_run:
-        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
-    results = init_comparison(
-        data, model, schemes=scheme or list(SCHEMES), epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-        dry_run=dry_run, log=_log,
-    )  # fmt: skip
-    if not dry_run:
-        plot_init_losses(results, output, title=f"weight initialisation: {model} on {data}")
-        typer.echo(f"wrote {output}")
+    init_compare_command(data, model, schemes=scheme, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         output=output, force=force, dry_run=dry_run, log=_log)  # fmt: skip
 
 
 @app.command("sample-data")
@@ -738,24 +543,9 @@ def models(
     dry_run: bool = typer.Option(False, "--dry-run", help="Same output (nothing is written anyway)."),
 ) -> None:
     """List the registered models with parameter counts for 10 classes."""
-    from cnnlab.models import create_model, describe_model, list_models, list_pretrained
+    from cnnlab.models.registry import catalogue
 
-    typer.echo(f"{'model':<16}{'params':>12}  description (at {in_channels}x{image_size}x{image_size}, 10 classes)")
-    for model_name in list_models():
-        entry = describe_model(model_name)
-        try:
-            net = create_model(model_name, num_classes=10, in_channels=in_channels, image_size=image_size)
-            count = f"{sum(p.numel() for p in net.parameters()):,}"
-        except CnnlabError:
-            count = f"needs >={entry.min_size}px"
-        typer.echo(f"{model_name:<16}{count:>12}  {entry.summary}")
-        if entry.adapted and image_size < 64:
-            typer.echo(f"{'':<30}adapted: {entry.adapted}")
-    typer.echo("\npretrained backbones (ImageNet weights; train with --strategy, predict with --model):")
-    for model_name in list_pretrained():
-        net = create_model(model_name, num_classes=10, in_channels=3, image_size=224, strategy="fine-tune")
-        typer.echo(f"{model_name:<20}{sum(p.numel() for p in net.parameters()):>8,}  weights ship with pip (offline)")
-    typer.echo(f"{'timm/NAME, tv/NAME':<30}any timm model / torchvision classic: downloaded, or --weights PATH")
+    _log(catalogue(image_size=image_size, in_channels=in_channels))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -771,6 +561,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # a file the library did not write through cnnlab.files: still one line
+        if _wants_debug(args):
+            raise
+        typer.echo(f"error: {exc.strerror or exc}: {exc.filename or ''} (check the path and free space)", err=True)
+        sys.exit(2)
 
 
 def _wants_debug(args: list[str]) -> bool:

@@ -287,3 +287,41 @@ def load_config(path: str | Path) -> RunConfig:
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Written atomically: a run killed mid-write keeps its previous config.yaml whole."""
     write_text_atomic(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+FLAG_NAMES = {"data": "source", "data_root": "root", "model": "name", "model_option": "options"}
+
+
+def config_from_flags(path: str | Path | None, flags: dict[str, Any]) -> RunConfig:
+    """The YAML file at `path` (or the defaults) with the command line's flags over it (None: not given). A flag
+    names its option (`--lr` -> train.lr; FLAG_NAMES renames the few that differ); each option lives in exactly
+    one section. Model options arrive as KEY=VALUE texts (YAML values)."""
+    config = load_config(path) if path else RunConfig()
+    owner = {
+        f.name: s for s in ("data", "model", "train", "evaluation") for f in dataclasses.fields(getattr(config, s))
+    }
+    sections: dict[str, dict[str, Any]] = {}
+    for flag, value in flags.items():
+        option = FLAG_NAMES.get(flag, flag)
+        if option not in owner:
+            raise CnnlabError(f"flag '{flag}' is not a config option (valid: {', '.join(sorted(owner))})")
+        if option == "options" and value:
+            value = parse_options(value)
+        sections.setdefault(owner[option], {})[option] = value
+    for section, values in sections.items():
+        config = with_overrides(config, section, **values)
+    return config
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """`["widths=[32,64]", "dropout=0.1"]` -> {"widths": [32, 64], "dropout": 0.1}."""
+    options = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CnnlabError(f"--model-option '{item}' is not KEY=VALUE (e.g. --model-option dropout=0.1)")
+        try:
+            options[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise CnnlabError(f"--model-option {key}: cannot read value '{raw}' ({exc.__class__.__name__})") from exc
+    return options

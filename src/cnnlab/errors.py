@@ -34,3 +34,18 @@ def unknown_choice(what: str, value: str, choices: Iterable[str]) -> CnnlabError
     """An error for a name not among `choices`, naming the valid ones and the closest match."""
     choices = sorted(choices)
     return CnnlabError(f"unknown {what} '{value}' ({did_you_mean(value, choices)}valid: {', '.join(choices)})")
+
+
+class WriteFailed(CnnlabError, OSError):
+    """A file could not be written (a full disk, a read-only folder); nothing partial was left. Also an OSError,
+    so code that tolerates a failed cache write still does."""
+
+    def __init__(self, path, cause: OSError) -> None:
+        OSError.__init__(self, cause.errno, cause.strerror, str(path))
+        self.message = (
+            f"could not write {path}: {cause.strerror or cause} (free some space or choose another folder); "
+            "nothing was written"
+        )
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,26 +1,62 @@
-"""Atomic file writes: a temp file beside the target, then a rename, so no half-written output is left."""
+"""Every file cnnlab writes goes through here: a temp file beside the target, then a rename, so no half-written
+output is left; a write that fails (a full disk, a read-only folder) is one `CnnlabError` naming the file."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
+from cnnlab.errors import CnnlabError, WriteFailed
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A unique temp path beside `path` (same suffix, so writers that read it pick the format); renamed onto
+    `path` when the block succeeds, removed when it fails."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as exc:
+        raise WriteFailed(path, exc) from exc
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(path, exc) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A temporary folder beside `target` for an output written in several steps (an export, explain's
+    pictures), moved into place by the caller; gone afterwards whatever happens. A failed write inside is one
+    `WriteFailed` naming `target`."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as work:
+            yield Path(work)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(target, exc) from exc
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
@@ -31,14 +67,44 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence]
     write_text_atomic(path, buf.getvalue())
 
 
+def write_json_atomic(path: Path, value: Any) -> None:
+    """JSON with NaN written as null (strict JSON readers reject NaN)."""
+    write_text_atomic(path, json.dumps(_nan_to_none(value), indent=2))
+
+
+def read_json(path: Path, *, missing: str) -> dict[str, Any]:
+    """A JSON object from `path`; a missing or unreadable file is one error whose fix is `missing`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing ({missing})")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CnnlabError(f"{path} is not readable JSON ({exc.__class__.__name__}; {missing})") from exc
+    if not isinstance(value, dict):
+        raise CnnlabError(f"{path} does not hold a JSON object ({missing})")
+    return value
+
+
 def save_torch_atomic(obj: Any, path: Path) -> None:
     """`torch.save` through a unique temp file and a rename (checkpoints, caches)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    import torch  # deferred: this leaf also serves the torch-free paths (predicting from an .onnx file)
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def save_figure_atomic(fig, path: Path, **savefig: Any) -> None:
+    """A matplotlib Figure written to `path` (format from its suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **savefig)
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value

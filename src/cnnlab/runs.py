@@ -1,4 +1,5 @@
-"""The run folder: naming, creating it without clobbering, cleaning up after a failed start, reopening."""
+"""The run folder: every file name in it (declared once, here), naming a run, creating it without clobbering,
+cleaning up after a failed start, reopening it, and the one writer of its config.yaml."""
 
 from __future__ import annotations
 
@@ -9,8 +10,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cnnlab.config import RunConfig, load_config, save_config, with_decisions
+from cnnlab.config import RunConfig, load_config, save_config
 from cnnlab.errors import CnnlabError
+
+
+class RunFile:
+    """The name of every file cnnlab keeps in a run folder; code refers to these, never to the strings."""
+
+    CONFIG = "config.yaml"  # the resolved config: every `auto` replaced by what was decided
+    SPLITS = "splits.json"  # train/valid/test indices
+    METRICS = "metrics.csv"  # one row per epoch
+    BEST = "best.pt"  # the lowest validation loss
+    LAST = "last.pt"  # the last finished epoch, with the optimiser state (resume)
+    PREDICTIONS = "predictions.csv"  # test
+    VALID_PREDICTIONS = "valid_predictions.csv"
+    EVAL = "eval.json"
+    REPORT = "report.html"
+    EXPORT = "export.json"
+    BENCHMARK = "benchmark.json"
+    AUDIT_CSV = "audit.csv"
+    AUDIT_JSON = "audit.json"
+    EXPLAIN = "explain"  # cnnlab explain's folder
+    EXPLAIN_JSON = "explain.json"
+    PLOTS = "plots"
 
 
 def default_run_name(config: RunConfig) -> str:
@@ -53,7 +75,7 @@ def creating_run_dir(path: Path) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        if not (path / "last.pt").exists():
+        if not (path / RunFile.LAST).exists():
             shutil.rmtree(path, ignore_errors=True)
         raise
 
@@ -63,9 +85,9 @@ def open_run(run_dir: Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CnnlabError(f"run folder not found: {run_dir} (pass a folder made by `cnnlab train`)")
-    if not (run_dir / "config.yaml").is_file():
-        raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no config.yaml)")
-    return load_config(run_dir / "config.yaml")
+    if not (run_dir / RunFile.CONFIG).is_file():
+        raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no {RunFile.CONFIG})")
+    return load_config(run_dir / RunFile.CONFIG)
 
 
 def claim_shared_run_dir(fabric, runs_dir: Path, name: str, *, force: bool) -> Path:
@@ -84,10 +106,13 @@ def claim_shared_run_dir(fabric, runs_dir: Path, name: str, *, force: bool) -> P
     return Path(claimed)
 
 
-def record_config(run_dir: Path, config: RunConfig, template, *, writer: bool, **decisions: str) -> None:
-    """A decision taken during the run: `config` (with the new `decisions`) goes into the checkpoint `template`
-    and, for the writer (rank 0), into config.yaml, so resume and evaluation follow it."""
-    config = with_decisions(config, **decisions)
-    template.config = config.to_dict()
-    if writer and run_dir.is_dir():  # a dry run's temporary folder may be gone already
-        save_config(config, run_dir / "config.yaml")
+def write_run_config(run_dir: Path, config: RunConfig) -> None:
+    """config.yaml of a run: the one writer (atomic). The pipeline calls it when the plan is made and after
+    training returns what it decided (budget epochs, measured flips, a head's regularisation)."""
+    save_config(config, Path(run_dir) / RunFile.CONFIG)
+
+
+def refuse_existing(path: Path, *, force: bool, option: str = "--output") -> None:
+    """An output the user already has is kept unless they pass --force: the one guard every command uses."""
+    if Path(path).exists() and not force:
+        raise CnnlabError(f"{path} already exists (choose another {option} or pass --force)")

@@ -34,7 +34,7 @@ from cnnlab.explain.embedding import embed
 from cnnlab.figures import new_figure
 from cnnlab.files import save_torch_atomic, write_text_atomic
 from cnnlab.models.autoencoder import create_autoencoder
-from cnnlab.runs import claim_run_dir, creating_run_dir, source_slug
+from cnnlab.runs import RunFile, claim_run_dir, creating_run_dir, source_slug
 from cnnlab.train.fit import BestTracker
 
 LOSSES = ("mse", "bce")
@@ -93,8 +93,8 @@ def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), nam
     log(f"model: {options.model} autoencoder, latent {options.latent}, {n_params:,} parameters; loss {options.loss}"
         + (f"; denoising, noise {options.noise}" if options.noise else ""))  # fmt: skip
     with creating_run_dir(run_dir):
-        _write_yaml(run_dir / "config.yaml", {"kind": KIND, **asdict(options)})
-        save_splits(data.splits, run_dir / "splits.json", seed=options.seed)
+        _write_yaml(run_dir / RunFile.CONFIG, {"kind": KIND, **asdict(options)})
+        save_splits(data.splits, run_dir / RunFile.SPLITS, seed=options.seed)
         _fit(model, data, options, run_dir, log)
     result = evaluate(run_dir, data=data, log=log)
     log(f"run folder: {run_dir}")
@@ -104,8 +104,8 @@ def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), nam
 def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue an interrupted autoencoder run from last.pt to its planned epochs, then evaluate it."""
     run_dir = Path(run_dir)
-    _, options, _ = load_autoencoder(run_dir, checkpoint="last.pt")
-    last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    _, options, _ = load_autoencoder(run_dir, checkpoint=RunFile.LAST)
+    last = torch.load(run_dir / RunFile.LAST, map_location="cpu", weights_only=True)
     if last["epoch"] >= options.epochs:
         log(f"{run_dir} already trained {last['epoch']} of {options.epochs} epochs; evaluating")
     else:
@@ -199,12 +199,12 @@ def _fit(model, data: Data, o: AutoencodeOptions, run_dir: Path, log, *, last: d
                  "size": int(data.images.shape[-1]), "epoch": epoch, "state_dict": model.state_dict()}  # fmt: skip
         improved = best.update(epoch, valid)
         if improved:
-            save_torch_atomic(state, run_dir / "best.pt")
+            save_torch_atomic(state, run_dir / RunFile.BEST)
         history = [[r["epoch"], r["train_loss"], r["valid_loss"], r["seconds"]] for r in rows]
         resumable = {"optimizer": optimizer.state_dict(), "rows": history, "best_loss": best.best_loss,
                      "best_epoch": best.best_epoch}  # fmt: skip
-        save_torch_atomic({**state, **resumable}, run_dir / "last.pt")
-        _write_metrics(run_dir / "metrics.csv", rows)
+        save_torch_atomic({**state, **resumable}, run_dir / RunFile.LAST)
+        _write_metrics(run_dir / RunFile.METRICS, rows)
         log(f"epoch {epoch:3d}/{o.epochs}  train loss {row['train_loss']:.5f}  valid loss {valid:.5f}  "
             f"{row['seconds']:.1f}s" + ("  * best" if improved else ""))  # fmt: skip
         if time.monotonic() > deadline:
@@ -229,10 +229,10 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def load_autoencoder(run_dir: Path, *, checkpoint: str = "best.pt"):
+def load_autoencoder(run_dir: Path, *, checkpoint: str = RunFile.BEST):
     """`checkpoint` of an autoencoder run as a model in eval mode, its options and its epoch."""
     path = Path(run_dir) / checkpoint
-    config = Path(run_dir) / "config.yaml"
+    config = Path(run_dir) / RunFile.CONFIG
     raw = yaml.safe_load(config.read_text()) if config.is_file() else None
     if not isinstance(raw, dict) or raw.pop("kind", None) != KIND:
         raise CnnlabError(f"{run_dir} is not an autoencoder run (make one with cnnlab autoencode)")
@@ -286,7 +286,7 @@ def evaluate(run_dir: Path, *, data: Data | None = None, log: Callable[[str], No
     (run_dir / "plots").mkdir(exist_ok=True)
     for file, fig in figures.items():
         fig.savefig(run_dir / "plots" / file, dpi=110)
-    write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=1))
+    write_text_atomic(run_dir / RunFile.EVAL, json.dumps(result, indent=1))
     log(format_result(result))
     return result
 
@@ -388,3 +388,27 @@ def format_result(r: dict[str, Any]) -> str:
 
 def _write_yaml(path: Path, payload: dict) -> None:
     write_text_atomic(path, yaml.safe_dump(payload, sort_keys=False))
+
+
+def autoencode_command(
+    options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), name: str | None = None, force: bool = False,
+    compare_runs: list[Path] | None = None, output: Path = Path("autoencoders.png"), resume_run: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> None:  # fmt: skip
+    """`cnnlab autoencode`: train (the default), continue a run (`resume_run`, no other options), or draw the
+    same test images through several runs (`compare_runs`)."""
+    if resume_run is not None:
+        given = [k for k, v in asdict(options).items() if v != getattr(AutoencodeOptions(), k)]
+        given += ["--name"] * bool(name) + ["--compare"] * bool(compare_runs)
+        if given:
+            raise CnnlabError(f"--resume continues the saved plan; drop {', '.join(given)}")
+        resume(resume_run, log=log)
+    elif compare_runs:
+        if len(compare_runs) < 2:
+            raise CnnlabError("--compare needs two runs or more (--compare runs/a --compare runs/b)")
+        scores = compare(compare_runs, output, force=force)
+        for path, q in zip(compare_runs, scores, strict=True):
+            log(f"{path}: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f} on the pictured images")
+        log(f"wrote {output}")
+    else:
+        autoencode(options, runs_dir=runs_dir, name=name, force=force, log=log)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.models.pretrained import imagenet_class_names
 from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run, refuse_existing
 
 DOG_CLASSES = range(151, 269)  # ImageNet-1k indices of dog breeds
 BACKBONE = "efficientnet_lite0"
@@ -166,7 +168,7 @@ class DogApp:
     def _breed_model(self):
         """The breed run's model, class names (as shown) and preprocessing, loaded on first use."""
         if self._breeds_loaded is None:
-            path = self.breeds_run / "best.pt"
+            path = self.breeds_run / RunFile.BEST
             if not path.is_file():
                 raise CnnlabError(f"{path} is missing (train the breed run first: cnnlab train --data folder:DIR)")
             ckpt = load_checkpoint(path)
@@ -271,3 +273,32 @@ def format_assessment(r: dict) -> str:
     else:
         lines += ["  dogs: no dog photos ship offline; measure yours with --assess-dogs DIR"]
     return "\n".join(lines)
+
+
+def run_dogapp(
+    images: list[Path] | None, *, breeds: Path | None = None, output: Path | None = None, force: bool = False,
+    assess_detectors: bool = False, assess_dogs: Path | None = None, faces: FaceSettings | None = None,
+    log: Callable[[str], None] = print, note: Callable[[str], None] = print,
+) -> list[Answer]:  # fmt: skip
+    """`cnnlab dogapp`: the detectors assessed on offline data (`assess_detectors`), then one sentence per
+    image through `log`; with `output`, each image annotated with its answer (existing files need `force`)."""
+    if not images and not assess_detectors:
+        raise CnnlabError("give images or folders to answer, or --assess to measure the detectors")
+    app = DogApp(breeds_run=breeds, faces=faces or FaceSettings())
+    if assess_detectors:
+        with tempfile.TemporaryDirectory() as tmp:
+            log(format_assessment(assess(app, Path(tmp), dogs=assess_dogs)))
+    if not images:
+        return []
+    answers = app.answer(images, log=note)
+    for a in answers:
+        log(a.sentence())
+    if output is not None:
+        targets = [output / f"{Path(a.path).stem}.answer.png" for a in answers]
+        for target in targets:
+            refuse_existing(target, force=force)
+        output.mkdir(parents=True, exist_ok=True)
+        for a, target in zip(answers, targets, strict=True):
+            annotate(a, target)
+        log(f"wrote {len(targets)} annotated image(s) to {output}")
+    return answers

@@ -42,7 +42,7 @@ from cnnlab.models.checkpoint import InputSpec, load_checkpoint
 from cnnlab.models.pretrained import OFFLINE, TORCHVISION, imagenet_class_names, is_pretrained_name
 from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
 from cnnlab.predict.onnx import NEEDED, onnx_logits, open_session
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 TOP_K = 5
@@ -67,7 +67,9 @@ class Servable:
         self.lock = threading.Lock()
 
 
-def open_servable(target: str, *, dogapp: bool = False, weights: str | None = None) -> Servable:
+def open_servable(
+    target: str, *, dogapp: bool = False, weights: str | None = None, max_pixels: int | None = None
+) -> Servable:
     """A run folder, an exported .onnx file or a pretrained backbone name, ready to answer; anything else is
     one clear error naming what is accepted."""
     path = Path(target)
@@ -88,12 +90,13 @@ def open_servable(target: str, *, dogapp: bool = False, weights: str | None = No
         breeds = path if servable.kind == "run" else None  # a run trained on breeds names them
         shared = (servable.model, servable.prep) if servable.kind == "backbone" and target == BACKBONE else None
         servable.dogapp = DogApp(breeds_run=breeds, weights=weights if shared else None, classifier=shared)
+    servable.max_pixels = max_pixels
     return servable
 
 
 def _run(run_dir: Path) -> Servable:
     open_run(run_dir)
-    path = run_dir / "best.pt"
+    path = run_dir / RunFile.BEST
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
     ckpt = load_checkpoint(path)
@@ -331,3 +334,17 @@ def serve(servable: Servable, sock: socket.socket, *, max_upload_mb: float, top_
     log(f"serving {servable.name} on http://{shown}:{sock.getsockname()[1]}/ (JSON: POST /predict; Ctrl+C stops)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])
+
+
+def serve_target(
+    target: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
+    max_megapixels: float = 89.0, top_k: int = TOP_K, dogapp: bool = False, weights: str | None = None,
+    log: Callable[[str], None] = print,
+) -> None:  # fmt: skip
+    """`cnnlab serve`: bind first (a port in use fails before the model loads), open the target, serve."""
+    sock = bind(host, port)
+    try:
+        servable = open_servable(target, dogapp=dogapp, weights=weights, max_pixels=int(max_megapixels * 1e6))
+        serve(servable, sock, max_upload_mb=max_upload_mb, top_k=top_k, log=log)
+    finally:
+        sock.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.figures import new_figure
 from cnnlab.files import write_text_atomic
 from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
+from cnnlab.runs import refuse_existing
 
 NETWORKS = ("efficientnet_lite0", "vgg19")
 VGG_STYLE = {1: 1.0, 6: 0.75, 11: 0.2, 20: 0.2, 29: 0.2}  # ReLU after conv1_1, 2_1, 3_1, 4_1, 5_1
@@ -290,3 +292,23 @@ def format_record(r: dict[str, Any]) -> str:
             f"{r['content_layer']}: style loss {r['style_loss_first']:.4g} -> {r['style_loss_last']:.4g} "
             f"({r['style_loss_fall']:.0f}x lower); Gram distance to the style below the content image's at "
             f"{beaten} of {len(d['result'])} style layers; {r['seconds']} s")  # fmt: skip
+
+
+def stylize_files(
+    content: Path | None, style: Path | None, options: StyleOptions, *, demo: bool = False,
+    output: Path = Path("stylized.png"), force: bool = False, log: Callable[[str], None] = print,
+) -> list[Path]:  # fmt: skip
+    """`cnnlab stylize`: CONTENT in the style of STYLE (or the bundled demo pair), the image with its loss curve
+    and JSON record written beside `output`. Returns the written paths."""
+    options.check()
+    if demo == (content is not None or style is not None) or (not demo and (content is None or style is None)):
+        raise CnnlabError("give CONTENT and STYLE images, or --demo (and no images)")
+    refuse_existing(output, force=force)
+    arrays = demo_images() if demo else (None, None)
+    content_image = read_image(content, arrays[0], longer=options.size)
+    style_image = read_image(style, arrays[1], longer=options.size)
+    result, record = stylize(content_image, style_image, options)
+    log(format_record(record))
+    paths = save_outputs(result, record, output, force=force)
+    log(f"wrote {', '.join(map(str, paths))}")
+    return paths

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 
 from cnnlab.audit import checks as A
+from cnnlab.config import RunConfig
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import load_splits, make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import figure_png_base64, new_figure
 from cnnlab.files import write_text_atomic
-from cnnlab.runs import open_run, source_slug
+from cnnlab.runs import RunFile, open_run, refuse_existing, source_slug
 
-FILES = ("audit.csv", "audit.json")
+FILES = (RunFile.AUDIT_CSV, RunFile.AUDIT_JSON)
 SHOWN = 15  # table rows printed
 AUTO_MAX_IMAGES = 30_000  # `--audit auto` checks duplicates up to this many images (about 5 s on 2 cores)
 SECONDS_PER_PAIR = 5e-9  # the duplicate pass's cost per image pair, measured on 2 Zen 4 cores (70,000: 24 s)
@@ -42,13 +43,20 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
     return _audit_and_write(source, splits, config, output, force=force, labels=labels, log=log)
 
 
-def audit_run(run_dir: Path, *, labels: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Audit a run folder's data with the splits it trained on (splits.json); the files go into the run."""
+def audit_run(
+    run_dir: Path, *, output: Path | None = None, force: bool = False, labels: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Audit a run folder's data with the splits it trained on (splits.json); the files go into the run (its
+    own earlier audit is replaced), or into `output`."""
     config = open_run(run_dir)
     source = load_source(config.data, log=log)
     _check_source(source)
-    splits = _undeduplicated(load_splits(Path(run_dir) / "splits.json"), Path(run_dir) / "splits.json")
-    return _audit_and_write(source, splits, config, Path(run_dir), force=True, labels=labels, log=log)
+    path = Path(run_dir) / RunFile.SPLITS
+    splits = _undeduplicated(load_splits(path), path)
+    into_run = output is None
+    return _audit_and_write(source, splits, config, Path(run_dir) if into_run else Path(output),
+                            force=force or into_run, labels=labels, log=log)  # fmt: skip
 
 
 def _check_source(source) -> None:
@@ -63,9 +71,8 @@ def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.n
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
     out = Path(output) if output is not None else Path("runs") / f"audit-{source_slug(source.name)}"
-    clash = [out / f for f in FILES if (out / f).exists()]
-    if clash and not force:
-        raise CnnlabError(f"{clash[0]} already exists (choose another --output or pass --force)")
+    for name in FILES:
+        refuse_existing(out / name, force=force)
     cache_dir = Path(config.data.root) / "cache"
     found = A.audit(source, splits, labels_too=labels, cache_dir=cache_dir, seed=config.train.seed, log=log)
     table = A.rows(found, source, splits)
@@ -84,8 +91,8 @@ def write_audit(folder: Path, found: A.Audit, table: list[dict[str, Any]]) -> No
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    write_text_atomic(folder / "audit.csv", buffer.getvalue())
-    write_text_atomic(folder / "audit.json", json.dumps(A.as_json(found, table), indent=1))
+    write_text_atomic(folder / RunFile.AUDIT_CSV, buffer.getvalue())
+    write_text_atomic(folder / RunFile.AUDIT_JSON, json.dumps(A.as_json(found, table), indent=1))
 
 
 def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SHOWN) -> str:
@@ -160,11 +167,11 @@ def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Calla
 
 def evaluation_note(run_dir: Path) -> dict[str, Any] | None:
     """What eval.json says about the data under its score: leakage found and images dropped by --dedupe."""
-    path = Path(run_dir) / "audit.json"
+    path = Path(run_dir) / RunFile.AUDIT_JSON
     if not path.is_file():
         return None
     s = json.loads(path.read_text())
-    splits = Path(run_dir) / "splits.json"
+    splits = Path(run_dir) / RunFile.SPLITS
     dropped = json.loads(splits.read_text()).get("deduplicated") or {} if splits.is_file() else {}
     return {"leaked_held_out_images": s["leaked_held_out_images"], "counts": s["counts"], "checks": s["checks"],
             "deduplicated": {k: len(v) for k, v in dropped.items()}}  # fmt: skip
@@ -172,7 +179,7 @@ def evaluation_note(run_dir: Path) -> dict[str, Any] | None:
 
 def about_the_data(run_dir: Path, source) -> dict[str, Any] | None:
     """The report's "About the data" section: the audit's summary and thumbnails of what it found."""
-    path = Path(run_dir) / "audit.json"
+    path = Path(run_dir) / RunFile.AUDIT_JSON
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
@@ -205,3 +212,15 @@ def _thumb(ax, source, i: int, title: str) -> None:
     ax.imshow(image[:, :, 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
     ax.set_title(title, fontsize=7)
     ax.axis("off")
+
+
+def audit_command(
+    run: Path | None, config: RunConfig | None, *, output: Path | None = None, force: bool = False,
+    labels: bool = True, log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """`cnnlab audit`: a run folder's data with its own splits, or a data source (`config`) split as train would."""
+    if (run is None) == (config is None):
+        raise CnnlabError("give a run folder or --data SOURCE to audit (one of them)")
+    if run is not None:
+        return audit_run(run, output=output, force=force, labels=labels, log=log)
+    return audit_data(config, output=output, force=force, labels=labels, log=log)

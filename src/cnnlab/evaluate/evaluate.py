@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.audit.gate import evaluation_note
-from cnnlab.config import save_config, with_decisions, with_overrides
+from cnnlab.config import with_overrides
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
-from cnnlab.files import write_csv_atomic, write_text_atomic
+from cnnlab.files import write_csv_atomic, write_json_atomic
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
 from cnnlab.predict.backends import Backend, choose_backend
 from cnnlab.predict.infer import mean_of_views, model_from_checkpoint, model_logits, predict_logits
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run
 
 
 def format_accuracy_table(result: dict[str, Any]) -> str:
@@ -64,8 +63,8 @@ def evaluate_run(
     config = open_run(run_dir)
     wanted = with_overrides(config, "evaluation", positive=positive, threshold_rule=rule).evaluation  # validated
     positive, rule = wanted.positive, wanted.rule
-    splits = load_splits(run_dir / "splits.json")
-    ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
+    splits = load_splits(run_dir / RunFile.SPLITS)
+    ckpt_path = Path(checkpoint) if checkpoint else run_dir / RunFile.BEST
     ckpt = load_checkpoint(ckpt_path)
     source = source or load_source(config.data)
     check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=ckpt_path)
@@ -80,7 +79,7 @@ def evaluate_run(
                       dry_run=dry_run, log=log)  # fmt: skip
     tta, why, valid_logits = _choose_tta(
         config, model, select(source.images, valid_idx), source.labels[valid_idx], norm, cache_dir=cache_dir,
-        max_batches=max_batches, forward=chosen.forward,
+        max_batches=max_batches, forward=chosen.forward, decided_tta=_earlier_tta(run_dir),
     )  # fmt: skip
     # test is touched once, in the way validation chose
     test_logits = model_logits(model, select(source.images, test_idx), norm, cache_dir=cache_dir,
@@ -99,6 +98,7 @@ def evaluate_run(
         "checkpoint": str(ckpt_path),
         "epoch": ckpt.epoch,
         "tta": tta,
+        "tta_reason": why or ("--tta" if tta else "off: flips change the labels, or --no-tta"),
         "backend": {"name": chosen.name, "why": chosen.why},
         **multiclass_summary(tables["test"]),
     }
@@ -112,17 +112,21 @@ def evaluate_run(
         if "binary" in result:
             log(format_binary(result["binary"]))
         return result
-    if why is not None:  # decided now: later evaluations and `cnnlab predict RUN` follow it
+    if why is not None:  # decided now, kept in eval.json: `cnnlab predict RUN` follows it (run_tta)
         log(f"test-time flips: {'on' if tta else 'off'} ({why})")
-        decided = replace(config, evaluation=replace(config.evaluation, tta=tta))
-        save_config(with_decisions(decided, tta=why), run_dir / "config.yaml")
-    for split, name in (("test", "predictions.csv"), ("valid", "valid_predictions.csv")):
+    for split, name in (("test", RunFile.PREDICTIONS), ("valid", RunFile.VALID_PREDICTIONS)):
         write_predictions(run_dir / name, source, *outputs[split])
-    write_eval_json(run_dir / "eval.json", result)
+    write_json_atomic(run_dir / RunFile.EVAL, result)
     log(format_accuracy_table(result))
     if "binary" in result:
         log(format_binary(result["binary"]))
     return result
+
+
+def _earlier_tta(run_dir: Path) -> bool | None:
+    """What an earlier evaluation of this run decided about test-time flips (eval.json), so later ones follow."""
+    path = run_dir / RunFile.EVAL
+    return json.loads(path.read_text()).get("tta") if path.is_file() else None
 
 
 def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int, run_dir: Path, dry_run: bool, log):
@@ -137,13 +141,13 @@ def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int
 
 
 def _choose_tta(
-    config, model, images, labels, norm, *, cache_dir, max_batches, forward
+    config, model, images, labels, norm, *, cache_dir, max_batches, forward, decided_tta: bool | None = None
 ) -> tuple[bool, str | None, torch.Tensor]:
     """Whether to average each image's prediction with its mirror image's: as configured (--tta/--no-tta); by
     default never where flips change the label (or a frozen backbone reads cached features), otherwise when
     that lowers the validation loss. Returns (tta, why when decided here, the validation logits so made)."""
     plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches, forward=forward)
-    wanted = config.evaluation.tta
+    wanted = config.evaluation.tta if config.evaluation.tta is not None else decided_tta
     if wanted is False or (wanted is None and (model.frozen or not config.data.flips)):
         return False, None, plain
     both = mean_of_views(plain, predict_logits(forward, images, norm, max_batches=max_batches, mirror=True))
@@ -162,7 +166,7 @@ def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> 
     agree with it to the CSV's 6 decimals)."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
-    path = run_dir / "eval.json"
+    path = run_dir / RunFile.EVAL
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
     result = json.loads(path.read_text())
@@ -171,11 +175,11 @@ def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> 
                             threshold_rule=rule or old.get("threshold_rule")).evaluation  # fmt: skip
     if wanted.positive is None:
         raise CnnlabError("no positive class to score (pass --positive CLASS)")
-    test = read_predictions(run_dir / "predictions.csv")
-    valid_path = run_dir / "valid_predictions.csv"
+    test = read_predictions(run_dir / RunFile.PREDICTIONS)
+    valid_path = run_dir / RunFile.VALID_PREDICTIONS
     valid = read_predictions(valid_path) if valid_path.is_file() else None
     result["binary"] = binary_summary(test, valid, wanted.positive, wanted.rule, seed=config.train.seed)
-    write_eval_json(path, result)
+    write_json_atomic(path, result)
     return result
 
 
@@ -194,21 +198,6 @@ def format_binary(b: dict[str, Any]) -> str:
         f"test sensitivity {b['sensitivity']:.4f}, specificity {b['specificity']:.4f}, "
         f"PPV {b['ppv']:.4f}, NPV {b['npv']:.4f} (TP {b['tp']}, FP {b['fp']}, FN {b['fn']}, TN {b['tn']})"
     )
-
-
-def write_eval_json(path: Path, result: dict[str, Any]) -> None:
-    """JSON with NaN written as null (strict JSON readers reject NaN)."""
-    write_text_atomic(path, json.dumps(_nan_to_none(result), indent=2))
-
-
-def _nan_to_none(value):
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 def write_predictions(path: Path, source: Source, indices: np.ndarray, logits: torch.Tensor) -> None:

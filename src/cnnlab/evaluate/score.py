@@ -10,6 +10,7 @@ AUC, category 3 = their mean.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from cnnlab.evaluate.analysis import (
     parse_probability,
     read_csv_rows,
 )
+from cnnlab.files import write_json_atomic
+from cnnlab.runs import refuse_existing
 
 ISIC_FOLDERS = {"melanoma": (1, 0), "seborrheic_keratosis": (0, 1), "nevus": (0, 0)}
 NOT_SCORES = {"id", "label", "predicted"}
@@ -183,3 +186,43 @@ def _score_binary(labels: list[str], score: np.ndarray, positive: str | None, t:
         raise CnnlabError(f"unknown positive class '{positive}' (labels in {where}: {', '.join(values[:10])})")
     y = np.array([lbl == positive for lbl in labels])
     return {"format": "binary", "n": len(labels), **binary_block(y, score, t, positive=positive)}
+
+
+def format_score(r: dict[str, Any]) -> str:
+    """The result of `score_file` as the lines `cnnlab score` prints."""
+
+    def binary_line(label: str, b: dict) -> str:
+        lo, hi = b["auc_ci95"]
+        at = f"at threshold {b.get('threshold', r.get('threshold')):.2f}"
+        rates = f"sensitivity {b['sensitivity']:.4f}, specificity {b['specificity']:.4f}"
+        values = f"{rates}, PPV {b['ppv']:.4f}, NPV {b['npv']:.4f}"
+        return f"{label}: AUC {b['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f}); {at}: {values}"
+
+    if r["format"] == "isic2017":
+        return "\n".join([
+            f"{r['n']} cases (ISIC-2017 layout)",
+            binary_line("Category 1 (melanoma, task_1)", r["category_1"]),
+            binary_line("Category 2 (seborrheic keratosis, task_2)", r["category_2"]),
+            f"Category 3 (mean AUC): {r['category_3_mean_auc']:.4f}",
+        ])  # fmt: skip
+    if r["format"] == "binary":
+        return f"{r['n']} cases\n" + binary_line(f"{r['positive']} vs rest", r)
+    lines = [f"{r['n']} cases: accuracy {r['accuracy']:.4f}, balanced accuracy {r['balanced_accuracy']:.4f}"]
+    if "binary" in r:
+        lines.append(binary_line(f"{r['binary']['positive']} vs rest", r["binary"]))
+    return "\n".join(lines)
+
+
+def score_command(
+    predictions: Path, *, truth: Path | None = None, positive: str | None = None, threshold: float | None = None,
+    output: Path | None = None, dry_run: bool = False, log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """`cnnlab score`: score a predictions file, print it, and write the result as JSON to `output`."""
+    if output is not None:
+        refuse_existing(output, force=False)
+    result = score_file(predictions, truth=truth, positive=positive, threshold=threshold)
+    log(format_score(result))
+    if output is not None and not dry_run:
+        write_json_atomic(output, result)
+        log(f"wrote {output}")
+    return result

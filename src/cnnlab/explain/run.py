@@ -9,9 +9,7 @@ first, so a failure leaves the output as it was.
 
 from __future__ import annotations
 
-import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +27,9 @@ from cnnlab.explain import embedding as E
 from cnnlab.explain import layers as L
 from cnnlab.explain import pictures
 from cnnlab.explain.embedding import EMBEDDINGS
-from cnnlab.files import write_csv_atomic
+from cnnlab.files import staging_dir, write_csv_atomic, write_json_atomic
 from cnnlab.predict.infer import open_trained_run
+from cnnlab.runs import RunFile
 
 PICTURE_IMAGES = 8  # half right, half wrong where the sample has them
 
@@ -149,7 +148,7 @@ def _sample(run_dir: Path, source, ckpt, images: list[Path] | None, n: int, *, s
         arrays, kept = decode_files(images, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct,
                                     limit=n)  # fmt: skip
         return Sample(arrays, None, [str(p) for p in kept])
-    test = np.asarray(load_splits(run_dir / "splits.json")["test"])
+    test = np.asarray(load_splits(run_dir / RunFile.SPLITS)["test"])
     idx = np.sort(np.random.default_rng(seed).choice(test, size=min(n, len(test)), replace=False))
     chosen = select(source.images, idx)[: len(idx)]  # a tensor, also from a streamed source
     return Sample(chosen.numpy(), source.labels[torch.as_tensor(idx)].numpy(), [str(int(i)) for i in idx])
@@ -161,7 +160,7 @@ def _check_output(out_dir: Path, *, force: bool, dry_run: bool) -> None:
         return
     if not out_dir.is_dir():
         raise CnnlabError(f"{out_dir} is a file (choose another --output)")
-    if any(out_dir.iterdir()) and not (out_dir / "explain.json").exists():
+    if any(out_dir.iterdir()) and not (out_dir / RunFile.EXPLAIN_JSON).exists():
         raise CnnlabError(f"{out_dir} holds other files (choose another --output or pass --force)")
 
 
@@ -219,7 +218,7 @@ def _attribution_picture(model, x, sample: Sample, rows, predicted, probs, class
 
 
 def _embedding(run_dir: Path, model, ckpt, source, config, options: ExplainOptions):
-    test = np.asarray(load_splits(run_dir / "splits.json")["test"])
+    test = np.asarray(load_splits(run_dir / RunFile.SPLITS)["test"])
     labels = source.labels[torch.as_tensor(test)].numpy()
     pick = E.stratified_sample(labels, options.embed_samples, seed=config.train.seed)
     idx, labels = test[pick], labels[pick]
@@ -240,14 +239,12 @@ def _embedding(run_dir: Path, model, ckpt, source, config, options: ExplainOptio
 
 def _write(out_dir: Path, figures: dict[str, Any], result: dict[str, Any], embedding_rows) -> None:
     """All files into a temporary folder beside `out_dir`, then moved in: no half-written output."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as work:
-        work = Path(work)
+    with staging_dir(out_dir) as work:
         for name, fig in figures.items():
             fig.savefig(work / name, dpi=110, bbox_inches="tight")
         if embedding_rows is not None:
             write_csv_atomic(work / "embedding.csv", ["test_index", "x", "y", "label", "predicted"], embedding_rows)
-        (work / "explain.json").write_text(json.dumps(result, indent=2))
+        write_json_atomic(work / RunFile.EXPLAIN_JSON, result)
         out_dir.mkdir(exist_ok=True)
         for path in work.iterdir():
             shutil.move(str(path), str(out_dir / path.name))

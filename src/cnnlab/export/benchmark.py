@@ -28,6 +28,7 @@ from cnnlab.machine import CpuInfo
 from cnnlab.predict.backends import choose_backend, kept_onnx_path, onnx_file, torch_forward
 from cnnlab.predict.infer import open_trained_run
 from cnnlab.predict.onnx import open_session
+from cnnlab.runs import RunFile
 
 LATENCY_S = 1.5  # time spent on batch-1 calls per backend (at least MIN_CALLS calls)
 MIN_CALLS = 30
@@ -61,16 +62,16 @@ def benchmark_run(
 
 def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dict[str, Any]:
     cache = Path(run_dir) / "cache"
-    backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / "best.pt", cache), log),
+    backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / RunFile.BEST, cache), log),
                          Path(run_dir) / "model.int8.onnx", threads)  # fmt: skip
-    default = choose_backend(model, Path(run_dir) / "best.pt", sample, n_images=10**6, cache_dir=cache, log=log)
+    default = choose_backend(model, Path(run_dir) / RunFile.BEST, sample, n_images=10**6, cache_dir=cache, log=log)
     rows = [_measure(name, forward, sample, latency_budget_ms) for name, forward in backends.items()]
     result = {
         "run": str(run_dir), "threads": torch.get_num_threads(), "onnxruntime_threads": threads or "default",
         "image": list(sample.shape[1:]), "default": {"backend": default.name, "why": default.why},
         "latency_budget_ms": latency_budget_ms, "rows": [asdict(r) for r in rows], **_machine(),
     }  # fmt: skip
-    write_text_atomic(Path(run_dir) / "benchmark.json", json.dumps(result, indent=2))
+    write_text_atomic(Path(run_dir) / RunFile.BENCHMARK, json.dumps(result, indent=2))
     log(format_table(result))
     return result
 
@@ -78,7 +79,7 @@ def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dic
 def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     """The run's model and THROUGHPUT_BATCH of its test images, normalised as in training."""
     run = open_trained_run(run_dir)
-    idx = load_splits(run_dir / "splits.json")["test"][:THROUGHPUT_BATCH]
+    idx = load_splits(run_dir / RunFile.SPLITS)["test"][:THROUGHPUT_BATCH]
     images = run.checkpoint.preprocessing.normalization().apply(select(run.source.images, idx)[: len(idx)])
     return run.model, images.float()
 
@@ -151,3 +152,12 @@ def format_table(r: dict[str, Any]) -> str:
         met = [row["backend"] for row in r["rows"] if row["meets_budget"]]
         lines.append(f"latency budget {budget:g} ms (p95, batch 1): met by {', '.join(met) or 'none'}")
     return "\n".join(lines)
+
+
+def meets_latency_budget(result: dict[str, Any], log: Callable[[str], None] = print) -> bool:
+    """Whether the default prediction backend meets the result's latency budget (True when none was set)."""
+    default = next((r for r in result["rows"] if r["backend"] == result["default"]["backend"]), None)
+    if result.get("latency_budget_ms") is None or default is None or default["meets_budget"]:
+        return True
+    log(f"the default backend ({default['backend']}) misses the latency budget")
+    return False

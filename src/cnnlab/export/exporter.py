@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from cnnlab.data.lazy import select
 from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_text_atomic
+from cnnlab.files import staging_dir, write_text_atomic
 from cnnlab.predict.graph import (
     OPSET,
     PARITY_TOLERANCE,
@@ -42,6 +41,7 @@ from cnnlab.predict.graph import (
 )
 from cnnlab.predict.infer import open_trained_run, predict_logits
 from cnnlab.predict.onnx import onnx_logits
+from cnnlab.runs import RunFile, refuse_existing
 
 FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
 INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
@@ -63,18 +63,16 @@ def export_run(
     run_dir = Path(run_dir)
     default_name = "model.pt2" if fmt == "pt2" else ("model.int8.onnx" if int8 else "model.onnx")
     output = Path(output) if output is not None else run_dir / default_name
-    if output.exists() and not force:
-        raise CnnlabError(f"{output} already exists (choose another --output or pass --force)")
+    refuse_existing(output, force=force)
     run = open_trained_run(run_dir)
     config, ckpt, source, model = run.config, run.checkpoint, run.source, run.model
     norm = ckpt.preprocessing.normalization()
-    splits = load_splits(run_dir / "splits.json")
+    splits = load_splits(run_dir / RunFile.SPLITS)
     test_idx = splits["test"][:parity_images]
     x = _normalised(source.images, test_idx, norm)
     labels = source.labels[torch.as_tensor(test_idx)].numpy()
     expected = predict_logits(model, torch.from_numpy(x), _IDENTITY).numpy()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as work:  # gone on any error
+    with staging_dir(output) as work:  # gone on any error; a full disk is one error line
         if fmt == "pt2":
             final = Path(work) / "model.pt2"
             got = _write_pt2(folded(model), torch.from_numpy(x[:2]), final, onnx_metadata(ckpt), x)
@@ -98,9 +96,9 @@ def export_run(
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
         final.replace(output)
-    exports = _read_exports(run_dir / "export.json")
+    exports = _read_exports(run_dir / RunFile.EXPORT)
     exports[output.name] = result  # one entry per exported file
-    write_text_atomic(run_dir / "export.json", json.dumps(exports, indent=2))
+    write_text_atomic(run_dir / RunFile.EXPORT, json.dumps(exports, indent=2))
     log(_summary(result))
     return result
 

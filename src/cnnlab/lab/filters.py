@@ -7,6 +7,7 @@ repeating the edge (OpenCV's BORDER_REFLECT_101 = PyTorch's "reflect"), so their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.datasets import load_sample_image
 from cnnlab.data.images import UnreadableImage
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import new_figure
+from cnnlab.runs import refuse_existing
 
 KERNELS: dict[str, np.ndarray] = {
     # high-pass: weights sum to 0, so flat regions go to 0 and only changes remain
@@ -107,3 +109,17 @@ def filter_figure(image_name: str, image: np.ndarray, kernels: list[tuple[str, n
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     return worst
+
+
+def filters_command(image: Path | None, kernels: list[str] | None, output: Path, *, force: bool = False,
+                    dry_run: bool = False, log: Callable[[str], None] = print) -> None:  # fmt: skip
+    """`cnnlab filters`: the kernels (default Sobel x/y, Laplacian, Gaussian) on `image` (default a bundled
+    photo), drawn to `output` with their spectra, OpenCV checked against conv2d."""
+    parsed = [parse_kernel(k) for k in (kernels or ["sobel-x", "sobel-y", "laplacian", "gaussian"])]
+    name, grey = load_grey(image)
+    if dry_run:
+        log(f"dry run ok: {name}, kernels {', '.join(k for k, _ in parsed)}")
+        return
+    refuse_existing(output, force=force)
+    worst = filter_figure(name, grey, parsed, output)
+    log(f"wrote {output} ({name}; OpenCV vs conv2d max difference {worst:.2e})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from cnnlab.data.splits import make_splits
 from cnnlab.errors import unknown_choice
 from cnnlab.figures import new_figure
 from cnnlab.models import create_model, describe_model
+from cnnlab.runs import refuse_existing
 from cnnlab.train.fit import evaluate_loss
 
 
@@ -141,3 +143,17 @@ def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
+
+
+def init_compare_command(
+    data: str, model: str, *, schemes: list[str] | None, epochs: int, lr: float, batch_size: int, seed: int,
+    output: Path, force: bool = False, dry_run: bool = False, log: Callable[[str], None] = print,
+) -> None:  # fmt: skip
+    """`cnnlab init-compare`: every scheme (or `schemes`) trained alike, the loss curves drawn to `output`."""
+    if not dry_run:
+        refuse_existing(output, force=force)
+    results = init_comparison(data, model, schemes=schemes or list(SCHEMES), epochs=epochs, lr=lr,
+                              batch_size=batch_size, seed=seed, dry_run=dry_run, log=log)  # fmt: skip
+    if not dry_run:
+        plot_init_losses(results, output, title=f"weight initialisation: {model} on {data}")
+        log(f"wrote {output}")

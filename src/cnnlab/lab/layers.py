@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
 from cnnlab.models.arithmetic import conv_output_size
 
 FORMULA_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear)
@@ -184,3 +185,25 @@ def format_table(rows: list[LayerRow]) -> str:
     lines += ["-" * len(head), f"{'total (conv + linear layers)':<73}{total_p:>12,}{total_m:>14,}",
               "* input size after a branch merge or functional op, read from a shape-only trace"]  # fmt: skip
     return "\n".join(lines)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """`1x28x28` -> (1, 28, 28): channels and a square image."""
+    parts = text.lower().split("x")
+    try:
+        c, h, w = (int(p) for p in parts)
+    except ValueError:
+        raise CnnlabError(f"--input '{text}' is not CxHxW (e.g. 1x28x28 or 3x32x32)") from None
+    if h != w or min(c, h) < 1:
+        raise CnnlabError(f"--input '{text}': give positive sizes with a square image (H == W)")
+    return c, h, w
+
+
+def layers_report(model_name: str, *, input_shape: str = "1x28x28", classes: int = 10) -> str:
+    """`cnnlab layers`: the per-layer table from the formulas and whether a real forward pass agrees."""
+    shape = parse_shape(input_shape)
+    net = create_model(model_name, num_classes=classes, in_channels=shape[0], image_size=shape[1])
+    rows = layer_table(net, shape)
+    problems = check_against_forward(net, shape)
+    verdict = f"formula == forward pass for all {len(rows)} layers" if not problems else problems
+    return f"{format_table(rows)}\ncheck: {verdict}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnnlab.errors import unknown_choice
+from cnnlab.errors import CnnlabError, unknown_choice
 from cnnlab.models import capsnet, classic, pretrained, scratch
 
 
@@ -103,3 +103,25 @@ def create_model(
         if key not in {p.name for p in valid}:
             raise unknown_choice(f"option for model '{name}'", key, [p.name for p in valid] or ["(none)"])
     return entry.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+
+
+def catalogue(*, image_size: int = 28, in_channels: int = 1) -> str:
+    """`cnnlab models`: every registered model with its parameter count for 10 classes at the given input, then
+    the pretrained backbones."""
+    lines = [f"{'model':<16}{'params':>12}  description (at {in_channels}x{image_size}x{image_size}, 10 classes)"]
+    for name in list_models():
+        entry = describe_model(name)
+        try:
+            net = create_model(name, num_classes=10, in_channels=in_channels, image_size=image_size)
+            count = f"{sum(p.numel() for p in net.parameters()):,}"
+        except CnnlabError:
+            count = f"needs >={entry.min_size}px"
+        lines.append(f"{name:<16}{count:>12}  {entry.summary}")
+        if entry.adapted and image_size < 64:
+            lines.append(f"{'':<30}adapted: {entry.adapted}")
+    lines.append("\npretrained backbones (ImageNet weights; train with --strategy, predict with --model):")
+    for name in list_pretrained():
+        net = create_model(name, num_classes=10, in_channels=3, image_size=224, strategy="fine-tune")
+        lines.append(f"{name:<20}{sum(p.numel() for p in net.parameters()):>8,}  weights ship with pip (offline)")
+    lines.append(f"{'timm/NAME, tv/NAME':<30}any timm model / torchvision classic: downloaded, or --weights PATH")
+    return "\n".join(lines)

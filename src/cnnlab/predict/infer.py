@@ -20,7 +20,7 @@ from cnnlab.models.checkpoint import Checkpoint, InputSpec, check_compatible, lo
 from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, imagenet_class_names, load_pretrained
 from cnnlab.predict.backends import choose_backend
 from cnnlab.predict.features import backbone_features
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run
 
 
 def pick_device() -> torch.device:
@@ -60,7 +60,7 @@ def open_trained_run(run_dir: Path) -> TrainedRun:
     from); a missing checkpoint or one made for another model is one clear error."""
     run_dir = Path(run_dir)
     config = open_run(run_dir)
-    path = run_dir / "best.pt"
+    path = run_dir / RunFile.BEST
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
     ckpt = load_checkpoint(path)
@@ -164,7 +164,7 @@ def predict_images(
     model = model_from_checkpoint(ckpt, checkpoint_path)
     run_dir = Path(checkpoint_path).parent
     chosen = {"checkpoint": Path(checkpoint_path), "wanted": backend, "log": log,
-              "cache_dir": run_dir / "cache" if (run_dir / "config.yaml").is_file() else None}  # fmt: skip
+              "cache_dir": run_dir / "cache" if (run_dir / RunFile.CONFIG).is_file() else None}  # fmt: skip
     return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta, backend=chosen)
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import plots
 from cnnlab.files import write_text_atomic
 from cnnlab.report.html import _render, count_parameters, load_evaluation, read_metrics, recipe
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run
 
 
 def comparison_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
@@ -20,7 +21,7 @@ def comparison_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
         metrics = read_metrics(run_dir)
         ev = load_evaluation(run_dir)
         seconds = sum(float(r["seconds"]) for r in metrics)
-        n_train = len(json.loads((run_dir / "splits.json").read_text())["train"])
+        n_train = len(json.loads((run_dir / RunFile.SPLITS).read_text())["train"])
         rows.append({
             "name": run_dir.name, "model": config.model.name, "params": count_parameters(run_dir),
             "recipe": recipe(config), "epochs": str(len(metrics)),
@@ -43,3 +44,15 @@ def write_comparison(run_dirs: list[Path], output: Path, *, force: bool = False)
     html = _render("compare.html.j2", rows=rows, curves=plots.figure_png_base64(curves))
     write_text_atomic(output, html)
     return output
+
+
+def compare_runs(run_dirs: list[Path], output: Path, *, force: bool = False, dry_run: bool = False,
+                 log: Callable[[str], None] = print) -> list[dict[str, str]]:  # fmt: skip
+    """`cnnlab compare`: one line per run, and the comparison page unless `dry_run`."""
+    rows = comparison_rows(run_dirs)
+    for r in rows:
+        log(f"{r['name']:<40} {r['model']:<14} {r['params']:>10} params  acc {r['accuracy']:>7}  "
+            f"best valid loss {r['best_valid_loss']}  {r['time']:>6}  {r['speed']} img/s")  # fmt: skip
+    if not dry_run:
+        log(f"wrote {write_comparison(run_dirs, output, force=force)}")
+    return rows

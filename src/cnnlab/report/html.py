@@ -22,16 +22,15 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import metrics as M
 from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import PredictionTable, parse_probability, read_csv_rows, read_predictions
-from cnnlab.explain.run import explain_run
 from cnnlab.files import write_text_atomic
 from cnnlab.models.checkpoint import load_checkpoint
-from cnnlab.runs import open_run
+from cnnlab.runs import RunFile, open_run
 
 N_SAMPLES, N_TOP_LOSSES = 24, 16
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    path = Path(run_dir) / "metrics.csv"
+    path = Path(run_dir) / RunFile.METRICS
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (train the run first)")
     with path.open(newline="") as fh:
@@ -54,7 +53,7 @@ def read_readers(path: Path) -> list[tuple[str, float, float]]:
 
 
 def load_evaluation(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "eval.json"
+    path = Path(run_dir) / RunFile.EVAL
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
     return json.loads(path.read_text())
@@ -74,7 +73,7 @@ def write_report(
     config = open_run(run_dir)
     ev = load_evaluation(run_dir)
     rows = read_metrics(run_dir)
-    test = read_predictions(run_dir / "predictions.csv")
+    test = read_predictions(run_dir / RunFile.PREDICTIONS)
     reader_points = read_readers(readers) if readers else None
     source = source or load_source(config.data)
     figs = _figures(rows, ev, test, source, reader_points)
@@ -82,7 +81,7 @@ def write_report(
     context["inside"] = inside_the_model(run_dir) if explain else None
     context["about_data"] = about_the_data(run_dir, source)
     html = _render("report.html.j2", **context)
-    out = run_dir / "report.html"
+    out = run_dir / RunFile.REPORT
     write_text_atomic(out, html)
     return out
 
@@ -112,13 +111,15 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
 
 
 def inside_the_model(run_dir: Path) -> dict[str, Any]:
-    """`cnnlab explain` with its defaults, as the report's "Inside the model" section: the pictures (base64),
-    the deletion table and the embedding line; or why it is not there."""
-    try:
-        result = explain_run(run_dir, log=lambda _: None)
-    except CnnlabError as exc:
-        return {"unavailable": str(exc)}
-    folder = run_dir / "explain"
+    """What `cnnlab explain` wrote into RUN/explain/, as the report's "Inside the model" section: the pictures
+    (base64), the deletion table and the embedding line; or why it is not there."""
+    folder = run_dir / RunFile.EXPLAIN
+    path = folder / RunFile.EXPLAIN_JSON
+    if not path.is_file():
+        return {"unavailable": f"not explained yet (cnnlab explain {run_dir}, then cnnlab report {run_dir})"}
+    result = json.loads(path.read_text())
+    if "unavailable" in result:
+        return {"unavailable": result["unavailable"]}
     pictures = {p.stem: base64.b64encode(p.read_bytes()).decode("ascii") for p in folder.glob("*.png")}
     d = result["deletion"]
     table = [(m, d["areas"][m], d["drop_at_10pct"][m], m == "random" or d["beats_random"][m])
@@ -157,7 +158,7 @@ def prediction_grid(test: PredictionTable, source: Source, rows: np.ndarray, *, 
 
 
 def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
-    splits = json.loads((run_dir / "splits.json").read_text())
+    splits = json.loads((run_dir / RunFile.SPLITS).read_text())
     seconds = sum(float(r["seconds"]) for r in rows)
     n_train = len(splits["train"])
     t = config.train
@@ -204,7 +205,7 @@ def recipe(config) -> str:
 
 
 def count_parameters(run_dir: Path) -> str:
-    weights = load_checkpoint(run_dir / "best.pt").weights
+    weights = load_checkpoint(run_dir / RunFile.BEST).weights
     buffers = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm statistics, not parameters
     return f"{sum(v.numel() for k, v in weights.items() if not k.endswith(buffers)):,}"
 

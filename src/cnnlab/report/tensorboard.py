@@ -11,14 +11,15 @@ import numpy as np
 from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import read_predictions
 from cnnlab.report.html import N_SAMPLES, prediction_grid
+from cnnlab.runs import RunFile
 from cnnlab.train.tensorboard import tensorboard_logger
 
 
 def log_evaluation(run_dir: Path, source, *, epoch: int) -> Path:
     """Add the test result of `run_dir` (eval.json, predictions.csv) to its TensorBoard log: test accuracy,
     the confusion matrix and sample predictions, as images. Returns the log folder."""
-    ev = json.loads((Path(run_dir) / "eval.json").read_text())
-    test = read_predictions(Path(run_dir) / "predictions.csv")
+    ev = json.loads((Path(run_dir) / RunFile.EVAL).read_text())
+    test = read_predictions(Path(run_dir) / RunFile.PREDICTIONS)
     logger = tensorboard_logger(Path(run_dir))
     logger.log_metrics({"test/accuracy": ev["accuracy"]}, step=epoch)
     confusion = plots.plot_confusion_matrix(np.array(ev["confusion_matrix"]), test.class_names).figure

@@ -8,6 +8,7 @@ smoothing), the honest number that `best.pt` is chosen by.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import shutil
 import sys
@@ -25,6 +26,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
 from cnnlab.models.checkpoint import Checkpoint, TrainingState, save_checkpoint
+from cnnlab.runs import RunFile
 from cnnlab.train.flips import FlipCheck
 from cnnlab.train.tensorboard import TensorBoardLog
 
@@ -93,10 +95,17 @@ def make_fabric(config: TrainConfig):
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
     world = config.devices * config.num_nodes
-    return Fabric(
-        accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy="ddp" if world > 1 else "auto", precision=precision,
-    )  # fmt: skip
+    # cnnlab prints its own precision line; Lightning's "Using bfloat16 AMP" note would reach stderr first
+    rank_zero = logging.getLogger("lightning.fabric.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)
+    try:
+        return Fabric(
+            accelerator=accelerator, devices=config.devices, num_nodes=config.num_nodes,
+            strategy="ddp" if world > 1 else "auto", precision=precision,
+        )  # fmt: skip
+    finally:
+        rank_zero.setLevel(level)
 
 
 def build_optimizer(model: Classifier, config: TrainConfig) -> torch.optim.Optimizer:
@@ -232,7 +241,7 @@ def fit(
     watch = None
     if writer and config.logger == "tensorboard":
         watch = TensorBoardLog(run_dir, steps_per_epoch=len(train_batches), start_epoch=start, config=meta.config)
-    metrics_path = run_dir / "metrics.csv"
+    metrics_path = run_dir / RunFile.METRICS
     if writer:
         _truncate_metrics(metrics_path, keep_through=start - 1)
     history: list[EpochStats] = []
@@ -252,10 +261,10 @@ def fit(
                 append_metrics(metrics_path, stats)  # before last.pt: resume trims rows newer than it
                 weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                 if improved:
-                    save_checkpoint(meta.at(weights, epoch=epoch, best=tracker.state()), run_dir / "best.pt")
+                    save_checkpoint(meta.at(weights, epoch=epoch, best=tracker.state()), run_dir / RunFile.BEST)
                 state = TrainingState(optimizer.state_dict(), scheduler.state_dict(), torch.get_rng_state())
                 save_checkpoint(
-                    meta.at(weights, epoch=epoch, best=tracker.state(), training=state), run_dir / "last.pt"
+                    meta.at(weights, epoch=epoch, best=tracker.state(), training=state), run_dir / RunFile.LAST
                 )
                 saved = epoch
                 if watch is not None:  # right after last.pt: a resumed run's curves have every saved epoch once

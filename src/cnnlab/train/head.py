@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models.checkpoint import Checkpoint, save_checkpoint
+from cnnlab.runs import RunFile
 from cnnlab.train.fit import EpochStats, append_metrics
 
 # L2 strengths tried, on the mean cross-entropy of centred features scaled to unit RMS: loss + l2/2 * ||W||^2. From
@@ -130,8 +131,8 @@ def train_head(
 def write_head_run(model, stats: EpochStats, run_dir: Path, *, meta: Checkpoint) -> None:
     """The run folder as `fit` leaves it: one metrics.csv row, best.pt and last.pt (the whole model, so it
     takes images; there is nothing to resume)."""
-    append_metrics(run_dir / "metrics.csv", stats)
+    append_metrics(run_dir / RunFile.METRICS, stats)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     best = {"best_loss": stats.valid_loss, "best_epoch": 1, "bad_epochs": 0}
-    for name in ("best.pt", "last.pt"):
+    for name in (RunFile.BEST, RunFile.LAST):
         save_checkpoint(meta.at(weights, epoch=1, best=best), run_dir / name)

@@ -1,14 +1,91 @@
-"""Run settings read off the data when the user gave none: a folder's image size (chosen in `sources`), whether
-flips keep labels (known for datasets; folders: measured during training, see engine/flips.py), and a batch
-size that gives a small train split enough steps per epoch. Each is printed and recorded with its reason."""
+"""Every pre-training decision, made once: `check_request` before any data is read (model name, device, a
+backbone's input size), then `plan_run` on the loaded data: splits, the audit gate, a folder's image size,
+whether flips keep labels (known for datasets; folders: measured during training, see train/flips.py), a batch
+size that gives a small train split enough steps per epoch, the transfer strategy and the precision. Each is
+printed and recorded with its reason under `decisions:`; the returned config has no `auto` left but the two
+decisions only training can measure (a folder's flips, the epochs that fit a --budget-minutes)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import numpy as np
+import torch
+
+from cnnlab.audit.checks import Audit
+from cnnlab.audit.gate import audit_for_training
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.sources import Source
+from cnnlab.data.splits import make_splits
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model, describe_model
+from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name
+from cnnlab.train.fit import accelerator_for
+from cnnlab.train.precision import decide_precision
+from cnnlab.train.transfer import resolve_strategy, transfer_defaults
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What training will do, decided before it starts."""
+
+    config: RunConfig  # resolved; see the module doc for the two decisions training still makes
+    splits: dict[str, np.ndarray]  # train/valid/test indices into the source
+    audit: Audit | None  # what the audit gate found (None: not run)
+    dropped: dict[str, list[int]]  # per split: images --dedupe removed
+
+
+def check_request(config: RunConfig) -> RunConfig:
+    """What can be judged before any data is read: an unknown model or an impossible device fails here; a
+    pretrained backbone sets the size folders decode at."""
+    describe_model(config.model.name)
+    config = transfer_defaults(config)
+    accelerator_for(config.train)
+    return config
+
+
+def plan_run(config: RunConfig, source: Source, *, measure: bool, audit: bool, log: Callable[[str], None]) -> Plan:
+    """Splits, the audit gate, then the decisions read off the data and the machine. `measure` False (a dry run,
+    several processes) skips what costs measurement: the strategy search and the precision timing."""
+    positive = config.evaluation.positive
+    if positive is not None and positive not in source.class_names:
+        raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
+    d = config.data
+    splits = make_splits(
+        source.labels.numpy(), source.partitions, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction,
+        seed=config.train.seed, train_limit=d.train_limit,
+    )  # fmt: skip
+    log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
+        f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
+    found, dropped = None, {}
+    if audit:
+        splits, found, dropped = audit_for_training(config, source, splits, log)
+    config = data_decisions(config, source, len(splits["train"]), log)
+    config = resolve_strategy(config, source, splits, positive=positive, measure=measure, log=log)
+    config = _decide_precision(config, source, measure=measure, log=log)
+    return Plan(config, splits, found, dropped)
+
+
+def build_model(config: RunConfig, source: Source) -> torch.nn.Module:
+    """The run's model, untrained (pretrained weights are loaded by the caller), channels_last."""
+    return create_model(
+        config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
+        image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
+    ).to(memory_format=torch.channels_last)  # fmt: skip
+
+
+def _decide_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
+    """`precision: auto` made concrete by timing this model on this machine (train/precision.py); heads on
+    frozen features are fit in fp32 and need no decision."""
+    if config.model.strategy in FROZEN_STRATEGIES:
+        return config
+    channels = 3 if is_pretrained_name(config.model.name) else source.channels  # grey broadcasts to RGB there
+    return decide_precision(
+        config, lambda: build_model(config, source), num_classes=len(source.class_names), in_channels=channels,
+        image_size=source.image_size, measure=measure, log=log,
+    )  # fmt: skip
 
 
 def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunConfig:

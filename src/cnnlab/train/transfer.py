@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.config import RunConfig
+from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import Normalization
 from cnnlab.data.lazy import select
@@ -47,7 +47,6 @@ from cnnlab.models.pretrained import (
     load_pretrained,
 )
 from cnnlab.predict.features import backbone_features
-from cnnlab.runs import record_config
 from cnnlab.train.head import fit_linear_head, train_head, write_head_run
 
 SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "small"
@@ -305,12 +304,14 @@ def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry
 
 def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_dir: Path, template, *, writer: bool,
                     dry_run: bool, log):  # fmt: skip
-    """A frozen strategy's whole training: features from the shared cache, the head fit to convergence, the run
-    folder written as `fit` would (best.pt = last.pt, one metrics row). Returns the one EpochStats."""
+    """A frozen strategy's whole training: features from the shared cache, the head fit to convergence, the
+    checkpoints written as `fit` would (best.pt = last.pt, one metrics row). Returns the one EpochStats and the
+    config with the head's regularisation under `decisions:` (the caller records it)."""
     features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
     log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
     stats, head = train_head(model, *features, log=log)
+    config = with_decisions(config, head=head.describe())
+    template.config = config.to_dict()
     if writer:
-        record_config(run_dir, config, template, writer=True, head=head.describe())
         write_head_run(model, stats, run_dir, meta=template)
-    return stats
+    return stats, config
