@@ -1,5 +1,5 @@
 """The bad-input zoo: image files as found in folders scraped from the web, generated here (never committed).
-Each case states what cnnlab does with it; README's table is rendered from ZOO, and a test keeps the two equal.
+Each case states what cnnlab does with it; the docs' table is rendered from ZOO; a test keeps the two equal.
 Decoding and the folder loader are checked: a refused file is skipped with a warning and counted (or is one
 clear `error:` line under --strict), a decoded one gives the pixels a viewer would show."""
 
@@ -379,6 +379,6 @@ def zoo_table() -> str:
     return "\n".join(rows)
 
 
-def test_the_readme_table_is_the_zoo():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert zoo_table() in readme, "README's zoo table drifted; paste this:\n" + zoo_table()
+def test_the_robustness_page_table_is_the_zoo():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "robustness.md").read_text()
+    assert zoo_table() in page, "docs/robustness.md's zoo table drifted; paste this:\n" + zoo_table()
