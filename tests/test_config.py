@@ -43,3 +43,15 @@ def test_yaml_unknown_key_names_closest_match(tmp_path):
 def test_missing_config_file_is_clear(tmp_path):
     with pytest.raises(CnnlabError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_each_flag_lands_in_its_own_section_and_a_stray_one_is_named():
+    """The CLI passes its flags by name; each option lives in exactly one config section."""
+    from cnnlab.config import config_from_flags
+
+    cfg = config_from_flags(None, {"data": "digits", "data_root": "d", "lr": 0.1, "model": "cnn",
+                                   "model_option": ["widths=[8,16]"], "positive": "3", "epochs": None})  # fmt: skip
+    assert (cfg.data.source, cfg.data.root, cfg.train.lr, cfg.model.name) == ("digits", "d", 0.1, "cnn")
+    assert cfg.model.options == {"widths": [8, 16]} and cfg.evaluation.positive == "3" and cfg.train.epochs == 10
+    with pytest.raises(CnnlabError, match="flag 'bogus' is not a config option"):
+        config_from_flags(None, {"bogus": 1})

@@ -71,3 +71,31 @@ def test_folder_source_skips_corrupt_files_with_a_count(tmp_path):
     assert "skipped 2 unreadable image(s)" in str(caught[0].message)
     with pytest.raises(CnnlabError, match="unreadable image .*empty.png: empty file"):
         load_source(DataConfig(source=f"folder:{tmp_path}", image_size=16, strict=True))
+
+
+def test_the_val_layout_of_torchvision_and_the_transfer_tutorial_is_the_validation_split(tmp_path):
+    """train/ + val/ (or validation/) + testing/: each folder is the split it names; nothing is silently ignored."""
+    write_digit_folder(tmp_path / "f" / "train", classes=(0, 1), per_class=20, size=8)
+    write_digit_folder(tmp_path / "f" / "val", classes=(0, 1), per_class=6, size=8)
+    write_digit_folder(tmp_path / "f" / "testing", classes=(0, 1), per_class=5, size=8)
+    src = load_source(DataConfig(source=f"folder:{tmp_path / 'f'}", root=str(tmp_path / "cache")))
+    assert {k: len(v) for k, v in src.partitions.items()} == {"train": 40, "valid": 12, "test": 10}
+    assert all("/val/" in src.ids[i] for i in src.partitions["valid"])
+
+
+def test_a_stray_folder_and_an_unknown_class_are_named(tmp_path):
+    write_digit_folder(tmp_path / "f" / "train", classes=(0, 1), per_class=10, size=8)
+    write_digit_folder(tmp_path / "f" / "validation", classes=(0, 1, 2), per_class=4, size=8)
+    write_digit_folder(tmp_path / "f" / "extra", classes=(0,), per_class=3, size=8)
+    with pytest.warns(UserWarning) as caught:
+        src = load_source(DataConfig(source=f"folder:{tmp_path / 'f'}", root=str(tmp_path / "cache")))
+    text = " ".join(str(w.message) for w in caught)
+    assert "extra/ beside train/ are not used" in text and "class folder(s) digit2 that train/ lacks" in text
+    assert len(src.partitions["valid"]) == 8  # digit2's images are left out, the others used
+
+
+def test_two_names_for_one_split_is_an_error(tmp_path):
+    for split in ("train", "val", "valid"):
+        write_digit_folder(tmp_path / "f" / split, classes=(0, 1), per_class=3, size=8)
+    with pytest.raises(CnnlabError, match="both valid/ and val/"):
+        load_source(DataConfig(source=f"folder:{tmp_path / 'f'}", root=str(tmp_path / "cache")))

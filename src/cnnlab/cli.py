@@ -57,21 +57,15 @@ def _note(message: str) -> None:
 def train(
     data: Optional[str] = typer.Option(None, help="digits | fashion-mnist | mnist | cifar10 | folder:PATH"),
     model: Optional[str] = typer.Option(None, help="Model name (see `cnnlab models`); default simple_cnn_bn."),
-    model_option: Optional[list[str]] = typer.Option(
-        None, help="A model's own option as KEY=VALUE (YAML value), repeatable: --model-option widths=[32,64]"
-    ),
+    model_option: Optional[list[str]] = typer.Option(None, help="A model option KEY=VALUE, repeatable: widths=[32,64]"),
     strategy: Optional[str] = typer.Option(
         None, help="Pretrained backbones: auto | feature-extract | truncate | fine-tune | retrain (default auto)."
     ),
     weights: Optional[str] = typer.Option(None, help="Pretrained backbones: a local .pth/.safetensors state_dict."),
-    feature_views: Optional[int] = typer.Option(
-        None, help="Frozen strategies: augmented views per training image cached besides the plain one (default 0)."
-    ),
+    feature_views: Optional[int] = typer.Option(None, help="Frozen strategies: augmented views cached per image (0)."),
     backbone_lr: Optional[float] = typer.Option(None, help="fine-tune: backbone lr as a fraction of --lr (0.1)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train (default 10)."),
-    batch_size: Optional[int] = typer.Option(
-        None, help="Images per step (default 128; smaller when the train split is under 8 batches)."
-    ),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step (128; less for a small train split)."),
     lr: Optional[float] = typer.Option(None, help="(Peak) learning rate (default 0.003)."),
     optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw (default adamw)."),
     schedule: Optional[str] = typer.Option(None, help="none | step | cosine | onecycle (default onecycle)."),
@@ -79,37 +73,21 @@ def train(
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1) (default 0)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-loss gain."),
-    budget_minutes: Optional[float] = typer.Option(
-        None, help="Measure the speed, then train as many epochs as fit in this many minutes (replaces --epochs)."
-    ),
+    budget_minutes: Optional[float] = typer.Option(None, help="Train the epochs that fit in this many minutes."),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the training pool for validation (0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test share for sources without a test set (0.2)."),
     augment: Optional[str] = typer.Option(None, help="none | light | standard (default light)."),
-    flips: Optional[bool] = typer.Option(
-        None, "--flips/--no-flips", help="Horizontal flips in augmentation (default: from the data; folders measured)."
-    ),
-    image_size: Optional[int] = typer.Option(
-        None, help="Resize images to this side in pixels (default: native; folders: their common size, else <= 64)."
-    ),
+    flips: Optional[bool] = typer.Option(None, "--flips/--no-flips", help="Horizontal flips (default: from the data)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in px (default: native / a folder's common size)."),
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     data_root: Optional[str] = typer.Option(None, help="Where datasets are found/downloaded (default data/)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
-    stream: Optional[bool] = typer.Option(
-        None, "--stream/--in-memory", help="Folders: decode batch by batch from disk (data larger than memory)."
-    ),
-    precision: Optional[str] = typer.Option(
-        None, help="auto (bf16 where measured faster on this machine) | 32-true | bf16-mixed."
-    ),
-    compile: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the model for training (GPUs; one-off compile time)."
-    ),
+    stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="Folders: decode from disk per batch."),
+    precision: Optional[str] = typer.Option(None, help="auto (bf16 if measured faster) | 32-true | bf16-mixed."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (GPUs)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),
-    logger: Optional[str] = typer.Option(
-        None, help="csv (metrics.csv, default) | tensorboard (also RUN/tensorboard/: tensorboard --logdir runs)."
-    ),
-    devices: Optional[int] = typer.Option(
-        None, help="Processes (GPUs, or CPU processes) per node; > 1 trains with DDP. --batch-size is the global batch."
-    ),
+    logger: Optional[str] = typer.Option(None, help="csv (default) | tensorboard (also RUN/tensorboard/)."),
+    devices: Optional[int] = typer.Option(None, help="Processes per node; > 1 trains with DDP (global --batch-size)."),
     num_nodes: Optional[int] = typer.Option(None, help="Nodes for multi-node DDP (launch with torchrun)."),
     seed: Optional[int] = typer.Option(None, help="Fixes splits, init and augmentation (default 0)."),
     config: Optional[Path] = typer.Option(None, help="YAML file with data/model/train sections; flags override it."),
@@ -119,29 +97,20 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="Continue RUN_DIR from its last.pt (no other options)."),
     positive: Optional[str] = typer.Option(None, help="Also score CLASS vs the rest (ROC/AUC, thresholds)."),
     threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
-    tta: Optional[bool] = typer.Option(
-        None,
-        "--tta/--no-tta",
-        help="Average test predictions with mirror images (default: where flips keep labels "
-        "and it lowers the validation loss).",
-    ),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Average with mirror images at test time."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
     explain: bool = typer.Option(
         True, "--explain/--no-explain", help="The report's 'Inside the model' section (cnnlab explain, ~30 s)."
     ),
-    audit: Optional[str] = typer.Option(
-        None, help="auto (default: up to 30,000 images) | on | off: duplicates and leakage across splits, first."
-    ),
-    dedupe: Optional[bool] = typer.Option(
-        None, "--dedupe/--no-dedupe", help="Drop valid/test images that duplicate a training image (files untouched)."
-    ),
+    audit: Optional[str] = typer.Option(None, help="auto (<= 30,000 images) | on | off: duplicates, leakage."),
+    dedupe: Optional[bool] = typer.Option(None, "--dedupe/--no-dedupe", help="Drop valid/test copies of train images."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
+    flags = {k: v for k, v in locals().items() if k not in RUN_OPTIONS}  # the config's options, None if not given
     from cnnlab import pipeline
     from cnnlab.config import config_from_flags
 
-    flags = {k: v for k, v in locals().items() if k not in RUN_OPTIONS}  # the config's options, None if not given
     if resume is not None:
         given = [k for k, v in flags.items() if v is not None] + ["config"] * bool(config)
         if given or dry_run or name:
@@ -209,9 +178,7 @@ def export(
 def explain(
     paths: list[Path] = typer.Argument(..., help="RUN (a run folder), then optional image files/folders."),
     output: Optional[Path] = typer.Option(None, help="Folder for the pictures and explain.json (default RUN/explain)."),
-    method: Optional[list[str]] = typer.Option(
-        None, help="saliency | smoothgrad | integrated_gradients | gradcam | occlusion; repeatable (default all)."
-    ),
+    method: Optional[list[str]] = typer.Option(None, help="saliency|smoothgrad|integrated_gradients|gradcam|occlusion"),
     layer: Optional[list[str]] = typer.Option(None, help="Layer for feature_maps.png; repeatable (--list-layers)."),
     list_layers: bool = typer.Option(False, "--list-layers", help="Print the layers with feature maps and stop."),
     embedding: str = typer.Option("tsne", help="tsne | pca: the 2-D map of the penultimate features."),
@@ -273,18 +240,14 @@ def autoencode(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     seed: int = typer.Option(0, help="Fixes splits, init, noise and batch order."),
     budget_minutes: Optional[float] = typer.Option(None, help="Stop after the epoch that passes this many minutes."),
-    anomaly: Optional[str] = typer.Option(
-        None, help="A class to hold out of training, or another data source: scored by reconstruction error (AUC)."
-    ),
+    anomaly: Optional[str] = typer.Option(None, help="Held-out class or other source: reconstruction-error AUC."),
     image_size: Optional[int] = typer.Option(None, help="Folders: decode at this size."),
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     data_root: str = typer.Option("data", help="Where datasets and caches live."),
     name: Optional[str] = typer.Option(None, help="Run folder name."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run folder (or --output picture)."),
-    compare: Optional[list[Path]] = typer.Option(
-        None, help="RUN (give it twice or more): the same test images through each run, side by side; no training."
-    ),
+    compare: Optional[list[Path]] = typer.Option(None, help="RUN (twice or more): same test images through each."),
     output: Path = typer.Option(Path("autoencoders.png"), help="With --compare: the picture to write."),
     resume: Optional[Path] = typer.Option(None, help="Continue RUN from its last.pt (no other options)."),
 ) -> None:
@@ -489,9 +452,7 @@ def layers(
 @app.command()
 def filters(
     image: Optional[Path] = typer.Argument(None, help="An image file (default: a bundled sample photo)."),
-    kernel: Optional[list[str]] = typer.Option(
-        None, help="sobel-x, sobel-y, laplacian, sharpen, box, gaussian, or a matrix [[..],[..]]; repeatable."
-    ),
+    kernel: Optional[list[str]] = typer.Option(None, help="sobel-x/y, laplacian, sharpen, box, gaussian, [[..]]."),
     output: Path = typer.Option(Path("filters.png"), help="Figure to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the inputs; write nothing."),

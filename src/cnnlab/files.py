@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +22,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A unique temp path beside `path` (same suffix, so writers that read it pick the format); renamed onto
     `path` when the block succeeds, removed when it fails."""
     path = Path(path)
+    # a unique name, created by the writer with the usual permissions (mkstemp's would be owner-only)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    except OSError as exc:
-        raise WriteFailed(path, exc) from exc
-    os.close(fd)
-    try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except WriteFailed:
         raise

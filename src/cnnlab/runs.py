@@ -3,6 +3,7 @@ cleaning up after a failed start, reopening it, and the one writer of its config
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -116,3 +117,15 @@ def refuse_existing(path: Path, *, force: bool, option: str = "--output") -> Non
     """An output the user already has is kept unless they pass --force: the one guard every command uses."""
     if Path(path).exists() and not force:
         raise CnnlabError(f"{path} already exists (choose another {option} or pass --force)")
+
+
+def recorded_tta(run_dir: Path) -> bool | None:
+    """Whether this run's predictions average each image with its mirror image, as its evaluation decided
+    (eval.json), or as config.yaml says (--tta/--no-tta, and runs evaluated before eval.json kept it); None when
+    nothing has decided yet."""
+    path = Path(run_dir) / RunFile.EVAL
+    if path.is_file():
+        tta = json.loads(path.read_text()).get("tta")
+        if tta is not None:
+            return bool(tta)
+    return open_run(run_dir).evaluation.tta

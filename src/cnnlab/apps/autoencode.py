@@ -12,7 +12,6 @@ out-of-distribution, summarised by cnnlab's ROC AUC.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.metrics import roc_auc
 from cnnlab.explain.embedding import embed
 from cnnlab.figures import new_figure
-from cnnlab.files import save_torch_atomic, write_text_atomic
+from cnnlab.files import save_figure_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
 from cnnlab.models.autoencoder import create_autoencoder
 from cnnlab.runs import RunFile, claim_run_dir, creating_run_dir, source_slug
 from cnnlab.train.fit import BestTracker
@@ -283,10 +282,10 @@ def evaluate(run_dir: Path, *, data: Data | None = None, log: Callable[[str], No
         result["anomaly"] = _anomaly(model, data, o, x, out)
     figures = {"reconstructions.png": _reconstruction_figure(x, inputs, out, o),
                "latent.png": _latent_figure(model, inputs, data.labels[test], data.class_names, o)}  # fmt: skip
-    (run_dir / "plots").mkdir(exist_ok=True)
+    (run_dir / RunFile.PLOTS).mkdir(exist_ok=True)
     for file, fig in figures.items():
-        fig.savefig(run_dir / "plots" / file, dpi=110)
-    write_text_atomic(run_dir / RunFile.EVAL, json.dumps(result, indent=1))
+        save_figure_atomic(fig, run_dir / RunFile.PLOTS / file, dpi=110)
+    write_json_atomic(run_dir / RunFile.EVAL, result)
     log(format_result(result))
     return result
 
@@ -367,7 +366,7 @@ def compare(run_dirs: list[Path], output: Path, *, n: int = 10, force: bool = Fa
             axes[r][c].axis("off")
         axes[r][0].set_title(title, fontsize=8, loc="left")
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
+    save_figure_atomic(fig, output, dpi=110)
     return scores
 
 

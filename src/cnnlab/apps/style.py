@@ -36,7 +36,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import new_figure
-from cnnlab.files import write_text_atomic
+from cnnlab.files import save_figure_atomic, write_text_atomic
 from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
 from cnnlab.runs import refuse_existing
 
@@ -273,7 +273,7 @@ def save_outputs(result: torch.Tensor, record: dict[str, Any], output: Path, *, 
     ax.set_xlabel("loss evaluation")
     ax.legend()
     ax.set_title(f"{record['network']} ({record['smoothing']})", fontsize=9)
-    fig.savefig(paths[1], dpi=100)
+    save_figure_atomic(fig, paths[1], dpi=100)
     write_text_atomic(paths[2], json.dumps({k: v for k, v in record.items() if k != "history"}, indent=1))
     return paths
 

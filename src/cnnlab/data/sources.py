@@ -192,14 +192,16 @@ def _cifar_present(root: Path) -> bool:
 # ---- folders ---------------------------------------------------------------------------------------
 
 _SPLIT_DIRS = ("train", "valid", "test")
+# the folder names each split goes by: cnnlab's own, torchvision's ImageNet / the transfer tutorial's (val/), others
+SPLIT_FOLDERS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test", "testing")}
 
 
 def _load_folder(path: Path, config: DataConfig) -> Source:
     if not path.is_dir():
         raise CnnlabError(f"data folder not found: {path} (pass --data folder:PATH with an existing folder)")
-    has_splits = (path / "train").is_dir()
-    roots = {s: path / s for s in _SPLIT_DIRS if (path / s).is_dir()} if has_splits else {"train": path}
+    roots = split_folders(path)
     class_names = _class_names(roots["train"])
+    _warn_unused_classes(roots, class_names)
     files: list[tuple[str, Path, int]] = []
     for part, folder in roots.items():
         for label, cls in enumerate(class_names):
@@ -300,6 +302,48 @@ def _decode_folder_cached(path: Path, files, class_names, size: int, config: Dat
 def _stat(p: Path) -> tuple[int, int]:
     st = p.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def split_folders(path: Path) -> dict[str, Path]:
+    """{split: folder}: `train/` beside `valid/` (or `val/`, `validation/`) and `test/` (or `testing/`); a folder
+    without `train/` is one pool that cnnlab splits. Two names for one split is an error; a folder beside
+    `train/` that is neither a split nor hidden is named in a warning (its images are not used)."""
+    if not (path / "train").is_dir():
+        return {"train": path}
+    roots = {}
+    for split, names in SPLIT_FOLDERS.items():
+        found = [n for n in names if (path / n).is_dir()]
+        if len(found) > 1:
+            raise CnnlabError(
+                f"{path} has both {' and '.join(f + '/' for f in found)} for the {split} split (keep one)"
+            )
+        if found:
+            roots[split] = path / found[0]
+    known = {n for names in SPLIT_FOLDERS.values() for n in names}
+    stray = sorted(d.name for d in path.iterdir() if d.is_dir() and d.name not in known and not d.name.startswith("."))
+    if stray:
+        warnings.warn(
+            f"{path}: folder(s) {', '.join(s + '/' for s in stray)} beside train/ are not used (split folders: "
+            f"{', '.join('/'.join(n) for n in SPLIT_FOLDERS.values())}; move class folders into one of them)",
+            stacklevel=3,
+        )
+    return roots
+
+
+def _warn_unused_classes(roots: dict[str, Path], class_names: list[str]) -> None:
+    """A class folder in valid/ or test/ that train/ lacks cannot be learned: named, its images left out."""
+    for split, folder in roots.items():
+        if split == "train":
+            continue
+        extra = sorted(
+            {d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")} - set(class_names)
+        )
+        if extra:
+            warnings.warn(
+                f"{folder.name}/ has class folder(s) {', '.join(extra)} that train/ lacks: their images are not used "
+                "(add training images for them, or remove them)",
+                stacklevel=3,
+            )
 
 
 def _class_names(folder: Path) -> list[str]:

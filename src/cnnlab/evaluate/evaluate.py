@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
-from cnnlab.files import write_csv_atomic, write_json_atomic
+from cnnlab.files import read_json, write_csv_atomic, write_json_atomic
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
 from cnnlab.predict.backends import Backend, choose_backend
 from cnnlab.predict.infer import mean_of_views, model_from_checkpoint, model_logits, predict_logits
-from cnnlab.runs import RunFile, open_run
+from cnnlab.runs import RunFile, open_run, recorded_tta
 
 
 def format_accuracy_table(result: dict[str, Any]) -> str:
@@ -79,7 +78,7 @@ def evaluate_run(
                       dry_run=dry_run, log=log)  # fmt: skip
     tta, why, valid_logits = _choose_tta(
         config, model, select(source.images, valid_idx), source.labels[valid_idx], norm, cache_dir=cache_dir,
-        max_batches=max_batches, forward=chosen.forward, decided_tta=_earlier_tta(run_dir),
+        max_batches=max_batches, forward=chosen.forward, decided_tta=recorded_tta(run_dir),
     )  # fmt: skip
     # test is touched once, in the way validation chose
     test_logits = model_logits(model, select(source.images, test_idx), norm, cache_dir=cache_dir,
@@ -123,12 +122,6 @@ def evaluate_run(
     return result
 
 
-def _earlier_tta(run_dir: Path) -> bool | None:
-    """What an earlier evaluation of this run decided about test-time flips (eval.json), so later ones follow."""
-    path = run_dir / RunFile.EVAL
-    return json.loads(path.read_text()).get("tta") if path.is_file() else None
-
-
 def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int, run_dir: Path, dry_run: bool, log):
     """What runs the model on whole images: `--backend`, or the faster one measured here. A frozen backbone
     whose features are cached needs none (it reads the features); a dry run neither builds nor keeps files."""
@@ -147,7 +140,7 @@ def _choose_tta(
     default never where flips change the label (or a frozen backbone reads cached features), otherwise when
     that lowers the validation loss. Returns (tta, why when decided here, the validation logits so made)."""
     plain = model_logits(model, images, norm, cache_dir=cache_dir, max_batches=max_batches, forward=forward)
-    wanted = config.evaluation.tta if config.evaluation.tta is not None else decided_tta
+    wanted = decided_tta  # --tta/--no-tta in config.yaml, else what an earlier evaluation decided, else None
     if wanted is False or (wanted is None and (model.frozen or not config.data.flips)):
         return False, None, plain
     both = mean_of_views(plain, predict_logits(forward, images, norm, max_batches=max_batches, mirror=True))
@@ -167,9 +160,7 @@ def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> 
     run_dir = Path(run_dir)
     config = open_run(run_dir)
     path = run_dir / RunFile.EVAL
-    if not path.is_file():
-        raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
-    result = json.loads(path.read_text())
+    result = read_json(path, missing=f"run `cnnlab evaluate {run_dir}` first")
     old = result.get("binary") or {}
     wanted = with_overrides(config, "evaluation", positive=positive or old.get("positive"),
                             threshold_rule=rule or old.get("threshold_rule")).evaluation  # fmt: skip

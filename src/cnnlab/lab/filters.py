@@ -19,6 +19,7 @@ from sklearn.datasets import load_sample_image
 from cnnlab.data.images import UnreadableImage
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import new_figure
+from cnnlab.files import save_figure_atomic
 from cnnlab.runs import refuse_existing
 
 KERNELS: dict[str, np.ndarray] = {
@@ -107,7 +108,7 @@ def filter_figure(image_name: str, image: np.ndarray, kernels: list[tuple[str, n
             ax.axis("off")
     fig.suptitle(f"{image_name}: filters and their frequency content", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    save_figure_atomic(fig, out, dpi=90)
     return worst
 
 

@@ -22,6 +22,7 @@ from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import unknown_choice
 from cnnlab.figures import new_figure
+from cnnlab.files import save_figure_atomic
 from cnnlab.models import create_model, describe_model
 from cnnlab.runs import refuse_existing
 from cnnlab.train.fit import evaluate_loss
@@ -142,7 +143,7 @@ def plot_init_losses(results: list[InitResult], out, *, title: str) -> None:
     ax.set_ylim(0, min(3.0, ax.get_ylim()[1]))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    save_figure_atomic(fig, out, dpi=90)
 
 
 def init_compare_command(

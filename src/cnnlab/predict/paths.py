@@ -7,13 +7,12 @@ pretrained backbone name gives ImageNet classes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_csv_atomic
-from cnnlab.runs import RunFile, open_run, refuse_existing
+from cnnlab.runs import RunFile, recorded_tta, refuse_existing
 
 
 def predict_paths(
@@ -41,7 +40,7 @@ def predict_paths(
             run, images = paths[0], paths[1:]
             ckpt = run / RunFile.BEST if run.is_dir() else run
             classes, preds = infer.predict_images(
-                ckpt, images, limit=limit, tta=run.is_dir() and run_tta(run), backend=backend, log=note
+                ckpt, images, limit=limit, tta=run.is_dir() and bool(recorded_tta(run)), backend=backend, log=note
             )
     for line in format_predictions(classes, preds, top_k):
         log(line)
@@ -49,15 +48,6 @@ def predict_paths(
         write_predictions_csv(output, classes, preds)
         log(f"wrote {output}")
     return classes, preds
-
-
-def run_tta(run_dir: Path) -> bool:
-    """Whether this run's predictions average each image with its mirror image, as its evaluation decided
-    (eval.json; runs evaluated before it was kept there recorded it in config.yaml)."""
-    path = Path(run_dir) / RunFile.EVAL
-    if path.is_file():
-        return bool(json.loads(path.read_text()).get("tta"))
-    return bool(open_run(run_dir).evaluation.tta)
 
 
 def format_predictions(classes: Sequence[str], preds, top_k: int) -> list[str]:

@@ -22,7 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import metrics as M
 from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import PredictionTable, parse_probability, read_csv_rows, read_predictions
-from cnnlab.files import write_text_atomic
+from cnnlab.files import read_json, write_text_atomic
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.runs import RunFile, open_run
 
@@ -53,10 +53,7 @@ def read_readers(path: Path) -> list[tuple[str, float, float]]:
 
 
 def load_evaluation(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RunFile.EVAL
-    if not path.is_file():
-        raise CnnlabError(f"{path} is missing (run `cnnlab evaluate {run_dir}` first)")
-    return json.loads(path.read_text())
+    return read_json(Path(run_dir) / RunFile.EVAL, missing=f"run `cnnlab evaluate {run_dir}` first")
 
 
 def write_report(
