@@ -89,14 +89,16 @@ def make_fabric(config: TrainConfig):
     CPUs without native bf16 train 10x slower in it.
     """
     from lightning.fabric import Fabric  # optional heavy import: Lightning (~1.5 s to import; training only)
+    from lightning_utilities.core import rank_zero as rank_zero_module  # comes with Lightning
 
     accelerator = accelerator_for(config)
     precision = config.precision
     if precision == "auto":
         precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
     world = config.devices * config.num_nodes
-    # cnnlab prints its own precision line; Lightning's "Using bfloat16 AMP" note would reach stderr first
-    rank_zero = logging.getLogger("lightning.fabric.utilities.rank_zero")
+    # cnnlab prints its own precision line; Lightning's "Using bfloat16 AMP" note would reach stderr first. Its
+    # rank_zero_info logs through lightning_utilities' module logger, which each Lightning package renames.
+    rank_zero = rank_zero_module.log
     level = rank_zero.level
     rank_zero.setLevel(logging.WARNING)
     try:
