@@ -1,20 +1,25 @@
 """Default flags on real image folders vs a plain baseline measured in the same run.
 
 For each folder (built here from data that ships offline, as DEST/{train,valid,test}/<class>/*.png):
-(a) `cnnlab train --data folder:X` with default flags (the from-scratch default model),
-(b) `cnnlab train --data folder:X --model efficientnet_lite0` with default flags (strategy auto),
+(a) `cnnlab train --data folder:X` with default flags (`--model auto`: the model chosen by train/auto.py),
+(b) `--model simple_cnn_bn` (the from-scratch CNN, the default before `auto`) and `--model efficientnet_lite0`
+    (strategy auto): the hand-picked candidates,
 (c) the baseline: the same backbone's pooled ImageNet features, computed through timm's own preprocessing
     (PIL, resize + centre crop, its mean/std), and scikit-learn's LogisticRegression(max_iter=5000) fit on
     train, scored on test.
 Binary folders report AUC (positive class = the first) besides accuracy. Prints one JSON line.
 
-Usage: .venv/bin/python bench/folders.py [--folders digits lfw fashion-600] [--fashion-folder PATH]
+Folders: digits, lfw, fashion-N (N images in all, from Fashion-MNIST), or the name of a photo folder in
+../shared/data (caltech12, blood-cells).
+
+Usage: .venv/bin/python bench/folders.py [--folders digits lfw fashion-600 caltech12 blood-cells]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -29,6 +34,7 @@ from cnnlab.pipeline import train
 from cnnlab.runs import open_run
 
 BACKBONE = "efficientnet_lite0"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the photo folders (never copied)
 
 
 def write_digits(dest: Path) -> None:
@@ -60,6 +66,7 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
         out["strategy"] = saved.model.strategy + (f" levels {saved.model.options['levels']}" if "levels" in
                                                    saved.model.options else "")  # fmt: skip
         out["candidates"] = saved.model.strategy_candidates
+    out["model"] = saved.model.name
     out["decisions"] = saved.decisions
     return out
 
@@ -123,6 +130,8 @@ def main() -> None:
                 write_sample_folder("lfw", dest)
             elif name.startswith("fashion-"):
                 write_sample_folder("fashion", dest, per_class=int(name.split("-")[1]) // 10)
+            else:
+                dest = SHARED / name
             folders[name] = dest
         if args.fashion_folder:
             folders["fashion-folder"] = args.fashion_folder
@@ -130,11 +139,16 @@ def main() -> None:
             positive = "face" if name == "lfw" else None
             results[name] = {
                 "default": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-default", None, positive),
+                "scratch": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-cnn", "simple_cnn_bn", positive),
                 "pretrained_auto": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-lite0", BACKBONE, positive),
                 "sklearn_logreg": sklearn_baseline(folder, positive_first=positive is not None),
             }
-            best = max(results[name]["default"]["accuracy"], results[name]["pretrained_auto"]["accuracy"])
-            results[name]["best_cnnlab_over_baseline"] = round(best / results[name]["sklearn_logreg"]["accuracy"], 4)
+            r = results[name]
+            best = max(r["scratch"]["accuracy"], r["pretrained_auto"]["accuracy"])
+            r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
+            r["default_minus_best_hand_picked"] = round(r["default"]["accuracy"] - best, 4)
+            r["default_minus_old_default"] = round(r["default"]["accuracy"] - r["scratch"]["accuracy"], 4)
+            print(json.dumps({name: r}), file=sys.stderr)  # progress: one folder at a time
     print(json.dumps({
         "bench": "folders", "backbone": BACKBONE, "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "results": results,

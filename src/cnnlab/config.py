@@ -102,7 +102,7 @@ Strategy = Literal["auto", "feature-extract", "truncate", "fine-tune", "retrain"
 
 @dataclass
 class ModelConfig:
-    name: str = DEFAULT_MODEL
+    name: str = "auto"  # auto: a folder's model is chosen by measurement (train/auto.py); datasets: DEFAULT_MODEL
     options: dict[str, Any] = field(default_factory=dict)  # the model's own keyword options, e.g. cnn widths
     strategy: str | None = None  # pretrained backbones only: auto | feature-extract | truncate | fine-tune | retrain
     weights: str | None = None  # pretrained backbones only: a local state_dict file instead of the default source

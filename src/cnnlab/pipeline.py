@@ -14,21 +14,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cnnlab.audit.checks import restored, rows
 from cnnlab.audit.gate import write_audit
-from cnnlab.config import RunConfig, parse_rule, with_decisions
-from cnnlab.data.augment import policy_for
-from cnnlab.data.batches import run_batches
-from cnnlab.data.lazy import select
+from cnnlab.config import RunConfig, parse_rule
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
 from cnnlab.explain.run import explain_run
-from cnnlab.models.checkpoint import Checkpoint, InputSpec, check_compatible, load_checkpoint
-from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
+from cnnlab.models.checkpoint import check_compatible, load_checkpoint
+from cnnlab.models.pretrained import FROZEN_STRATEGIES
 from cnnlab.report.html import load_evaluation, read_readers, write_report
 from cnnlab.report.tensorboard import log_evaluation
 from cnnlab.runs import (
@@ -39,11 +34,9 @@ from cnnlab.runs import (
     open_run,
     write_run_config,
 )
-from cnnlab.train.budget import plan_budget
-from cnnlab.train.fit import EpochStats, fit, make_fabric
-from cnnlab.train.flips import FlipCheck
-from cnnlab.train.plan import Plan, build_model, check_request, plan_run
-from cnnlab.train.transfer import fit_frozen_head, training_normalization
+from cnnlab.train.fit import EpochStats, make_fabric
+from cnnlab.train.plan import Plan, check_request, plan_run
+from cnnlab.train.runner import train_model
 
 
 @dataclass
@@ -60,7 +53,7 @@ def train(
     """Train `config` into `runs_dir/name`, then evaluate the best checkpoint on the test split, explain it and
     write the report. Every input is checked before the run folder is created; a failure before the first saved
     epoch removes the folder. `dry_run` trains and scores one batch in a temporary folder."""
-    config = check_request(config)
+    config = check_request(config, log)
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)
@@ -107,7 +100,7 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
     log(f"resuming {run_dir} {saved} of {config.train.epochs}")
     splits = load_splits(run_dir / RunFile.SPLITS)
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
-    config, history = _fit(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
+    config, history = train_model(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
     write_run_config(run_dir, config)
     evaluation = _evaluate(config, run_dir, source, history, log)
     log(f"run folder: {run_dir}")
@@ -154,7 +147,9 @@ def _dry_run(plan: Plan, source: Source, log) -> TrainResult:
         run_dir.mkdir()
         write_run_config(run_dir, config)
         save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=config.train.seed)
-        _, history = _fit(config, make_fabric(config.train), source, plan.splits, run_dir, max_batches=1, log=log)
+        _, history = train_model(
+            config, make_fabric(config.train), source, plan.splits, run_dir, max_batches=1, log=log
+        )
         evaluation = evaluate_run(run_dir, source=source, dry_run=True, log=log)
     return TrainResult(None, history, evaluation)
 
@@ -163,83 +158,15 @@ def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple
     """A new run folder (rank 0): the plan, splits and audit first, then training; config.yaml again with
     what training decided."""
     if not fabric.is_global_zero:
-        return _fit(plan.config, fabric, source, plan.splits, run_dir, log=log)
+        return train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
     with creating_run_dir(run_dir):
         write_run_config(run_dir, plan.config)
         save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, deduplicated=plan.dropped)
         if plan.audit is not None:  # the table is about the data as it is (dropped images included)
             write_audit(run_dir, plan.audit, rows(plan.audit, source, restored(plan.splits, plan.dropped)))
-        config, history = _fit(plan.config, fabric, source, plan.splits, run_dir, log=log)
+        config, history = train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
         write_run_config(run_dir, config)
         return config, history
-
-
-def _fit(
-    config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log
-) -> tuple[RunConfig, list[EpochStats]]:
-    """Model, batches and the loop (or a head on frozen features); returns the config with what training
-    decided (budget epochs, measured flips, the head's regularisation) and the history."""
-    t = config.train
-    norm = training_normalization(config, select(source.images, splits["train"]))
-    inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
-    meta = Checkpoint(config.model.name, list(source.class_names), inputs, config.to_dict())  # weights come later
-    # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(t.seed)
-        model = build_model(config, source)
-        if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
-            load_pretrained(model, config.model.weights)
-        if model.frozen:  # a linear head on cached features, fit to convergence: no epochs
-            stats, config = fit_frozen_head(
-                model, config, source, splits, norm, run_dir, meta, writer=fabric.is_global_zero,
-                dry_run=max_batches is not None, log=log,
-            )  # fmt: skip
-            return config, [stats]
-        policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
-        train_batches, valid_batches = run_batches(
-            fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
-            norm=norm, policy=policy, seed=t.seed, max_batches=max_batches, rank=fabric.global_rank,
-            world=fabric.world_size,
-        )  # fmt: skip
-        if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
-            config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
-            t, meta.config = config.train, config.to_dict()
-            write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
-        _log_model(config, model, fabric, log)
-        decided: dict[str, tuple[bool, str]] = {}
-        flip_check = _flip_check(config, source, meta, decided, log)
-        history = fit(
-            fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
-            log=log,
-        )  # fmt: skip
-    if "flips" in decided:
-        flips, why = decided["flips"]
-        config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)
-    return config, history
-
-
-def _log_model(config: RunConfig, model, fabric, log) -> None:
-    t = config.train
-    n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
-    where = f"{fabric.device}" + (f" x {fabric.world_size} processes (DDP)" if fabric.world_size > 1 else "")
-    log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {where}")
-
-
-def _flip_check(config: RunConfig, source: Source, meta: Checkpoint, decided: dict, log) -> FlipCheck | None:
-    """Folders whose flips are undecided measure them during training (also on resume, if still undecided).
-    The decision goes into the checkpoints at once (resume reads it from last.pt) and into `decided`."""
-    if config.data.flips is not None or config.data.augment == "none":
-        return None
-
-    def record(flips: bool, why: str) -> None:
-        log(f"flips: {'on' if flips else 'off'} ({why})")
-        decided["flips"] = (flips, why)
-        meta.config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why).to_dict()
-
-    log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
-    return FlipCheck(len(source.class_names), record=record)
 
 
 def _evaluate(config: RunConfig, run_dir: Path, source: Source, history: list[EpochStats], log) -> dict[str, Any]:

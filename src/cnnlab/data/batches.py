@@ -6,6 +6,7 @@ in Python. The order of each epoch comes from (seed, epoch), so a resumed run se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -126,3 +127,22 @@ def run_batches(
         images, labels, splits["valid"], batch_size=1000, norm=norm, max_batches=max_batches, **shard
     )
     return train, valid
+
+
+DEFAULT_BATCH = 128
+MIN_STEPS = 8  # per epoch: batch norm's running statistics need steps (one 128-batch per epoch left LFW at 55%)
+
+
+def default_batch_size(n_train: int) -> tuple[int, str | None]:
+    """128, or for a train split under MIN_STEPS batches of 128 the power of two (>= 16) giving about
+    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default.
+
+    >>> default_batch_size(120)[0], default_batch_size(500)[0], default_batch_size(48_000)
+    (16, 32, (128, None))
+    """
+    if n_train >= DEFAULT_BATCH * MIN_STEPS:
+        return DEFAULT_BATCH, None
+    batch = max(16, 2 ** int(math.log2(max(n_train // MIN_STEPS, 1))))
+    return batch, f"{n_train} training images: about {max(n_train // batch, 1)} steps per epoch instead of " + (
+        f"{max(n_train // DEFAULT_BATCH, 1)} at {DEFAULT_BATCH}"
+    )

@@ -202,14 +202,7 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
     roots = split_folders(path)
     class_names = _class_names(roots["train"])
     _warn_unused_classes(roots, class_names)
-    files: list[tuple[str, Path, int]] = []
-    for part, folder in roots.items():
-        for label, cls in enumerate(class_names):
-            cls_dir = folder / cls
-            found = sorted(p for p in cls_dir.rglob("*") if is_image_file(p)) if cls_dir.is_dir() else []
-            if part == "train" and not found:
-                raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
-            files += [(part, p, label) for p in found]
+    files = _folder_files(roots, class_names)
     stats = [(part, str(p), label, *_stat(p)) for part, p, label in files]  # the caches' keys: paths, sizes, times
     size, reason = (
         (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root), stats)
@@ -220,6 +213,43 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
         source = _decode_folder_cached(path, files, class_names, size, config, stats)
     source.size_reason = reason
     return source
+
+
+def _folder_files(roots: dict[str, Path], class_names: list[str]) -> list[tuple[str, Path, int]]:
+    """(split, file, label) of every image file; a class folder of train/ without images is an error."""
+    files: list[tuple[str, Path, int]] = []
+    for part, folder in roots.items():
+        for label, cls in enumerate(class_names):
+            cls_dir = folder / cls
+            found = sorted(p for p in cls_dir.rglob("*") if is_image_file(p)) if cls_dir.is_dir() else []
+            if part == "train" and not found:
+                raise CnnlabError(f"class folder {cls_dir} has no images (add images or remove the folder)")
+            files += [(part, p, label) for p in found]
+    return files
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What a folder looks like before any image is decoded (file headers only, cached)."""
+
+    images_per_class: float  # all splits together
+    median_side: int  # the images' median shorter side, pixels
+
+
+def scan_folder(config: DataConfig) -> FolderScan:
+    """Image counts and sizes of a `folder:` source, read from the listing and the file headers."""
+    path = Path(config.source.removeprefix("folder:")).expanduser()
+    if not path.is_dir():
+        raise CnnlabError(f"data folder not found: {path} (pass --data folder:PATH with an existing folder)")
+    with warnings.catch_warnings():  # loading the folder warns about its layout once, not here too
+        warnings.simplefilter("ignore")
+        roots = split_folders(path)
+        class_names = _class_names(roots["train"])
+    files = _folder_files(roots, class_names)
+    sizes = _image_sizes(files, Path(config.root), [(part, str(p), label, *_stat(p)) for part, p, label in files])
+    readable = sizes[sizes[:, 0] > 0]
+    side = int(readable.min(dim=1).values.median()) if len(readable) else 0
+    return FolderScan(len(files) / len(class_names), side)
 
 
 def folder_image_size(files, root: Path, stats=None) -> tuple[int, str]:

@@ -7,23 +7,24 @@ decisions only training can measure (a folder's flips, the epochs that fit a --b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from cnnlab.audit.checks import Audit
 from cnnlab.audit.gate import audit_for_training
 from cnnlab.config import RunConfig, with_decisions
+from cnnlab.data.batches import default_batch_size
 from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, describe_model
+from cnnlab.models import describe_model
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name
+from cnnlab.train.auto import AUTO, measure_small_images, model_before_data
 from cnnlab.train.fit import accelerator_for
 from cnnlab.train.precision import decide_precision
+from cnnlab.train.runner import build_model
 from cnnlab.train.transfer import resolve_strategy, transfer_defaults
 
 
@@ -37,10 +38,13 @@ class Plan:
     dropped: dict[str, list[int]]  # per split: images --dedupe removed
 
 
-def check_request(config: RunConfig) -> RunConfig:
-    """What can be judged before any data is read: an unknown model or an impossible device fails here; a
-    pretrained backbone sets the size folders decode at."""
-    describe_model(config.model.name)
+def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunConfig:
+    """What can be judged before any data is read: an unknown model or an impossible device fails here; `auto`
+    is resolved where a folder's listing decides (train/auto.py); a pretrained backbone sets the size folders
+    decode at."""
+    if config.model.name != AUTO:
+        describe_model(config.model.name)
+    config = model_before_data(config, log)
     config = transfer_defaults(config)
     accelerator_for(config.train)
     return config
@@ -62,18 +66,11 @@ def plan_run(config: RunConfig, source: Source, *, measure: bool, audit: bool, l
     found, dropped = None, {}
     if audit:
         splits, found, dropped = audit_for_training(config, source, splits, log)
+    config = measure_small_images(config, source, splits, measure=measure, log=log)
     config = data_decisions(config, source, len(splits["train"]), log)
     config = resolve_strategy(config, source, splits, positive=positive, measure=measure, log=log)
     config = _decide_precision(config, source, measure=measure, log=log)
     return Plan(config, splits, found, dropped)
-
-
-def build_model(config: RunConfig, source: Source) -> torch.nn.Module:
-    """The run's model, untrained (pretrained weights are loaded by the caller), channels_last."""
-    return create_model(
-        config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
-        image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
-    ).to(memory_format=torch.channels_last)  # fmt: skip
 
 
 def _decide_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
@@ -104,22 +101,3 @@ def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunC
             log(f"batch size: {batch} ({why})")
             config = with_decisions(config, batch_size=why)
     return config
-
-
-DEFAULT_BATCH = 128
-MIN_STEPS = 8  # per epoch: batch norm's running statistics need steps (one 128-batch per epoch left LFW at 55%)
-
-
-def default_batch_size(n_train: int) -> tuple[int, str | None]:
-    """128, or for a train split under MIN_STEPS batches of 128 the power of two (>= 16) giving about
-    MIN_STEPS steps per epoch; returns (batch, why) with why None when it is the plain default.
-
-    >>> default_batch_size(120)[0], default_batch_size(500)[0], default_batch_size(48_000)
-    (16, 32, (128, None))
-    """
-    if n_train >= DEFAULT_BATCH * MIN_STEPS:
-        return DEFAULT_BATCH, None
-    batch = max(16, 2 ** int(math.log2(max(n_train // MIN_STEPS, 1))))
-    return batch, f"{n_train} training images: about {max(n_train // batch, 1)} steps per epoch instead of " + (
-        f"{max(n_train // DEFAULT_BATCH, 1)} at {DEFAULT_BATCH}"
-    )

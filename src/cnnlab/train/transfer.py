@@ -52,6 +52,7 @@ from cnnlab.train.head import fit_linear_head, train_head, write_head_run
 SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "small"
 SIMILAR_CONFIDENCE = 0.25  # mean top-1 ImageNet probability; at or above this the images are "similar"
 SAMPLE = 64  # training images the similarity is measured on
+SCORE_TIE = 0.005  # validation accuracy (or AUC): candidates closer than this to the best tie
 
 MATRIX = {
     (True, True): "feature-extract",
@@ -136,7 +137,8 @@ def resolve_strategy(
     """Turn strategy=auto into a concrete strategy (and frozen levels), say why, and record it in the config."""
     if config.model.strategy != "auto":
         if is_pretrained_name(config.model.name):
-            log(f"strategy: {config.model.strategy} (chosen by you)")
+            why = f"auto: {config.model.strategy_reason}" if config.model.strategy_reason else "chosen by you"
+            log(f"strategy: {config.model.strategy} ({why})")
         return config
     choice = choose_strategy(
         config, source, splits, positive=positive, measure=measure,
@@ -195,11 +197,14 @@ def choose_strategy(
     candidates = measure_frozen_candidates(
         config, source, splits, norm, positive_index=positive_index, cache_dir=cache_dir, log=log
     )
-    best = max(candidates, key=lambda c: (c.valid_score, -c.valid_loss))
+    top = max(c.valid_score for c in candidates)
+    # validation scores this close cannot tell the candidates apart: the simpler (fewer feature levels), more
+    # regularised one is taken (49 validation photos all at 100% had picked the weakest L2 by loss)
+    best = min((c for c in candidates if c.valid_score >= top - SCORE_TIE), key=lambda c: (len(c.levels), -c.l2))
     score_name = "auc" if positive_index is not None else "accuracy"
     reason = (
-        f"{prior_text}; measured: {best.label} has the best validation {score_name} ({best.valid_score:.4f}) "
-        f"of {len(candidates)} frozen candidates"
+        f"{prior_text}; measured: {best.label} has the best validation {score_name} ({best.valid_score:.4f}; ties "
+        f"within {SCORE_TIE} go to fewer levels, then more L2) of {len(candidates)} frozen candidates"
     )
     return StrategyChoice(best.strategy, reason, prior, best.levels, candidates, score_name)
 

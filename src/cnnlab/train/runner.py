@@ -1,0 +1,100 @@
+"""`train_model`: a planned run's model, batches and training loop put together (or a head fit on frozen
+features), with the decisions only training can make: the epochs a budget allows, and whether flips keep labels."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cnnlab.config import RunConfig, with_decisions
+from cnnlab.data.augment import policy_for
+from cnnlab.data.batches import run_batches
+from cnnlab.data.lazy import select
+from cnnlab.data.sources import Source
+from cnnlab.models import create_model
+from cnnlab.models.checkpoint import Checkpoint, InputSpec
+from cnnlab.models.pretrained import is_pretrained_name, load_pretrained
+from cnnlab.runs import write_run_config
+from cnnlab.train.budget import plan_budget
+from cnnlab.train.fit import EpochStats, fit
+from cnnlab.train.flips import FlipCheck
+from cnnlab.train.transfer import fit_frozen_head, training_normalization
+
+
+def train_model(
+    config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log
+) -> tuple[RunConfig, list[EpochStats]]:
+    """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
+    training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
+    config.yaml is written once the epochs are planned, so a resumed run follows the same plan."""
+    t = config.train
+    norm = training_normalization(config, select(source.images, splits["train"]))
+    inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
+    meta = Checkpoint(config.model.name, list(source.class_names), inputs, config.to_dict())  # weights come later
+    # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed)
+        model = build_model(config, source)
+        if is_pretrained_name(config.model.name) and config.model.strategy != "retrain" and resume is None:
+            load_pretrained(model, config.model.weights)
+        if model.frozen:  # a linear head on cached features, fit to convergence: no epochs
+            stats, config = fit_frozen_head(
+                model, config, source, splits, norm, run_dir, meta, writer=fabric.is_global_zero,
+                dry_run=max_batches is not None, log=log,
+            )  # fmt: skip
+            return config, [stats]
+        policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
+        train_batches, valid_batches = run_batches(
+            fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
+            norm=norm, policy=policy, seed=t.seed, max_batches=max_batches, rank=fabric.global_rank,
+            world=fabric.world_size,
+        )  # fmt: skip
+        if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
+            config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
+            t, meta.config = config.train, config.to_dict()
+            write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
+        _log_model(config, model, fabric, log)
+        decided: dict[str, tuple[bool, str]] = {}
+        flip_check = _flip_check(config, source, meta, decided, log)
+        history = fit(
+            fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
+            log=log,
+        )  # fmt: skip
+    if "flips" in decided:
+        flips, why = decided["flips"]
+        config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)
+    return config, history
+
+
+def _log_model(config: RunConfig, model, fabric, log) -> None:
+    t = config.train
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    recipe = f"{t.optimizer} lr {t.lr} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
+    where = f"{fabric.device}" + (f" x {fabric.world_size} processes (DDP)" if fabric.world_size > 1 else "")
+    log(f"model: {config.model.name}, {n_params:,} parameters ({n_train:,} trained); {recipe} on {where}")
+
+
+def _flip_check(config: RunConfig, source: Source, meta: Checkpoint, decided: dict, log) -> FlipCheck | None:
+    """Folders whose flips are undecided measure them during training (also on resume, if still undecided).
+    The decision goes into the checkpoints at once (resume reads it from last.pt) and into `decided`."""
+    if config.data.flips is not None or config.data.augment == "none":
+        return None
+
+    def record(flips: bool, why: str) -> None:
+        log(f"flips: {'on' if flips else 'off'} ({why})")
+        decided["flips"] = (flips, why)
+        meta.config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why).to_dict()
+
+    log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
+    return FlipCheck(len(source.class_names), record=record)
+
+
+def build_model(config: RunConfig, source: Source) -> torch.nn.Module:
+    """The run's model, untrained (pretrained weights are loaded by the caller), channels_last."""
+    return create_model(
+        config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
+        image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
+    ).to(memory_format=torch.channels_last)  # fmt: skip
