@@ -56,7 +56,7 @@ def _note(message: str) -> None:
 @app.command()
 def train(
     data: Optional[str] = typer.Option(None, help="digits | fashion-mnist | mnist | cifar10 | folder:PATH"),
-    model: Optional[str] = typer.Option(None, help="Model name (see `cnnlab models`); default simple_cnn_bn."),
+    model: Optional[str] = typer.Option(None, help="auto (folders: chosen by measurement) or a `cnnlab models` name."),
     model_option: Optional[list[str]] = typer.Option(None, help="A model option KEY=VALUE, repeatable: widths=[32,64]"),
     strategy: Optional[str] = typer.Option(
         None, help="Pretrained backbones: auto | feature-extract | truncate | fine-tune | retrain (default auto)."
