@@ -3,16 +3,21 @@ small grey images the from-scratch CNN, few small images a measured choice; a na
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from cnnlab.config import RunConfig, with_overrides
+from cnnlab.config import RunConfig, TrainConfig, with_overrides
 from cnnlab.data.idx import read_idx
+from cnnlab.models import create_model
 from cnnlab.pipeline import train
 from cnnlab.runs import open_run
+from cnnlab.train.budget import BudgetTooSmall, plan_budget
+from cnnlab.train.fit import make_fabric
 from cnnlab.train.plan import check_request
 from helpers import FASHION_DIR, needs_fashion, write_digit_folder
 
@@ -26,12 +31,14 @@ def _folder(path: Path, root: Path, **model) -> RunConfig:
 
 
 @needs_photos
-def test_a_photo_folder_gets_the_pretrained_backbone_and_a_named_model_is_kept(tmp_path):
+def test_a_photo_folder_is_searched_at_the_backbone_size_and_a_named_model_is_kept(tmp_path):
     cfg = check_request(_folder(SHARED / "caltech12", tmp_path), log=lambda _: None)
-    assert cfg.model.name == "efficientnet_lite0" and "photos" in cfg.decisions["model"]
+    assert cfg.model.name == "auto"  # measured once the data is read
     assert cfg.data.image_size == 224  # decoded as the backbone was trained, not at the scratch CNN's 64 px
     kept = check_request(_folder(SHARED / "caltech12", tmp_path, name="mlp"), log=lambda _: None)
     assert kept.model.name == "mlp" and "model" not in kept.decisions
+    forced = check_request(_folder(SHARED / "caltech12", tmp_path, strategy="fine-tune"), log=lambda _: None)
+    assert forced.model.name == "efficientnet_lite0" and forced.model.strategy == "fine-tune"
 
 
 def test_a_named_dataset_keeps_the_course_cnn():
@@ -50,27 +57,59 @@ def test_many_small_grey_images_get_the_from_scratch_cnn(tmp_path):
     assert cfg.model.name == "simple_cnn_bn" and "1000 small images per class" in cfg.decisions["model"]
 
 
-def test_few_small_images_are_measured_both_ways_and_the_better_kept(tmp_path):
-    """Real 8-px digits, 40 per class: the from-scratch CNN and the backbone's frozen features are both scored on
-    validation; the table and the reason are in config.yaml, and the kept model is the better (ties: scratch)."""
+def test_few_small_images_are_searched_cross_validated_and_the_best_kept(tmp_path):
+    """Real 8-px digits, 40 per class (9 validation images per class): the backbone's frozen candidates are
+    cross-validated (the split is too small to rank on), the from-scratch CNN and fine-tuning are trained within
+    the budget or skipped with a reason; the table and the reason are in config.yaml, and the kept model is the
+    best by validation accuracy (ties: frozen, then scratch, then fine-tuned)."""
     folder = write_digit_folder(tmp_path / "digits", classes=(0, 1, 7), per_class=40, size=8)
     lines = []
-    result = train(_folder(folder, tmp_path / "root"), runs_dir=tmp_path / "runs", name="auto", report=False,
-                   log=lines.append)  # fmt: skip
+    cfg = with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=1.0)
+    result = train(cfg, runs_dir=tmp_path / "runs", name="auto", report=False, log=lines.append)
     saved = open_run(result.run_dir)
-    rows = saved.model.strategy_candidates
-    scratch, frozen = rows[0]["valid_accuracy"], rows[1]["valid_accuracy"]
-    assert rows[0]["candidate"].startswith("simple_cnn_bn") and rows[1]["candidate"].startswith("efficientnet_lite0")
-    expected = "efficientnet_lite0" if frozen > scratch + 0.005 else "simple_cnn_bn"
-    assert saved.model.name == expected and "measured on" in saved.decisions["model"]
-    assert any("<- chosen" in line for line in lines) and result.evaluation["accuracy"] > 0.9
+    rows = {row["candidate"].split(",")[0].split(" (")[0]: row for row in saved.model.strategy_candidates}
+    frozen = [row for row in saved.model.strategy_candidates if "frozen" in row["candidate"]]
+    assert len(frozen) == 5 and all(row["cv_accuracy"] is not None for row in frozen)  # cross-validated
+    assert "simple_cnn_bn" in rows and "efficientnet_lite0 fine-tuned" in rows
+    for row in saved.model.strategy_candidates:
+        assert row["status"] in ("chosen", "measured") or row["status"].startswith("skipped: ")
+    (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
+    top = max(row["valid_accuracy"] or 0 for row in saved.model.strategy_candidates)
+    assert chosen["valid_accuracy"] >= top - 0.005 and "best validation accuracy" in saved.decisions["model"]
+    assert any(line.strip().startswith("candidate") for line in lines) and result.evaluation["accuracy"] > 0.9
+
+
+def test_a_budget_too_small_for_fine_tuning_skips_it_and_says_why(tmp_path):
+    """Tiny photos-sized images (the backbone path) with a 3-second budget: the frozen candidates are measured
+    (they come first and cost one pass), fine-tuning is skipped with the reason printed, a frozen head is kept."""
+    folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=30, size=112)
+    lines = []
+    cfg = with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=0.05)
+    result = train(cfg, runs_dir=tmp_path / "runs", name="b", report=False, log=lines.append)
+    saved = open_run(result.run_dir)
+    (tuned,) = [row for row in saved.model.strategy_candidates if "fine-tuned" in row["candidate"]]
+    assert tuned["status"].startswith("skipped: the budget is spent") and tuned["valid_accuracy"] is None
+    assert any("skipped: the budget is spent" in line for line in lines)
+    assert saved.model.strategy in ("feature-extract", "truncate") and result.evaluation["accuracy"] > 0.8
+
+
+def test_budget_probe_refuses_a_candidate_that_cannot_run_its_least_epochs():
+    """The cost of a candidate is measured on a few steps before it runs; too few epochs fit: BudgetTooSmall."""
+    model = create_model("mlp", num_classes=2, in_channels=1, image_size=8, options={})
+    batches = [(torch.randn(16, 1, 8, 8), torch.randint(0, 2, (16,)))] * 12
+    t = TrainConfig(budget_minutes=1e-4, precision="32-true")
+    with pytest.raises(BudgetTooSmall, match=r"3 epochs need about .* s left of the budget"):
+        plan_budget(t, make_fabric(t), model, batches, batches[:1], lambda _: None, epoch_limits=(3, 12))
+    planned = plan_budget(replace(t, budget_minutes=10.0), make_fabric(t), model, batches, batches[:1],
+                          lambda _: None, epoch_limits=(3, 12))  # fmt: skip
+    assert planned.epochs == 12  # capped at the most
 
 
 def test_a_dry_run_does_not_measure_and_takes_the_scratch_cnn(tmp_path):
     folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=20, size=8)
     lines = []
     train(_folder(folder, tmp_path / "root"), dry_run=True, log=lines.append)
-    assert any("not measured (dry run)" in line for line in lines)
+    assert any("not measured (dry run" in line for line in lines)
 
 
 @pytest.mark.slow
@@ -80,4 +119,7 @@ def test_the_default_on_a_real_photo_folder_beats_the_old_scratch_default(tmp_pa
     folders; the frozen backbone's head scores above 90% on the test split (measured 99.5%)."""
     result = train(_folder(SHARED / "caltech12", tmp_path / "root"), runs_dir=tmp_path / "runs", name="c",
                    report=False, log=lambda _: None)  # fmt: skip
-    assert open_run(result.run_dir).model.name == "efficientnet_lite0" and result.evaluation["accuracy"] > 0.9
+    saved = open_run(result.run_dir)
+    assert saved.model.name == "efficientnet_lite0" and result.evaluation["accuracy"] > 0.9
+    (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
+    assert "efficientnet_lite0" in chosen["candidate"]

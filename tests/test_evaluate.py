@@ -39,6 +39,7 @@ def test_accuracy_table_uses_the_course_format():
 def folder_run(tmp_path_factory):
     data = write_digit_folder(tmp_path_factory.mktemp("digits"), classes=(0, 1, 7), per_class=60, size=24)
     cfg = with_overrides(RunConfig(), "data", source=f"folder:{data}", image_size=16)
+    cfg = with_overrides(cfg, "model", name="simple_cnn_bn")  # a trained run's files (auto is tested in test_auto)
     cfg = with_overrides(cfg, "train", epochs=4)
     runs = tmp_path_factory.mktemp("runs")
     return train(cfg, runs_dir=runs, name="fold", log=lambda _: None), data

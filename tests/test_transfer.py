@@ -18,7 +18,13 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models import pretrained as pt
 from cnnlab.predict.features import backbone_features
-from cnnlab.train.transfer import SCORE_TIE, SIMILAR_CONFIDENCE, choose_strategy, imagenet_confidence
+from cnnlab.train.transfer import (
+    SCORE_TIE,
+    SIMILAR_CONFIDENCE,
+    choose_strategy,
+    imagenet_confidence,
+    small_validation,
+)
 from helpers import needs_fashion
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -158,7 +164,18 @@ def test_auto_measures_frozen_candidates_on_small_data(lfw, tmp_path):
     best = min(tied, key=lambda c: (len(c.levels), -c.l2))  # a tie goes to the simpler, more regularised one
     assert (choice.strategy, choice.levels) == (best.strategy, best.levels) and best.valid_score > 0.9
     rows = choice.table()
-    assert rows[0]["candidate"] == "feature-extract (final)" and "valid_auc" in rows[0]
+    small = small_validation(source.labels[torch.as_tensor(splits["valid"])], 2)
+    assert choice.folds == (5 if small else 0) and sum(row["chosen"] for row in rows) == 1
+    assert rows[0]["candidate"] == "feature-extract (final)" and ("cv5_auc" if small else "valid_auc") in rows[0]
+    assert ("cv_spread" in rows[0]) == small
+
+
+def test_a_small_validation_split_is_one_with_few_images_in_all_or_per_class():
+    """Below 100 validation images, or 20 per class, candidates are cross-validated instead."""
+    labels = torch.arange(5).repeat(40)  # 200 images, 40 per class
+    assert not small_validation(labels, 5)
+    assert small_validation(labels[:99], 5)  # too few in all
+    assert small_validation(torch.arange(12).repeat(17), 12)  # 204 images, 17 per class
 
 
 @needs_fashion

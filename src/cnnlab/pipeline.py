@@ -61,8 +61,12 @@ def train(
     if dry_run:
         return _dry_run(plan, source, log)
     fabric = launcher or make_fabric(plan.config.train)
-    run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(plan.config), force=force)
-    config, history = _fit_new(plan, fabric, source, run_dir, log=log)
+    try:
+        run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(plan.config), force=force)
+        config, history = _fit_new(plan, fabric, source, run_dir, log=log)
+    finally:
+        if plan.trained is not None:  # moved into the run folder, or (on an error) not wanted
+            plan.trained.discard()
     if not fabric.is_global_zero:
         return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
@@ -164,6 +168,9 @@ def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple
         save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, deduplicated=plan.dropped)
         if plan.audit is not None:  # the table is about the data as it is (dropped images included)
             write_audit(run_dir, plan.audit, rows(plan.audit, source, restored(plan.splits, plan.dropped)))
+        if plan.trained is not None:  # the model search trained the winner already
+            plan.trained.move_into(run_dir)
+            return plan.config, plan.trained.history
         config, history = train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
         write_run_config(run_dir, config)
         return config, history

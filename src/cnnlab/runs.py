@@ -21,6 +21,7 @@ class RunFile:
     CONFIG = "config.yaml"  # the resolved config: every `auto` replaced by what was decided
     SPLITS = "splits.json"  # train/valid/test indices
     METRICS = "metrics.csv"  # one row per epoch
+    HEAD = "head.json"  # a frozen head's regularisation path (the L2 strengths tried, scored on validation)
     BEST = "best.pt"  # the lowest validation loss
     LAST = "last.pt"  # the last finished epoch, with the optimiser state (resume)
     PREDICTIONS = "predictions.csv"  # test

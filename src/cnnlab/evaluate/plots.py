@@ -80,6 +80,44 @@ def plot_precision_recall(label: str, precision: np.ndarray, recall: np.ndarray,
     return ax
 
 
+def plot_regularisation_path(path: Sequence[dict], chosen_l2: float, *, axes=None):
+    """A frozen head's training: validation loss and accuracy for every L2 strength tried (head.json), the
+    chosen one marked. It replaces the epoch curves, which a head fit to convergence in one step does not have."""
+    if axes is None:
+        axes = new_figure((10, 3.6)).subplots(1, 2)
+    l2 = [p["l2"] for p in path]
+    for ax, key, label in ((axes[0], "valid_loss", "validation loss"), (axes[1], "valid_acc", "validation accuracy")):
+        ax.semilogx(l2, [p[key] for p in path], "o-", color="tab:orange")
+        ax.axvline(chosen_l2, color="grey", ls=":", label=f"chosen (L2 {chosen_l2:g})")
+        ax.set(xlabel="L2 strength (weaker to the left)", ylabel=label, title=f"{label} per L2")
+        ax.legend()
+    return axes[0].figure
+
+
+def plot_candidates(rows: Sequence[dict], *, ax=None):
+    """The model search's table (config.yaml `model.strategy_candidates`): validation accuracy per candidate (bars),
+    the cross-validated mean and spread where measured (points), the chosen one in colour, skipped ones named."""
+    ax = _axes(ax, figsize=(8, 0.45 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    scores = [100 * (r.get("valid_accuracy") or 0.0) for r in rows]
+    colours = ["tab:green" if r.get("status") == "chosen" else "tab:grey" for r in rows]
+    low = max(0.0, min([s for s in scores if s > 0] or [0.0]) - 15)
+    ax.barh(y, scores, color=colours)
+    crossed = [(yi, 100 * r["cv_accuracy"], 100 * r["spread"]) for yi, r in zip(y, rows, strict=True)
+               if r.get("cv_accuracy") is not None]  # fmt: skip
+    if crossed:
+        cy, cx, cerr = zip(*crossed, strict=True)
+        ax.errorbar(cx, cy, xerr=cerr, fmt="o", color="black", label="cross-validated mean +- std")
+        ax.legend(loc="lower left", fontsize=8)
+    for yi, r, score in zip(y, rows, scores, strict=True):
+        note = "skipped" if str(r.get("status", "")).startswith("skipped") else f"{score:.1f}%"
+        ax.text(max(score, low), yi, f" {note}", va="center", fontsize=8)
+    ax.set_yticks(y, [r["candidate"].replace("efficientnet_lite0 frozen", "frozen") for r in rows], fontsize=8)
+    ax.set(xlabel="validation accuracy (%)", xlim=(low, 100), title="model search: the candidates (frozen: the "
+           "backbone's features with a linear head)")  # fmt: skip
+    return ax
+
+
 def plot_per_class_accuracy(class_names: Sequence[str], accuracy: Sequence[float], *, ax=None):
     ax = _axes(ax, figsize=(max(5, 0.6 * len(class_names)), 3.5))
     ax.bar(range(len(class_names)), [100 * a for a in accuracy], color="tab:blue")

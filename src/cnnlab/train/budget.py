@@ -10,15 +10,25 @@ from dataclasses import replace
 import torch
 
 from cnnlab.config import TrainConfig
+from cnnlab.errors import CnnlabError
 from cnnlab.train.fit import build_optimizer, evaluate_loss
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
 
 
-def plan_budget(t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8) -> TrainConfig:
+class BudgetTooSmall(CnnlabError):
+    """Fewer epochs than a candidate needs fit in the time left (the model search skips it and says why)."""
+
+
+def plan_budget(
+    t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8,
+    epoch_limits: tuple[int, int] | None = None,
+) -> TrainConfig:  # fmt: skip
     """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps (the median, after warm-up) and
     one validation pass on a throwaway copy of the model (the real one, and every RNG, stay untouched), then
-    divide. With --compile the probe is compiled too and its one-off compile time comes off the budget."""
+    divide. With --compile the probe is compiled too and its one-off compile time comes off the budget.
+    `epoch_limits` (least, most): a candidate of the model search, capped at `most` and refused (BudgetTooSmall)
+    below `least`."""
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)
         optimizer = build_optimizer(probe, t)
@@ -45,5 +55,13 @@ def plan_budget(t: TrainConfig, fabric, model, train_batches, valid_batches, log
     compile_s = max(first_s - step_s, 0.0) if t.compile else 0.0
     epochs = max(1, int((t.budget_minutes * 60 - compile_s) // epoch_s))
     extra = f", {compile_s:.0f} s compiling" if compile_s else ""
+    if epoch_limits is not None:
+        least, most = epoch_limits
+        if epochs < least:
+            raise BudgetTooSmall(
+                f"{least} epochs need about {least * epoch_s + compile_s:.0f} s ({epoch_s:.1f} s/epoch measured), "
+                f"{t.budget_minutes * 60:.0f} s left of the budget"
+            )  # fmt: skip
+        epochs = min(epochs, most)
     log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
     return replace(t, epochs=epochs)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnlab.files import write_json_atomic
 from cnnlab.models.checkpoint import Checkpoint, save_checkpoint
 from cnnlab.runs import RunFile
 from cnnlab.train.fit import EpochStats, append_metrics
@@ -61,6 +62,9 @@ def fit_linear_head(
     # (noisy) backbone features and cost 1-2 points against LogisticRegression on the raw features
     std = ((train_x.to(dtype) - mean).pow(2).mean().sqrt().clamp_min(1e-6)) if len(train_x) > 1 else mean.new_ones(())
     zt, zv = (train_x.to(dtype) - mean) / std, (valid_x.to(dtype) - mean) / std
+    basis = _row_space(zt)
+    if basis is not None:  # fewer images than features: solve in the span of the training rows (same optimum)
+        zt, zv = zt @ basis, zv @ basis
     w = torch.zeros(num_classes, zt.shape[1], dtype=dtype, requires_grad=True)
     b = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
     path, best = [], None
@@ -73,7 +77,8 @@ def fit_linear_head(
         if best is None or valid_loss < best[1]:
             best = (l2, valid_loss, w.detach().clone(), b.detach().clone())
     l2, _, w_best, b_best = best
-    weight = w_best / std  # z = (x - mean) / std  =>  W z + b = (W / std) x + (b - (W / std) mean)
+    # z = (x - mean) / std  =>  W z + b = (W / std) x + (b - (W / std) mean)
+    weight = (w_best if basis is None else w_best @ basis.T) / std
     bias = b_best - weight @ mean
     with torch.no_grad():
         train_logits = zt @ w_best.T + b_best
@@ -82,6 +87,20 @@ def fit_linear_head(
         weight.float(), bias.float(), l2, float(F.cross_entropy(train_logits, train_y)),
         float((train_logits.argmax(1) == train_y).double().mean()), chosen["valid_loss"], chosen["valid_acc"], path,
     )  # fmt: skip
+
+
+def _row_space(z: torch.Tensor) -> torch.Tensor | None:
+    """An orthonormal basis [D, r] of the span of the rows of `z` [N, D] when N < D, else None.
+
+    With an L2 penalty the optimal weights lie in that span (any component orthogonal to every training row
+    changes no logit and only adds to the penalty), so fitting on z @ basis (r <= N columns) and mapping back
+    gives the same head as fitting on z. With 512 photos and 2,064 backbone features: 4x fewer unknowns."""
+    n, d = z.shape
+    if n >= d:
+        return None
+    _, s, vh = torch.linalg.svd(z, full_matrices=False)
+    keep = s > s[0] * 1e-10
+    return vh[keep].T
 
 
 def _lbfgs(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l2: float, max_iter: int) -> int:
@@ -128,10 +147,11 @@ def train_head(
     return stats, head
 
 
-def write_head_run(model, stats: EpochStats, run_dir: Path, *, meta: Checkpoint) -> None:
+def write_head_run(model, stats: EpochStats, head: HeadFit, run_dir: Path, *, meta: Checkpoint) -> None:
     """The run folder as `fit` leaves it: one metrics.csv row, best.pt and last.pt (the whole model, so it
-    takes images; there is nothing to resume)."""
+    takes images; there is nothing to resume), and head.json with the regularisation path the report draws."""
     append_metrics(run_dir / RunFile.METRICS, stats)
+    write_json_atomic(run_dir / RunFile.HEAD, {"l2": head.l2, "path": head.path})
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     best = {"best_loss": stats.valid_loss, "best_epoch": 1, "bad_epochs": 0}
     for name in (RunFile.BEST, RunFile.LAST):

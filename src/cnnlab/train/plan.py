@@ -20,11 +20,9 @@ from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
-from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name
-from cnnlab.train.auto import AUTO, measure_small_images, model_before_data
+from cnnlab.train.auto import AUTO, Trained, model_before_data, search_models
 from cnnlab.train.fit import accelerator_for
-from cnnlab.train.precision import decide_precision
-from cnnlab.train.runner import build_model
+from cnnlab.train.runner import decide_run_precision
 from cnnlab.train.transfer import resolve_strategy, transfer_defaults
 
 
@@ -36,6 +34,7 @@ class Plan:
     splits: dict[str, np.ndarray]  # train/valid/test indices into the source
     audit: Audit | None  # what the audit gate found (None: not run)
     dropped: dict[str, list[int]]  # per split: images --dedupe removed
+    trained: Trained | None = None  # the model search's winner, already trained (adopted, not trained again)
 
 
 def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunConfig:
@@ -66,23 +65,13 @@ def plan_run(config: RunConfig, source: Source, *, measure: bool, audit: bool, l
     found, dropped = None, {}
     if audit:
         splits, found, dropped = audit_for_training(config, source, splits, log)
-    config = measure_small_images(config, source, splits, measure=measure, log=log)
     config = data_decisions(config, source, len(splits["train"]), log)
+    trained = None
+    if config.model.name == AUTO:
+        config, trained = search_models(config, source, splits, measure=measure, log=log)
     config = resolve_strategy(config, source, splits, positive=positive, measure=measure, log=log)
-    config = _decide_precision(config, source, measure=measure, log=log)
-    return Plan(config, splits, found, dropped)
-
-
-def _decide_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
-    """`precision: auto` made concrete by timing this model on this machine (train/precision.py); heads on
-    frozen features are fit in fp32 and need no decision."""
-    if config.model.strategy in FROZEN_STRATEGIES:
-        return config
-    channels = 3 if is_pretrained_name(config.model.name) else source.channels  # grey broadcasts to RGB there
-    return decide_precision(
-        config, lambda: build_model(config, source), num_classes=len(source.class_names), in_channels=channels,
-        image_size=source.image_size, measure=measure, log=log,
-    )  # fmt: skip
+    config = decide_run_precision(config, source, measure=measure, log=log)
+    return Plan(config, splits, found, dropped, trained)
 
 
 def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunConfig:

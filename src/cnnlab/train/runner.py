@@ -15,20 +15,23 @@ from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source
 from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec
-from cnnlab.models.pretrained import is_pretrained_name, load_pretrained
+from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
 from cnnlab.runs import write_run_config
 from cnnlab.train.budget import plan_budget
 from cnnlab.train.fit import EpochStats, fit
 from cnnlab.train.flips import FlipCheck
-from cnnlab.train.transfer import fit_frozen_head, training_normalization
+from cnnlab.train.precision import decide_precision
+from cnnlab.train.transfer import fit_frozen_head, training_normalization, warm_start_head
 
 
 def train_model(
-    config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None, log
-) -> tuple[RunConfig, list[EpochStats]]:
+    config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None,
+    epoch_limits: tuple[int, int] | None = None, log,
+) -> tuple[RunConfig, list[EpochStats]]:  # fmt: skip
     """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
     training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
-    config.yaml is written once the epochs are planned, so a resumed run follows the same plan."""
+    config.yaml is written once the epochs are planned, so a resumed run follows the same plan. Fine-tuning
+    starts from a head fit on the frozen features. `epoch_limits`: see `plan_budget` (a search candidate)."""
     t = config.train
     norm = training_normalization(config, select(source.images, splits["train"]))
     inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
@@ -45,6 +48,8 @@ def train_model(
                 dry_run=max_batches is not None, log=log,
             )  # fmt: skip
             return config, [stats]
+        if is_pretrained_name(config.model.name) and config.model.strategy == "fine-tune" and resume is None:
+            warm_start_head(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
         policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
         train_batches, valid_batches = run_batches(
             fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
@@ -52,7 +57,8 @@ def train_model(
             world=fabric.world_size,
         )  # fmt: skip
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
-            config = replace(config, train=plan_budget(t, fabric, model, train_batches, valid_batches, log))
+            planned = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits)
+            config = replace(config, train=planned)
             t, meta.config = config.train, config.to_dict()
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
         _log_model(config, model, fabric, log)
@@ -98,3 +104,15 @@ def build_model(config: RunConfig, source: Source) -> torch.nn.Module:
         config.model.name, num_classes=len(source.class_names), in_channels=source.channels,
         image_size=source.image_size, options=config.model.options, strategy=config.model.strategy,
     ).to(memory_format=torch.channels_last)  # fmt: skip
+
+
+def decide_run_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
+    """`precision: auto` made concrete by timing this model on this machine (train/precision.py); heads on
+    frozen features are fit in fp32 and need no decision."""
+    if config.model.strategy in FROZEN_STRATEGIES:
+        return config
+    channels = 3 if is_pretrained_name(config.model.name) else source.channels  # grey broadcasts to RGB there
+    return decide_precision(
+        config, lambda: build_model(config, source), num_classes=len(source.class_names), in_channels=channels,
+        image_size=source.image_size, measure=measure, log=log,
+    )  # fmt: skip

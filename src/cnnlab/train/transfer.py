@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
@@ -53,6 +54,9 @@ SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "sm
 SIMILAR_CONFIDENCE = 0.25  # mean top-1 ImageNet probability; at or above this the images are "similar"
 SAMPLE = 64  # training images the similarity is measured on
 SCORE_TIE = 0.005  # validation accuracy (or AUC): candidates closer than this to the best tie
+CV_MIN_VALID, CV_MIN_PER_CLASS = 100, 20  # fewer validation images (in all, per class): candidates are cross-validated
+CV_FOLDS = 5
+CV_L2_GRID = (1.0, 0.1, 0.01, 1e-3, 1e-4)  # every other strength of the head's grid: the folds rank, not tune
 
 MATRIX = {
     (True, True): "feature-extract",
@@ -64,13 +68,16 @@ MATRIX = {
 
 @dataclass
 class Candidate:
-    """One frozen variant scored on validation: its feature levels and the logistic-regression head's result."""
+    """One frozen variant scored on validation (or cross-validated, see `cv_folds`): its feature levels and the
+    logistic-regression head's result."""
 
     strategy: str
     levels: tuple[int, ...]
-    valid_score: float  # accuracy, or AUC of the positive class
+    valid_score: float  # accuracy, or AUC of the positive class; the folds' mean where cross-validated
     valid_loss: float
     l2: float
+    valid_acc: float  # on the validation split itself (compared with other model families)
+    spread: float | None = None  # the folds' standard deviation where cross-validated
 
     @property
     def label(self) -> str:
@@ -86,14 +93,20 @@ class StrategyChoice:
     levels: tuple[int, ...] | None = None  # the frozen levels chosen by measurement (None: the model's default)
     candidates: list[Candidate] = field(default_factory=list)
     score_name: str = "accuracy"
+    folds: int = 0  # k of the k-fold cross-validation that scored the candidates; 0: the validation split
 
     def table(self) -> list[dict]:
         """The candidates as rows for config.yaml and the report."""
-        return [
-            {"candidate": c.label, f"valid_{self.score_name}": round(c.valid_score, 4),
-             "valid_loss": round(c.valid_loss, 4), "l2": c.l2}
-            for c in self.candidates
-        ]  # fmt: skip
+        rows = []
+        for c in self.candidates:
+            score = f"cv{self.folds}_{self.score_name}" if self.folds else f"valid_{self.score_name}"
+            row = {"candidate": c.label, score: round(c.valid_score, 4), "valid_acc": round(c.valid_acc, 4),
+                   "valid_loss": round(c.valid_loss, 4), "l2": c.l2}  # fmt: skip
+            row["chosen"] = c.label == _chosen_label(self)
+            if c.spread is not None:
+                row["cv_spread"] = round(c.spread, 4)
+            rows.append(row)
+        return rows
 
 
 # ---- defaults for a run ------------------------------------------------------------------------------
@@ -146,8 +159,9 @@ def resolve_strategy(
     )  # fmt: skip
     log(f"strategy: {choice.strategy} (auto: {choice.reason})")
     for row in choice.table():
+        chosen = row.pop("chosen")
         values = "  ".join(f"{k} {v:g}" if isinstance(v, float) else str(v) for k, v in row.items())
-        log(f"  {values}" + ("  <- chosen" if row["candidate"] == _chosen_label(choice) else ""))
+        log(f"  {values}" + ("  <- chosen" if chosen else ""))
     options = dict(config.model.options)
     if choice.levels is not None:
         options["levels"] = list(choice.levels)
@@ -194,19 +208,27 @@ def choose_strategy(
         why = "large data: measuring needs full training runs" if not small else "not measured (dry run)"
         return StrategyChoice(prior, f"{prior_text} ({why})", prior)
     positive_index = source.class_names.index(positive) if positive is not None else None
+    folds = CV_FOLDS if small_validation(source.labels[torch.as_tensor(splits["valid"])], n_classes) else 0
     candidates = measure_frozen_candidates(
-        config, source, splits, norm, positive_index=positive_index, cache_dir=cache_dir, log=log
+        config, source, splits, norm, positive_index=positive_index, cache_dir=cache_dir, folds=folds, log=log
     )
     top = max(c.valid_score for c in candidates)
     # validation scores this close cannot tell the candidates apart: the simpler (fewer feature levels), more
     # regularised one is taken (49 validation photos all at 100% had picked the weakest L2 by loss)
     best = min((c for c in candidates if c.valid_score >= top - SCORE_TIE), key=lambda c: (len(c.levels), -c.l2))
     score_name = "auc" if positive_index is not None else "accuracy"
+    how = f"{folds}-fold cross-validated {score_name} over train + valid (the validation split is small)" if folds \
+        else f"validation {score_name}"  # fmt: skip
     reason = (
-        f"{prior_text}; measured: {best.label} has the best validation {score_name} ({best.valid_score:.4f}; ties "
-        f"within {SCORE_TIE} go to fewer levels, then more L2) of {len(candidates)} frozen candidates"
+        f"{prior_text}; measured: {best.label} has the best {how} ({best.valid_score:.4f}; ties within "
+        f"{SCORE_TIE} go to fewer levels, then more L2) of {len(candidates)} frozen candidates"
     )
-    return StrategyChoice(best.strategy, reason, prior, best.levels, candidates, score_name)
+    return StrategyChoice(best.strategy, reason, prior, best.levels, candidates, score_name, folds)
+
+
+def small_validation(valid_labels: torch.Tensor, n_classes: int) -> bool:
+    """Too few validation images to rank candidates on: one image is more than a point, or a class has few."""
+    return len(valid_labels) < CV_MIN_VALID or len(valid_labels) / max(n_classes, 1) < CV_MIN_PER_CLASS
 
 
 def candidate_levels(n_levels: int) -> list[tuple[int, ...]]:
@@ -218,26 +240,50 @@ def candidate_levels(n_levels: int) -> list[tuple[int, ...]]:
 
 def measure_frozen_candidates(
     config: RunConfig, source: Source, splits, norm: Normalization, *, positive_index: int | None,
-    cache_dir: Path | None, log: Callable[[str], None],
+    cache_dir: Path | None, folds: int = 0, log: Callable[[str], None],
 ) -> list[Candidate]:  # fmt: skip
-    """Score every frozen variant on validation from one cached backbone pass (the same cache the head reads)."""
+    """Score every frozen variant from one cached backbone pass (the same cache the head reads): on the validation
+    split, or with `folds` by stratified k-fold cross-validation over train + valid (heads cost milliseconds)."""
     model = _frozen_model(config, source)
     train_all, valid_all = _all_level_features(
         model, config, source, splits, norm, views=0, cache_dir=cache_dir, log=log
     )
     y_train, y_valid = (source.labels[torch.as_tensor(splits[s])] for s in ("train", "valid"))
+    n_classes = len(source.class_names)
     out = []
     for levels in candidate_levels(len(model.backbone.feature_info)):
         strategy = "feature-extract" if FINAL in levels else "truncate"
         columns = level_columns(model.level_widths(), model.all_levels(), levels)
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
-        head = fit_linear_head(x_train, y_train, x_valid, y_valid, len(source.class_names))
-        score = head.valid_acc
-        if positive_index is not None:
-            probs = torch.softmax(head.logits(x_valid), dim=1)[:, positive_index]
-            score = roc_auc((y_valid == positive_index).numpy(), probs.numpy())
-        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2))
+        head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
+        score, spread = _head_score(head, x_valid, y_valid, positive_index), None
+        if folds:
+            scores = _cross_validated(torch.cat([x_train, x_valid]), torch.cat([y_train, y_valid]), n_classes,
+                                      positive_index, folds, config.train.seed)  # fmt: skip
+            score, spread = float(np.mean(scores)), float(np.std(scores))
+        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread))
     return out
+
+
+def _head_score(head, x: torch.Tensor, y: torch.Tensor, positive_index: int | None) -> float:
+    """Accuracy, or the positive class's AUC."""
+    if positive_index is None:
+        return float((head.logits(x).argmax(1) == y).double().mean())
+    probs = torch.softmax(head.logits(x), dim=1)[:, positive_index]
+    return float(roc_auc((y == positive_index).numpy(), probs.numpy()))
+
+
+def _cross_validated(x: torch.Tensor, y: torch.Tensor, n_classes: int, positive_index: int | None, folds: int,
+                     seed: int) -> list[float]:  # fmt: skip
+    """One score per fold of a stratified k-fold split (scikit-learn's), each head's L2 chosen on its fold."""
+    k = max(2, min(folds, int(torch.bincount(y).min())))  # a class with 3 images allows 3 folds at most
+    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
+    scores = []
+    for fit_idx, held_idx in split:
+        fit_idx, held_idx = torch.as_tensor(fit_idx), torch.as_tensor(held_idx)
+        head = fit_linear_head(x[fit_idx], y[fit_idx], x[held_idx], y[held_idx], n_classes, l2_grid=CV_L2_GRID)
+        scores.append(_head_score(head, x[held_idx], y[held_idx], positive_index))
+    return scores
 
 
 def _frozen_model(config: RunConfig, source: Source) -> PretrainedClassifier:
@@ -318,5 +364,14 @@ def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_
     config = with_decisions(config, head=head.describe())
     template.config = config.to_dict()
     if writer:
-        write_head_run(model, stats, run_dir, meta=template)
+        write_head_run(model, stats, head, run_dir, meta=template)
     return stats, config
+
+
+def warm_start_head(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log) -> None:
+    """Fine-tuning's first stage: the head fit to convergence on the frozen backbone's (cached) final features,
+    so the backbone's first steps follow a trained head's gradients, not a random head's (fastai's `fine_tune`
+    trains the head first; "linear probe, then fine-tune", Kumar et al. 2022)."""
+    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
+    log("fine-tune: the head first, on the frozen features")
+    train_head(model, *features, log=log)
