@@ -10,9 +10,11 @@ For each folder (built here from data that ships offline, as DEST/{train,valid,t
 Binary folders report AUC (positive class = the first) besides accuracy. Prints one JSON line.
 
 Folders: digits, lfw, fashion-N (N images in all, from Fashion-MNIST), or the name of a photo folder in
-../shared/data (caltech12, blood-cells).
+../shared/data (caltech12, blood-cells). The default's row names the candidate the model search chose, the
+runner-up (both by validation accuracy) and what it skipped. The hand-picked candidates are the from-scratch CNN
+and the backbone with its frozen strategy measured; fine-tuning is not run by hand here (the search runs it).
 
-Usage: .venv/bin/python bench/folders.py [--folders digits lfw fashion-600 caltech12 blood-cells]
+Usage: .venv/bin/python bench/folders.py [--folders blood-cells caltech12 fashion-1000 digits lfw fashion-600]
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
     if saved.model.strategy:
         out["strategy"] = saved.model.strategy + (f" levels {saved.model.options['levels']}" if "levels" in
                                                    saved.model.options else "")  # fmt: skip
+    searched = [row for row in saved.model.strategy_candidates or [] if "status" in row]
+    if searched:  # the model search's table: the chosen candidate and the runner-up, by validation accuracy
+        chosen = next(row for row in searched if row["status"] == "chosen")
+        others = sorted((r for r in searched if r is not chosen and r["valid_accuracy"] is not None),
+                        key=lambda r: -r["valid_accuracy"])  # fmt: skip
+        out["chosen"] = f"{chosen['candidate']} (valid {chosen['valid_accuracy']})"
+        if others:
+            out["runner_up"] = f"{others[0]['candidate']} (valid {others[0]['valid_accuracy']})"
+        out["skipped"] = [f"{r['candidate']}: {r['status']}" for r in searched if r["status"].startswith("skipped")]
+    elif saved.model.strategy_candidates:
         out["candidates"] = saved.model.strategy_candidates
     out["model"] = saved.model.name
     out["decisions"] = saved.decisions

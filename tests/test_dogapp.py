@@ -49,7 +49,8 @@ def test_a_breed_run_names_its_breeds_without_numeric_prefixes(photos, cli, tmp_
     folder = write_digit_folder(tmp_path / "breeds", classes=(0, 1), per_class=30, size=16)
     for i, name in enumerate(("001.Great_Dane", "002.Border_collie")):
         (folder / f"digit{i}").rename(folder / name)
-    code, _, err = cli("train", "--data", f"folder:{folder}", "--epochs", "1", "--runs-dir", tmp_path / "runs",
+    code, _, err = cli("train", "--data", f"folder:{folder}", "--model", "simple_cnn_bn", "--epochs", "1", "--runs-dir",
+                       tmp_path / "runs",
                        "--name", "b", "--no-report", "--data-root", tmp_path / "d")  # fmt: skip
     assert code == 0, err
     code, out, err = cli("dogapp", photos / "astronaut.png", "--breeds", tmp_path / "runs" / "b")

@@ -67,7 +67,8 @@ def test_head_is_at_least_as_accurate_as_sklearn_logistic_regression(tmp_path):
 def test_digits_folder_trains_like_the_builtin_digits_at_native_size_without_flips(cli, tmp_path):
     folder = _write_digits(tmp_path / "digits")
     runs = tmp_path / "runs"
-    code, out, err = cli("train", "--data", f"folder:{folder}", "--runs-dir", runs, "--name", "folder",
+    code, out, err = cli("train", "--data", f"folder:{folder}", "--model", "simple_cnn_bn", "--runs-dir", runs,
+                         "--name", "folder",
                          "--data-root", tmp_path / "data", "--no-report")  # fmt: skip
     assert code == 0, err
     assert "image size: 8 px (native: all 1797 images are 8x8)" in out
@@ -127,7 +128,7 @@ def test_fashion_folder_turns_flips_on_and_matches_the_builtin_dataset(cli, tmp_
             path = tmp_path / "fashion" / part / names[int(source.labels[i])] / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(source.images[i, 0].numpy()).save(path)
-    common = ("--epochs", "4", "--runs-dir", tmp_path / "runs", "--no-report")
+    common = ("--model", "simple_cnn_bn", "--epochs", "4", "--runs-dir", tmp_path / "runs", "--no-report")
     code, out, err = cli("train", "--data", f"folder:{tmp_path / 'fashion'}", "--name", "folder",
                          "--data-root", tmp_path / "data", *common)  # fmt: skip
     assert code == 0, err

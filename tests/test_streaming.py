@@ -36,7 +36,8 @@ def test_streamed_and_in_memory_training_agree(cli, lfw, tmp_path):
     results = {}
     for mode in ("in-memory", "stream"):
         code, out, err = cli(
-            "train", "--data", f"folder:{lfw}", "--epochs", "3", f"--{mode}", "--runs-dir", tmp_path,
+            "train", "--data", f"folder:{lfw}", "--model", "simple_cnn_bn", "--epochs", "3", f"--{mode}",
+            "--runs-dir", tmp_path,
             "--name", mode, "--data-root", tmp_path / "data", "--no-report", "--image-size", "32",
         )  # fmt: skip
         assert code == 0, err

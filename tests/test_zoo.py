@@ -185,7 +185,8 @@ def test_a_folder_of_the_whole_zoo_trains_on_what_decodes_and_counts_what_it_ski
     (target / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (target / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
     runs = tmp_path / "runs"
-    args = ("train", "--data", f"folder:{folder}", "--epochs", "1", "--runs-dir", runs, "--data-root", tmp_path / "d",
+    args = ("train", "--data", f"folder:{folder}", "--model", "simple_cnn_bn", "--epochs", "1", "--runs-dir", runs,
+            "--data-root", tmp_path / "d",
             "--no-report", "--image-size", "32")  # fmt: skip
     code, out, err = cli(*args, "--name", "ok")
     refused = sum(1 for c in ZOO if c.refused)
@@ -264,7 +265,8 @@ def test_each_folder_in_the_zoo_trains_warns_or_is_one_clear_line(case, tmp_path
     write_sample_folder("lfw", folder)
     case.make(folder)
     runs = tmp_path / "runs"
-    code, out, err = cli("train", "--data", f"folder:{folder}", "--epochs", "1", "--runs-dir", runs, "--name", "z",
+    code, out, err = cli("train", "--data", f"folder:{folder}", "--model", "simple_cnn_bn", "--epochs", "1",
+                         "--runs-dir", runs, "--name", "z",
                          "--data-root", tmp_path / "d", "--no-report", "--image-size", "32")  # fmt: skip
     first, _, rest = case.outcome.partition("...")
     if case.error:

@@ -73,7 +73,9 @@ def train(
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1) (default 0)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-loss gain."),
-    budget_minutes: Optional[float] = typer.Option(None, help="Train the epochs that fit in this many minutes."),
+    budget_minutes: Optional[float] = typer.Option(
+        None, help="Train the epochs that fit in this many minutes; bounds a folder's model search (default 5)."
+    ),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the training pool for validation (0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test share for sources without a test set (0.2)."),
     augment: Optional[str] = typer.Option(None, help="none | light | standard (default light)."),
