@@ -180,3 +180,43 @@ def test_a_file_whose_input_does_not_fit_its_metadata_is_one_clear_line(digits_c
     code, _, err = cli("predict", bad, images)
     assert code == 2 and "the model takes images shaped [N, 1, 8, 8], got [1, 3, 8, 8]" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_run_with_test_time_flips_exports_what_it_evaluated(digits_cnn_run, tmp_path, monkeypatch):
+    """A run evaluated with test-time flips: the exported graph averages each image with its mirror image, so the
+    file's test accuracy equals eval.json's and `predict RUN` agrees with `predict RUN/model.onnx` within 1e-4 in
+    probability; --no-tta exports the plain model and says its accuracy is not the evaluated one."""
+    import yaml
+
+    from cnnlab.apps.serve import open_servable
+    from cnnlab.data.images import decode_files
+    from cnnlab.evaluate.evaluate import evaluate_run
+    from cnnlab.predict.infer import predict_images
+    from cnnlab.predict.onnx import predict_onnx
+    from helpers import write_digit_folder
+
+    saved = yaml.safe_load((digits_cnn_run / "config.yaml").read_text())
+    saved["evaluation"]["tta"] = True
+    (digits_cnn_run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (digits_cnn_run / "eval.json").unlink()  # its earlier decision (flips off for digits) would stand
+    evaluation = evaluate_run(digits_cnn_run, backend="torch", log=lambda _: None)
+    assert evaluation["tta"] is True
+    out = tmp_path / "tta.onnx"
+    result = E.export_run(digits_cnn_run, output=out, log=lambda _: None)
+    assert result["tta"] and result["accuracy_compared"] == "yes" and result["images"] == evaluation["n_test"]
+    assert abs(result["accuracy_exported"] - evaluation["accuracy"]) <= E.ACCURACY_TOLERANCE
+    images = write_digit_folder(tmp_path / "images", classes=tuple(range(10)), per_class=3, size=8)
+    _, from_run = predict_images(digits_cnn_run / "best.pt", [images], tta=True, backend="torch", log=lambda _: None)
+    _, from_file = predict_onnx(out, [images])
+    gap = np.abs(np.stack([p.probabilities for p in from_run]) - np.stack([p.probabilities for p in from_file]))
+    assert len(from_run) == 30 and gap.max() <= 1e-4
+    served_run, served_file = open_servable(str(digits_cnn_run)), open_servable(str(out))  # `cnnlab serve` both
+    arrays, _ = decode_files([images], size=8, channels=1, crop_pct=1.0)
+    for image in arrays[:5]:
+        assert np.abs(served_run.probabilities(image[None]) - served_file.probabilities(image[None])).max() <= 1e-4
+    plain = E.export_run(digits_cnn_run, output=tmp_path / "plain.onnx", tta=False, log=lambda _: None)
+    assert not plain["tta"] and plain["accuracy_compared"].startswith("no")
+    monkeypatch.setattr(E, "ACCURACY_TOLERANCE", -1.0)  # any gap: the file is refused and nothing is written
+    with pytest.raises(CnnlabError, match="not the evaluated model"):
+        E.export_run(digits_cnn_run, output=tmp_path / "refused.onnx", log=lambda _: None)
+    assert not (tmp_path / "refused.onnx").exists()

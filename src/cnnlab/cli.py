@@ -162,7 +162,10 @@ def export(
     ),
     output: Optional[Path] = typer.Option(None, help="Where to write the file (default RUN/model.onnx or .pt2)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
-    parity_images: int = typer.Option(1000, min=1, help="Test images for the parity check against PyTorch."),
+    parity_images: Optional[int] = typer.Option(None, min=1, help="Test images for the parity check (default all)."),
+    tta: Optional[bool] = typer.Option(
+        None, "--tta/--no-tta", help="Test-time flips inside the graph (default: as the run was evaluated)."
+    ),
     int8: bool = typer.Option(False, "--int8", help="Static int8 quantisation (ONNX Runtime), calibrated on valid."),
     calibration: int = typer.Option(500, min=1, help="--int8: validation images for the activation ranges."),
 ) -> None:
@@ -172,7 +175,7 @@ def export(
 
     export_run(
         run, fmt=format, output=output, force=force, parity_images=parity_images, int8=int8,
-        calibration=calibration, log=_log,
+        calibration=calibration, tta=tta, log=_log,
     )  # fmt: skip
 
 

@@ -40,9 +40,9 @@ from cnnlab.explain import layers as L
 from cnnlab.explain.pictures import heatmap_overlay
 from cnnlab.models.checkpoint import InputSpec, load_checkpoint
 from cnnlab.models.pretrained import OFFLINE, TORCHVISION, imagenet_class_names, is_pretrained_name
-from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
+from cnnlab.predict.infer import imagenet_classifier, mean_of_views, model_from_checkpoint, predict_logits
 from cnnlab.predict.onnx import NEEDED, onnx_logits, open_session
-from cnnlab.runs import RunFile, open_run
+from cnnlab.runs import RunFile, open_run, recorded_tta
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 TOP_K = 5
@@ -101,7 +101,8 @@ def _run(run_dir: Path) -> Servable:
         raise CnnlabError(f"{path} is missing (train the run first, or resume it: cnnlab train --resume)")
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
-    return _torch_servable(run_dir.name, "run", model, list(ckpt.class_names), ckpt.preprocessing)
+    tta = bool(recorded_tta(run_dir))  # as the run was evaluated (and as its exported file predicts)
+    return _torch_servable(run_dir.name, "run", model, list(ckpt.class_names), ckpt.preprocessing, tta=tta)
 
 
 def _backbone(name: str, weights: str | None) -> Servable:
@@ -109,7 +110,7 @@ def _backbone(name: str, weights: str | None) -> Servable:
     return _torch_servable(f"{name} (ImageNet)", "backbone", model, imagenet_class_names(), prep)
 
 
-def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Servable:
+def _torch_servable(name: str, kind: str, model, classes: list[str], prep, *, tta: bool = False) -> Servable:
     norm = prep.normalization()
     twin = L.explainable(model)  # one copy serves predictions and Grad-CAM (its activations are not in place)
     x = norm.apply(torch.zeros(1, prep.channels, prep.image_size, prep.image_size, dtype=torch.uint8)).float()
@@ -125,7 +126,10 @@ def _torch_servable(name: str, kind: str, model, classes: list[str], prep) -> Se
             return heat[0].numpy(), cam_layer.name
 
     def probabilities(image: np.ndarray) -> np.ndarray:
-        return predict_logits(twin, torch.from_numpy(image), norm).softmax(1)[0].numpy()
+        logits = predict_logits(twin, torch.from_numpy(image), norm)
+        if tta:
+            logits = mean_of_views(logits, predict_logits(twin, torch.from_numpy(image), norm, mirror=True))
+        return logits.softmax(1)[0].numpy()
 
     return Servable(name, kind, classes, prep, probabilities, cam, model=twin)
 

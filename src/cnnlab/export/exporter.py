@@ -33,29 +33,34 @@ from cnnlab.files import staging_dir, write_text_atomic
 from cnnlab.predict.graph import (
     OPSET,
     PARITY_TOLERANCE,
+    FlipAveraged,
     add_metadata,
     folded,
     onnx_metadata,
     relative_difference,
     write_onnx,
 )
-from cnnlab.predict.infer import open_trained_run, predict_logits
+from cnnlab.predict.infer import mean_of_views, open_trained_run, predict_logits
 from cnnlab.predict.onnx import onnx_logits
-from cnnlab.runs import RunFile, refuse_existing
+from cnnlab.runs import RunFile, recorded_tta, refuse_existing
 
 FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
 INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
+ACCURACY_TOLERANCE = 0.001  # the exported file's test accuracy against eval.json's (same images, same flips)
 
 
 def export_run(
     run_dir: Path, *, fmt: str = "onnx", output: Path | None = None, force: bool = False,
-    parity_images: int = 1000, int8: bool = False, calibration: int = 500, log: Callable[[str], None] = print,
+    parity_images: int | None = None, int8: bool = False, calibration: int = 500, tta: bool | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Export `run_dir`'s best.pt to `output` (default RUN/model.onnx, RUN/model.int8.onnx with `int8`) after a
-    parity check; returns the check's figures (also in RUN/export.json, under the file's name). With `int8`,
-    the fp32 file is quantised (ONNX Runtime, static, per-channel weights) with activation ranges calibrated
-    on `calibration` seeded validation images, and must keep its test accuracy within INT8_MAX_DROP of the
-    fp32 file's."""
+    parity check; returns the check's figures (also in RUN/export.json, under the file's name). The graph
+    predicts as the run was evaluated: with its test-time flips inside when the run uses them (`tta` None; False
+    exports the plain model, True adds them). On the whole test split (`parity_images` None) the file's accuracy
+    must equal eval.json's within ACCURACY_TOLERANCE. With `int8`, the fp32 file is quantised (ONNX Runtime,
+    static, per-channel weights) with activation ranges calibrated on `calibration` seeded validation images,
+    and must keep its test accuracy within INT8_MAX_DROP of the fp32 file's."""
     if fmt not in FORMATS:
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if int8 and fmt != "onnx":
@@ -68,29 +73,38 @@ def export_run(
     config, ckpt, source, model = run.config, run.checkpoint, run.source, run.model
     norm = ckpt.preprocessing.normalization()
     splits = load_splits(run_dir / RunFile.SPLITS)
+    run_tta = bool(recorded_tta(run_dir))
+    tta = run_tta if tta is None else tta
     test_idx = splits["test"][:parity_images]
     x = _normalised(source.images, test_idx, norm)
     labels = source.labels[torch.as_tensor(test_idx)].numpy()
-    expected = predict_logits(model, torch.from_numpy(x), _IDENTITY).numpy()
+    expected = predict_logits(model, torch.from_numpy(x), _IDENTITY)
+    if tta:  # the evaluation's own averaging, so the parity check also checks the graph's
+        expected = mean_of_views(expected, predict_logits(model, torch.from_numpy(x), _IDENTITY, mirror=True))
+    expected = expected.numpy()
+    graph = FlipAveraged(folded(model)).eval() if tta else folded(model)
+    metadata = onnx_metadata(ckpt, tta=tta)
     with staging_dir(output) as work:  # gone on any error; a full disk is one error line
         if fmt == "pt2":
             final = Path(work) / "model.pt2"
-            got = _write_pt2(folded(model), torch.from_numpy(x[:2]), final, onnx_metadata(ckpt), x)
+            got = _write_pt2(graph, torch.from_numpy(x[:2]), final, metadata, x)
         else:
             final = Path(work) / "fp32.onnx"
-            write_onnx(folded(model), torch.from_numpy(x[:2]), final, onnx_metadata(ckpt))
+            write_onnx(graph, torch.from_numpy(x[:2]), final, metadata)
             got = onnx_logits(final, x)
         result = _parity(expected, got, labels)
-        result.update(format=fmt, opset=OPSET if fmt == "onnx" else None)
+        result.update(format=fmt, opset=OPSET if fmt == "onnx" else None, tta=tta)
         if not result["passed"]:
             raise CnnlabError(
                 f"export parity check failed: max logit difference {result['max_abs_logit_diff']:.3g} is "
                 f"{result['relative_diff']:.3g} of the logit range (limit {PARITY_TOLERANCE}); nothing written"
             )
+        result.update(_against_evaluation(run_dir, result, whole=len(test_idx) == len(splits["test"]),
+                                          same_tta=tta == run_tta))  # fmt: skip
         if int8:
             fp32_bytes = final.stat().st_size
             chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
-            final = _quantized(final, _normalised(source.images, chosen, norm), onnx_metadata(ckpt))
+            final = _quantized(final, _normalised(source.images, chosen, norm), metadata)
             result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final)
             result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
         result.update(file=str(output), size_bytes=final.stat().st_size)
@@ -101,6 +115,28 @@ def export_run(
     write_text_atomic(run_dir / RunFile.EXPORT, json.dumps(exports, indent=2))
     log(_summary(result))
     return result
+
+
+def _against_evaluation(run_dir: Path, result: dict[str, Any], *, whole: bool, same_tta: bool) -> dict[str, Any]:
+    """The exported file's test accuracy beside eval.json's. Where both cover the same images the same way (the
+    whole test split, the run's test-time flips), a gap above ACCURACY_TOLERANCE is an error: the file is not
+    the model the run reported."""
+    path = run_dir / RunFile.EVAL
+    if not path.is_file():
+        return {}
+    evaluated = float(json.loads(path.read_text())["accuracy"])
+    out = {"accuracy_evaluated": evaluated}
+    if not whole or not same_tta:
+        out["accuracy_compared"] = "no: " + ("a part of the test split" if not whole else "other test-time flips")
+        return out
+    if abs(result["accuracy_exported"] - evaluated) > ACCURACY_TOLERANCE:
+        raise CnnlabError(
+            f"the exported file scores {100 * result['accuracy_exported']:.2f}% on the test split, the run's "
+            f"evaluation {100 * evaluated:.2f}% (eval.json; limit {100 * ACCURACY_TOLERANCE:g} point): it is not "
+            "the evaluated model; nothing written (evaluate the run again: cnnlab evaluate RUN)"
+        )
+    out["accuracy_compared"] = "yes"
+    return out
 
 
 def _read_exports(path: Path) -> dict[str, Any]:
@@ -183,7 +219,10 @@ def _summary(r: dict[str, Any]) -> str:
         f"images: max logit difference {r['max_abs_logit_diff']:.2g} ({r['relative_diff']:.2g} of the range), "
         f"same label {100 * r['same_argmax']:.2f}%, accuracy {100 * r['accuracy_torch']:.2f}% PyTorch / "
         f"{100 * r['accuracy_exported']:.2f}% exported"
+        + (" (test-time flips inside the graph)" if r.get("tta") else "")
     )
+    if r.get("accuracy_compared") == "yes":
+        line += f"; equals the run's evaluation ({100 * r['accuracy_evaluated']:.2f}%, eval.json)"
     if "int8" in r:
         q = r["int8"]
         line += (

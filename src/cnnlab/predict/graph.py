@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,20 @@ def folded(model: torch.nn.Module) -> torch.nn.Module:
         return model.float().eval()
 
 
-def onnx_metadata(ckpt) -> dict[str, str]:
+class FlipAveraged(torch.nn.Module):
+    """`model` as a run with test-time flips predicts: the log of the mean softmax of each image and its mirror
+    image (predict.infer.mean_of_views), in one graph, so an exported file gives what was evaluated."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.stack([self.model(x).log_softmax(1), self.model(x.flip(-1)).log_softmax(1)])
+        return views.logsumexp(0) - math.log(2)
+
+
+def onnx_metadata(ckpt, *, tta: bool = False) -> dict[str, str]:
     p = ckpt.preprocessing
     return {
         "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__, "model": ckpt.model_name,
@@ -38,7 +52,10 @@ def onnx_metadata(ckpt) -> dict[str, str]:
         "channels": str(p.channels), "mean": json.dumps(list(map(float, p.mean))),
         "std": json.dumps(list(map(float, p.std))), "crop_pct": str(p.crop_pct), "resize": RESIZE_RULE,
         "input": "normalised float32 images [N, channels, image_size, image_size]: (pixel / 255 - mean) / std",
-        "output": "logits [N, classes], in class_names order",
+        "output": "logits [N, classes], in class_names order" + (
+            "; test-time flips inside: the log of the mean probability of the image and its mirror image" if tta
+            else ""),
+        "test_time_flips": "averaged inside the graph" if tta else "none",
     }  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cnnlab.config import DEFAULT_MODEL, RunConfig, with_decisions
 from cnnlab.data.sources import Source, scan_folder
+from cnnlab.errors import TrainingInterrupted
 from cnnlab.runs import RunFile
 from cnnlab.train.budget import BudgetTooSmall
 from cnnlab.train.fit import EpochStats, make_fabric
@@ -129,10 +130,36 @@ def search_models(
             return _chosen(config, DEFAULT_MODEL, f"small images, {why}: the from-scratch CNN", log), None
         frozen = resolve_strategy(_named(config, BACKBONE), source, splits, positive=None, measure=False, log=log)
         return with_decisions(frozen, model=f"photos, {why}: {BACKBONE}"), None
+    rows: list[Row] = []
+    try:
+        winner = _measure(config, source, splits, rows, small_images, log)
+    except BaseException as exc:  # nothing of the search is left behind; Ctrl-C stops the whole run
+        for row in rows:
+            if row.trained is not None:
+                row.trained.discard()
+        if isinstance(exc, TrainingInterrupted):
+            raise TrainingInterrupted("interrupted during the model search; nothing was saved") from None
+        raise
+    log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}")
+    for row in rows:
+        log(row.line())
+    why = (f"best validation accuracy of {sum(r.valid_accuracy is not None for r in rows)} candidates measured on "
+           f"{len(splits['valid'])} images: {winner.candidate} (ties within {100 * TIE:.1f} points go to frozen, then "
+           f"from-scratch, then fine-tuned)")  # fmt: skip
+    log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
+    model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
+    if winner.trained is not None and model.strategy is not None:
+        model = replace(model, strategy_reason=why)
+    return with_decisions(replace(winner.config, model=model), model=why), winner.trained
+
+
+def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_images: bool, log) -> Row:
+    """Append the candidates' rows to `rows`, cheapest first, within the budget; the winner's row (the losers'
+    trained folders are removed)."""
     minutes = config.train.budget_minutes or BUDGET_MINUTES
     deadline = time.perf_counter() + minutes * 60 * (1 - RESERVE)
     log(f"model: auto, measuring candidates on {len(splits['valid'])} validation images within {minutes:g} min")
-    rows = _frozen_rows(config, source, splits, _indented(log))
+    rows += _frozen_rows(config, source, splits, _indented(log))
     if small_images:
         budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
         rows.append(_trained_row(_named(config, DEFAULT_MODEL), "scratch", source, splits, budget, None, log))
@@ -146,18 +173,7 @@ def search_models(
     for row in rows:
         if row.trained is not None and row is not winner:
             row.trained.discard()
-    log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}")
-    for row in rows:
-        log(row.line())
-    why = (f"best validation accuracy of {sum(r.valid_accuracy is not None for r in rows)} candidates measured on "
-           f"{len(splits['valid'])} images: {winner.candidate} (ties within {100 * TIE:.1f} points go to frozen, then "
-           f"from-scratch, then fine-tuned)")  # fmt: skip
-    log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
-    model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
-    if winner.trained is not None and model.strategy is not None:
-        model = replace(model, strategy_reason=why)
-    chosen = replace(winner.config, model=model)
-    return with_decisions(chosen, model=why), winner.trained
+    return winner
 
 
 def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
@@ -204,6 +220,9 @@ def _trained_row(
     except BudgetTooSmall as exc:
         shutil.rmtree(folder, ignore_errors=True)
         return Row(label, family, seconds=time.perf_counter() - started, status=f"skipped: {exc}")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     best = min(history, key=lambda s: s.valid_loss)
     label += f", {len(history)} epochs"
     trained_config = replace(trained_config, train=replace(trained_config.train, budget_minutes=None))
