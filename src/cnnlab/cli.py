@@ -106,6 +106,9 @@ def train(
     ),
     audit: Optional[str] = typer.Option(None, help="auto (<= 30,000 images) | on | off: duplicates, leakage."),
     dedupe: Optional[bool] = typer.Option(None, "--dedupe/--no-dedupe", help="Drop valid/test copies of train images."),
+    drop_degenerate: Optional[bool] = typer.Option(
+        None, "--drop-degenerate/--keep-degenerate", help="Drop blank, striped, flat or blurred images (audit)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""

@@ -83,6 +83,7 @@ class DataConfig:
     stream: bool = False  # folders: decode batch by batch from disk instead of once into memory (larger than RAM)
     audit: Literal["auto", "on", "off"] = "auto"  # duplicates/leakage before training; auto: up to 30,000 images
     dedupe: bool = False  # drop valid/test images that duplicate a training image (the folder is not touched)
+    drop_degenerate: bool = False  # drop blank, striped, flat and blurred images from every split (audit/degenerate.py)
 
     def __post_init__(self) -> None:
         _check_fraction("valid_fraction", self.valid_fraction)

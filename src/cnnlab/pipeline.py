@@ -165,9 +165,12 @@ def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple
         return train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
     with creating_run_dir(run_dir):
         write_run_config(run_dir, plan.config)
-        save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, deduplicated=plan.dropped)
+        save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, dropped=plan.dropped)
         if plan.audit is not None:  # the table is about the data as it is (dropped images included)
-            write_audit(run_dir, plan.audit, rows(plan.audit, source, restored(plan.splits, plan.dropped)))
+            everything = plan.splits
+            for per_split in plan.dropped.values():
+                everything = restored(everything, per_split)
+            write_audit(run_dir, plan.audit, rows(plan.audit, source, everything))
         if plan.trained is not None:  # the model search trained the winner already
             plan.trained.move_into(run_dir)
             return plan.config, plan.trained.history

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cnnlab.audit.degenerate import degenerate_reasons
 from cnnlab.data.batches import Normalization
 from cnnlab.errors import CnnlabError
 from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
@@ -57,12 +59,13 @@ FEATURE_SIZE_SMALL = 96  # px: the backbone's input for images up to 64 px (224 
 class Finding:
     """One row of the audit table."""
 
-    issue: str  # "leakage", "duplicate", "label", "outlier"
+    issue: str  # "leakage", "degenerate", "duplicate", "label", "outlier"
     score: float  # ranking within the issue: similarity, or how unlikely the label / how far out
     image: int  # index into the source
     other: int | None = None  # the other image of a pair
     suggested: int | None = None  # a label issue's likelier class
     exact: bool = False  # a duplicate with the same pixels
+    reason: str = ""  # a degenerate image's kind and measure
 
 
 @dataclass
@@ -253,7 +256,9 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         raise CnnlabError(f"{source.name} has a single class; an audit (and a classifier) needs two or more")
     result, cost = Audit(), {}
     start = time.perf_counter()
-    result.findings += find_duplicates(source.images, splits)
+    found = find_duplicates(source.images, splits)
+    result.findings += [f for f in found if f.issue == "leakage"] + find_degenerate(source.images)
+    result.findings += [f for f in found if f.issue != "leakage"]
     cost["duplicates_s"] = round(time.perf_counter() - start, 1)
     features = None
     if labels_too:
@@ -269,16 +274,25 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
     result.summary = {
         "images": len(labels), "classes": len(source.class_names),
         "splits": {s: len(idx) for s, idx in splits.items()},
-        "counts": {i: len(result.of(i)) for i in ("leakage", "duplicate", "label", "outlier")},
+        "counts": {i: len(result.of(i)) for i in ("leakage", "degenerate", "duplicate", "label", "outlier")},
+        "degenerate_kinds": dict(Counter(f.reason.split(":")[0] for f in result.of("degenerate"))),
         "leaked_held_out_images": _leaked(result, split_names(len(labels), splits)),
         "class_balance": class_counts(labels, splits, source.class_names),
         "checks": ["duplicates"] + (["labels", "outliers"] if features is not None else []),
         "method": {"thumbnail_px": THUMB, "crop": CROP, "floor": FLOOR, "ratio": RATIO,
                    "labels": "cleanlab find_label_issues, 5-fold logistic regression on Lite0 features (PCA 128)",
-                   "outliers": "cleanlab OutOfDistribution (k=10) on the same features"},
+                   "outliers": "cleanlab OutOfDistribution (k=10) on the same features",
+                   "degenerate": "blank, stripes, flat, blurred: audit/degenerate.py"},
         "seconds": cost,
     }  # fmt: skip
     return result
+
+
+def find_degenerate(images: torch.Tensor) -> list[Finding]:
+    """Blank, striped, flat and blurred images (audit/degenerate.py), ranked by kind."""
+    found = degenerate_reasons(images)
+    return [Finding("degenerate", score, i, reason=reason)
+            for i, (reason, score) in sorted(found.items(), key=lambda item: -item[1][1])]  # fmt: skip
 
 
 def _leaked(found: Audit, where: np.ndarray) -> dict[str, int]:
@@ -295,6 +309,16 @@ def deduplicated(splits: dict[str, np.ndarray], found: Audit) -> tuple[dict[str,
     return kept, dropped
 
 
+def without_degenerate(
+    splits: dict[str, np.ndarray], found: Audit
+) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """`splits` without the degenerate images (`--drop-degenerate`, every split), and what was dropped per split.
+    Nothing is deleted from disk."""
+    bad = np.asarray(sorted({f.image for f in found.of("degenerate")}), dtype=np.int64)
+    dropped = {s: sorted(set(np.asarray(idx).tolist()) & set(bad.tolist())) for s, idx in splits.items()}
+    return {s: np.setdiff1d(idx, bad) for s, idx in splits.items()}, {s: v for s, v in dropped.items() if v}
+
+
 def restored(splits: dict[str, np.ndarray], dropped: dict[str, list[int]]) -> dict[str, np.ndarray]:
     """`deduplicated`'s inverse: the splits with the dropped images back in."""
     back = {s: np.asarray(dropped.get(s, []), dtype=np.int64) for s in splits}
@@ -302,13 +326,14 @@ def restored(splits: dict[str, np.ndarray], dropped: dict[str, list[int]]) -> di
 
 
 def rows(found: Audit, source, splits: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The audit table, ranked: leakage first, then duplicates, label issues, outliers."""
+    """The audit table, ranked: leakage first, then degenerate images, duplicates, label issues, outliers."""
     where, names, labels = split_names(len(source.labels), splits), source.class_names, source.labels.numpy()
     out = []
     for rank, f in enumerate(found.findings, 1):
         row = {"rank": rank, "issue": f.issue + (" (exact)" if f.exact else ""), "score": f.score,
                "split": where[f.image], "image": source.ids[f.image], "label": names[labels[f.image]],
-               "other_split": "", "other_image": "", "other_label": "", "suggested_label": ""}  # fmt: skip
+               "other_split": "", "other_image": "", "other_label": "", "suggested_label": "",
+               "reason": f.reason}  # fmt: skip
         if f.other is not None:
             row.update(other_split=where[f.other], other_image=source.ids[f.other], other_label=names[labels[f.other]])
         if f.suggested is not None:

@@ -25,6 +25,7 @@ from cnnlab.files import write_text_atomic
 from cnnlab.runs import RunFile, open_run, refuse_existing, source_slug
 
 FILES = (RunFile.AUDIT_CSV, RunFile.AUDIT_JSON)
+DROPPED = ("deduplicated", "degenerate")  # what training may leave out, as splits.json records it
 SHOWN = 15  # table rows printed
 AUTO_MAX_IMAGES = 30_000  # `--audit auto` checks duplicates up to this many images (about 5 s on 2 cores)
 SECONDS_PER_PAIR = 5e-9  # the duplicate pass's cost per image pair, measured on 2 Zen 4 cores (70,000: 24 s)
@@ -66,7 +67,10 @@ def _check_source(source) -> None:
 
 def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
     """A deduplicated run's splits with the dropped images back in: the audit looks at the data as it is."""
-    return A.restored(splits, json.loads(path.read_text()).get("deduplicated") or {})
+    saved = json.loads(path.read_text())
+    for key in DROPPED:
+        splits = A.restored(splits, saved.get(key) or {})
+    return splits
 
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
@@ -87,7 +91,7 @@ def write_audit(folder: Path, found: A.Audit, table: list[dict[str, Any]]) -> No
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     fields = ["rank", "issue", "score", "split", "image", "label", "other_split", "other_image", "other_label",
-              "suggested_label"]  # fmt: skip
+              "suggested_label", "reason"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
@@ -102,6 +106,9 @@ def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SH
              f"checks: {', '.join(s['checks'])}; {sum(s['seconds'].values()):.1f} s"]  # fmt: skip
     lines.append(f"  leakage: {c['leakage']} pair(s) across splits ({leaked['test']} test and {leaked['valid']} valid "
                  f"image(s) duplicate another split's image)")  # fmt: skip
+    kinds = ", ".join(f"{k} {v}" for k, v in s.get("degenerate_kinds", {}).items())
+    lines.append(f"  degenerate images: {c.get('degenerate', 0)}" + (f" ({kinds}): nothing to learn from them" if kinds
+                                                                      else ""))  # fmt: skip
     lines.append(f"  duplicates within a split: {c['duplicate']}")
     if "labels" in s["checks"]:
         lines.append(f"  likely label errors: {c['label']}; outlier candidates: {c['outlier']}")
@@ -115,6 +122,7 @@ def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SH
         for row in table[:shown]:
             other = (f"{row['other_image']} ({row['other_label']}, {row['other_split']})" if row["other_image"]
                      else row["suggested_label"] and f"suggested: {row['suggested_label']}")  # fmt: skip
+            other = other or row["reason"]
             image = f"{row['image']} ({row['label']}, {row['split']})"
             lines.append(f"  {row['rank']:>3} {row['issue']:17} {row['score']:>6.3f}  {_short(image, 48):48} {other}")
         if len(table) > shown:
@@ -147,22 +155,33 @@ def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Calla
                     seed=config.train.seed, log=log)  # fmt: skip
     s = found.summary
     leaked = s["leaked_held_out_images"]
-    log(f"audit: {s['counts']['leakage']} leaked pair(s), {s['counts']['duplicate']} duplicate(s) within splits"
+    log(f"audit: {s['counts']['leakage']} leaked pair(s), {s['counts']['degenerate']} degenerate image(s), "
+        f"{s['counts']['duplicate']} duplicate(s) within splits"
         + (f", {s['counts']['label']} likely label error(s)" if "labels" in s["checks"] else "")
         + f" ({sum(s['seconds'].values()):.1f} s; audit.csv in the run folder)")  # fmt: skip
     if leaked["test"] or leaked["valid"]:
         verb = "dropped (--dedupe)" if config.data.dedupe else "kept; --dedupe drops them"
         log(f"warning: {leaked['test']} test and {leaked['valid']} valid image(s) duplicate a training image: "
             f"the scores on them would be inflated ({verb})")  # fmt: skip
-    dropped: dict[str, list[int]] = {}
+    if s["counts"]["degenerate"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in s["degenerate_kinds"].items())
+        verb = "dropped (--drop-degenerate)" if config.data.drop_degenerate else "kept; --drop-degenerate drops them"
+        log(f"warning: {s['counts']['degenerate']} degenerate image(s) ({kinds}): nothing to learn from them, and a "
+            f"score on them means little ({verb}; audit.csv lists them)")  # fmt: skip
+    dropped: dict[str, dict[str, list[int]]] = {}
     if config.data.dedupe:
-        splits, dropped = A.deduplicated(splits, found)
-        for split in ("valid", "test"):
-            if len(splits[split]) == 0:
-                raise CnnlabError(
-                    f"--dedupe would leave the {split} split empty (every image duplicates a training one)"
-                )
-    return splits, found, dropped
+        splits, dropped["deduplicated"] = A.deduplicated(splits, found)
+        _refuse_empty(splits, "--dedupe", "every image duplicates a training one")
+    if config.data.drop_degenerate and s["counts"]["degenerate"]:
+        splits, dropped["degenerate"] = A.without_degenerate(splits, found)
+        _refuse_empty(splits, "--drop-degenerate", "every image is degenerate")
+    return splits, found, {k: v for k, v in dropped.items() if any(v.values())}
+
+
+def _refuse_empty(splits: dict[str, np.ndarray], option: str, why: str) -> None:
+    for split in ("train", "valid", "test"):
+        if len(splits[split]) == 0 and split in splits:
+            raise CnnlabError(f"{option} would leave the {split} split empty ({why})")
 
 
 def evaluation_note(run_dir: Path) -> dict[str, Any] | None:
@@ -172,9 +191,11 @@ def evaluation_note(run_dir: Path) -> dict[str, Any] | None:
         return None
     s = json.loads(path.read_text())
     splits = Path(run_dir) / RunFile.SPLITS
-    dropped = json.loads(splits.read_text()).get("deduplicated") or {} if splits.is_file() else {}
-    return {"leaked_held_out_images": s["leaked_held_out_images"], "counts": s["counts"], "checks": s["checks"],
-            "deduplicated": {k: len(v) for k, v in dropped.items()}}  # fmt: skip
+    saved = json.loads(splits.read_text()) if splits.is_file() else {}
+    note = {"leaked_held_out_images": s["leaked_held_out_images"], "counts": s["counts"], "checks": s["checks"]}
+    for key in DROPPED:
+        note[key] = {k: len(v) for k, v in (saved.get(key) or {}).items()}
+    return note
 
 
 def about_the_data(run_dir: Path, source) -> dict[str, Any] | None:

@@ -65,13 +65,13 @@ def make_splits(
 
 
 def save_splits(
-    splits: dict[str, np.ndarray], path: Path, *, seed: int, deduplicated: dict[str, list[int]] | None = None
+    splits: dict[str, np.ndarray], path: Path, *, seed: int, dropped: dict[str, dict[str, list[int]]] | None = None
 ) -> None:
-    """splits.json; `deduplicated`: the held-out images `--dedupe` dropped (indices into the source), kept so that
-    the run says what its score left out."""
+    """splits.json; `dropped`: what training left out, by why ("deduplicated": held-out copies of training images,
+    --dedupe; "degenerate": --drop-degenerate) and split (indices into the source), so the run says it."""
     payload = {"seed": seed, **{k: v.tolist() for k, v in splits.items()}}
-    if deduplicated:
-        payload["deduplicated"] = deduplicated
+    for why, per_split in (dropped or {}).items():
+        payload[why] = per_split
     write_text_atomic(Path(path), json.dumps(payload))
 
 

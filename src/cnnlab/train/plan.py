@@ -33,7 +33,7 @@ class Plan:
     config: RunConfig  # resolved; see the module doc for the two decisions training still makes
     splits: dict[str, np.ndarray]  # train/valid/test indices into the source
     audit: Audit | None  # what the audit gate found (None: not run)
-    dropped: dict[str, list[int]]  # per split: images --dedupe removed
+    dropped: dict[str, dict[str, list[int]]]  # why (deduplicated, degenerate) -> split -> images left out
     trained: Trained | None = None  # the model search's winner, already trained (adopted, not trained again)
 
 
