@@ -13,8 +13,9 @@ from PIL import Image
 
 from cnnlab.config import RunConfig, TrainConfig, with_overrides
 from cnnlab.data.idx import read_idx
+from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.pipeline import train
+from cnnlab.pipeline import resume, train
 from cnnlab.runs import open_run
 from cnnlab.train.budget import BudgetTooSmall, plan_budget
 from cnnlab.train.fit import make_fabric
@@ -91,6 +92,10 @@ def test_a_budget_too_small_for_fine_tuning_skips_it_and_says_why(tmp_path):
     assert tuned["status"].startswith("skipped: the budget is spent") and tuned["valid_accuracy"] is None
     assert any("skipped: the budget is spent" in line for line in lines)
     assert saved.model.strategy in ("feature-extract", "truncate") and result.evaluation["accuracy"] > 0.8
+    lines.clear()  # resume follows the saved plan: no second search
+    with pytest.raises(CnnlabError, match="nothing to resume"):
+        resume(result.run_dir, log=lines.append)
+    assert not any("model: auto" in line for line in lines)
 
 
 def test_budget_probe_refuses_a_candidate_that_cannot_run_its_least_epochs():

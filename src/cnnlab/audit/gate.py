@@ -9,6 +9,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 
 from cnnlab.audit import checks as A
-from cnnlab.config import RunConfig
-from cnnlab.data.sources import load_source
+from cnnlab.config import DataConfig, RunConfig
+from cnnlab.data.sources import PHOTO_SIDE, load_source, scan_folder
 from cnnlab.data.splits import load_splits, make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import figure_png_base64, new_figure
 from cnnlab.files import write_text_atomic
+from cnnlab.models.pretrained import DEFAULT_BACKBONE, backbone_preprocessing
 from cnnlab.runs import RunFile, open_run, refuse_existing, source_slug
 
 FILES = (RunFile.AUDIT_CSV, RunFile.AUDIT_JSON)
@@ -35,13 +37,29 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
                log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Audit the source and the splits `cnnlab train` would make from `config` (a RunConfig), or, when `output`
     is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
-    source = load_source(config.data, log=log)
+    source = load_source(audited_data(config.data, log), log=log)
     _check_source(source)
     splits = make_splits(
         source.labels.numpy(), source.partitions, valid_fraction=config.data.valid_fraction,
         test_fraction=config.data.test_fraction, seed=config.train.seed, train_limit=config.data.train_limit,
     )  # fmt: skip
     return _audit_and_write(source, splits, config, output, force=force, labels=labels, log=log)
+
+
+def audited_data(data: DataConfig, log: Callable[[str], None]) -> DataConfig:
+    """A photo folder without --image-size is audited as `cnnlab train` decodes it (at the backbone's input size
+    and crop), not at the from-scratch CNN's 64 px: on the blood-cell folder the label check's headline at 64 px
+    flagged 19 images for 5 planted flips (3 right), at 224 px 7 (3 right); on caltech12, 5 of 5 and no false
+    alarm on the clean folder."""
+    if not data.source.startswith("folder:") or data.image_size is not None:
+        return data
+    scan = scan_folder(data)
+    if scan.median_side < PHOTO_SIDE:
+        return data
+    prep = backbone_preprocessing(DEFAULT_BACKBONE)
+    log(f"image size: {prep.input_size} px (photos, median shorter side {scan.median_side} px: as training decodes "
+        "them for the pretrained backbone)")  # fmt: skip
+    return replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
 
 
 def audit_run(
@@ -111,7 +129,8 @@ def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SH
                                                                       else ""))  # fmt: skip
     lines.append(f"  duplicates within a split: {c['duplicate']}")
     if "labels" in s["checks"]:
-        lines.append(f"  likely label errors: {c['label']}; outlier candidates: {c['outlier']}")
+        lines.append(f"  likely label errors: {c['label']} ({c.get('possible label', 0)} more possible, in audit.csv); "
+                     f"outlier candidates: {c['outlier']}")  # fmt: skip
     else:
         lines.append("  label errors and outliers: not checked (cnnlab audit runs them: one backbone pass, cached)")
     imbalance = balance["imbalanced_classes"]

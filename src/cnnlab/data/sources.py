@@ -236,6 +236,9 @@ class FolderScan:
     median_side: int  # the images' median shorter side, pixels
 
 
+PHOTO_SIDE = 96  # px, median shorter side: at or above it a folder holds photos (train/auto.py, the audit)
+
+
 def scan_folder(config: DataConfig) -> FolderScan:
     """Image counts and sizes of a `folder:` source, read from the listing and the file headers."""
     path = Path(config.source.removeprefix("folder:")).expanduser()
