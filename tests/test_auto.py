@@ -72,6 +72,7 @@ def test_few_small_images_are_searched_cross_validated_and_the_best_kept(tmp_pat
     frozen = [row for row in saved.model.strategy_candidates if "frozen" in row["candidate"]]
     assert len(frozen) == 5 and all(row["cv_accuracy"] is not None for row in frozen)  # cross-validated
     assert "simple_cnn_bn" in rows and "efficientnet_lite0 fine-tuned" in rows
+    assert rows["simple_cnn_bn"]["seconds"] > 0 and rows["efficientnet_lite0 fine-tuned"]["status"].startswith("skip")
     for row in saved.model.strategy_candidates:
         assert row["status"] in ("chosen", "measured") or row["status"].startswith("skipped: ")
     (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]

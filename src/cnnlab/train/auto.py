@@ -233,8 +233,14 @@ def _trained_row(
     best = min(history, key=lambda s: s.valid_loss)
     label += f", {len(history)} epochs"
     trained_config = replace(trained_config, train=replace(trained_config.train, budget_minutes=None))
-    return Row(label, family, round(best.valid_acc, 4), None, time.perf_counter() - started,
-               config=trained_config, trained=Trained(folder, history))  # fmt: skip
+    return Row(
+        label,
+        family,
+        round(best.valid_acc, 4),
+        seconds=time.perf_counter() - started,
+        config=trained_config,
+        trained=Trained(folder, history),
+    )
 
 
 def _pick(rows: list[Row]) -> Row:
