@@ -11,15 +11,16 @@ split (the test split is never touched):
    each, cross-validated when the validation split is small);
 2. the from-scratch CNN, only where it can win: images smaller than PHOTO_SIDE (on 8-px digits it did; on photo
    folders of a few hundred images it scored 62.5% where the frozen head scored 85%);
-3. fine-tuning the backbone (head first on the frozen features, then the whole network with layer-wise learning
-   rates, its batch-norm statistics kept, augmentation and the measured flips, best epoch by validation), for
+3. fine-tuning the backbone (head first on the frozen features, then all but its first quarter with layer-wise
+   learning rates, batch-norm statistics kept, augmentation and the measured flips, best epoch by validation), for
    photos, if at least FINE_TUNE_EPOCHS[0] epochs fit in what is left of the budget: its cost is measured on a few
    steps first. On small images upscaled to 224 px it lost on both folders measured and cost minutes: skipped.
 
-The best validation accuracy wins. Scores closer than TIE are a tie, which goes to the cheaper, more regularised
-candidate: frozen over from-scratch over fine-tuned. A trained winner is kept as it is (`Trained`), not trained
-again. Every candidate, its score, seconds and status (chosen, or skipped and why) is one table, printed and kept in
-config.yaml (`model.strategy_candidates`) and the report.
+The best validation accuracy wins (accuracy also with --positive, whose AUC ranks the frozen candidates among
+themselves: the families' trained runs report accuracy). Scores closer than TIE are a tie, which goes to the
+cheaper, more regularised candidate: frozen over from-scratch over fine-tuned. A trained winner is kept as it is
+(`Trained`), not trained again. Every candidate, its score, seconds and status (chosen, or skipped and why) is one
+table, printed and kept in config.yaml (`model.strategy_candidates`) and the report.
 """
 
 from __future__ import annotations
@@ -167,20 +168,26 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     if small_images:
         budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
         rows.append(_trained_row(_named(config, DEFAULT_MODEL), "scratch", source, splits, budget, None, log))
-    fine_tune = replace(_named(config, BACKBONE), data=replace(config.data, augment="standard"))
-    fine_tune = replace(fine_tune, model=replace(fine_tune.model, strategy="fine-tune"),
-                        train=replace(config.train, lr=FINE_TUNE_LR, backbone_lr=0.1))  # fmt: skip
     if small_images:
         rows.append(Row(f"{BACKBONE} fine-tuned", "fine-tune", status=SMALL_IMAGES_NO_FINE_TUNE))
     else:
         perfect = max(r.valid_accuracy or 0.0 for r in rows) >= 1 - TIE
-        rows.append(_trained_row(fine_tune, "fine-tune", source, splits, deadline - time.perf_counter(),
-                                 FINE_TUNE_EPOCHS, log, pointless=perfect))  # fmt: skip
+        rows.append(_trained_row(_fine_tune_recipe(config), "fine-tune", source, splits,
+                                 deadline - time.perf_counter(), FINE_TUNE_EPOCHS, log, pointless=perfect))  # fmt: skip
     winner = _pick(rows)
     for row in rows:
         if row.trained is not None and row is not winner:
             row.trained.discard()
     return winner
+
+
+def _fine_tune_recipe(config: RunConfig) -> RunConfig:
+    """The backbone fine-tuned: standard augmentation, the head's peak rate FINE_TUNE_LR, the backbone's top layer a
+    tenth of it (layer-wise below, models/pretrained.py)."""
+    tuned = _named(config, BACKBONE)
+    return replace(tuned, data=replace(config.data, augment="standard"),
+                   model=replace(tuned.model, strategy="fine-tune"),
+                   train=replace(config.train, lr=FINE_TUNE_LR, backbone_lr=0.1))  # fmt: skip
 
 
 def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
