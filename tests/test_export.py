@@ -124,6 +124,10 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
     used = set(q["calibration_indices"])
     assert len(used) == 100 and used <= set(splits["valid"].tolist()) and not used & set(splits["test"].tolist())
     assert q["accuracy_delta"] >= -E.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
+    held_out = len(splits["valid"]) + len(splits["test"])  # agreement is judged on every held-out image
+    assert q["agreement_images"] == held_out and q["label_agreement"] >= E.INT8_MIN_AGREEMENT
+    low, high = q["agreement_interval"]
+    assert low <= q["label_agreement"] <= high and high - low < 0.03
     assert json.loads((digits_cnn_run / "export.json").read_text())[out.name]["int8"] == q
     images = tmp_path / "images"
     from helpers import write_digit_folder
@@ -136,6 +140,11 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
 def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_cnn_run, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
     with pytest.raises(CnnlabError, match="int8 parity check failed"):
+        E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(E, "INT8_MAX_DROP", 0.01)
+    monkeypatch.setattr(E, "INT8_MIN_AGREEMENT", 1.01)  # now no file keeps enough of the fp32 labels
+    with pytest.raises(CnnlabError, match=r"fp32 label kept on .* valid \+ test images"):
         E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 

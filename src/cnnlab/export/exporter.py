@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from cnnlab.data.lazy import select
 from cnnlab.data.splits import load_splits
@@ -46,6 +47,7 @@ from cnnlab.runs import RunFile, recorded_tta, refuse_existing
 
 FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
 INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
+INT8_MIN_AGREEMENT = 0.99  # and must give the fp32 file's label on this share of the valid + test images
 ACCURACY_TOLERANCE = 0.001  # the exported file's test accuracy against eval.json's (same images, same flips)
 
 
@@ -102,10 +104,14 @@ def export_run(
         result.update(_against_evaluation(run_dir, result, whole=len(test_idx) == len(splits["test"]),
                                           same_tta=tta == run_tta))  # fmt: skip
         if int8:
-            fp32_bytes = final.stat().st_size
+            fp32, fp32_bytes = final, final.stat().st_size
             chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
             final = _quantized(final, _normalised(source.images, chosen, norm), metadata)
-            result["int8"] = _int8_check(onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final)
+            judged = np.concatenate([_normalised(source.images, splits["valid"], norm), x])  # every held-out image
+            result["int8"] = _int8_check(
+                onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final,
+                agreement=_agreement(onnx_logits(fp32, judged), onnx_logits(final, judged)),
+            )  # fmt: skip
             result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
@@ -200,14 +206,31 @@ def _quantized(fp32: Path, calibration: np.ndarray, metadata: dict[str, str]) ->
     return out
 
 
-def _int8_check(logits: np.ndarray, labels: np.ndarray, fp32_accuracy: float, fp32_bytes: int, path: Path) -> dict:
+def _agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
+    """How often the int8 file gives the fp32 file's label (with a 95% Wilson interval) and the largest
+    probability difference, on the same images: a held-out split of 40 images cannot tell 1 point from noise."""
+    same = int((fp32.argmax(1) == int8.argmax(1)).sum())
+    low, high = binomtest(same, len(fp32)).proportion_ci(confidence_level=0.95, method="wilson")
+    p32, p8 = (np.exp(z - z.max(1, keepdims=True)) for z in (fp32, int8))
+    gap = np.abs(p32 / p32.sum(1, keepdims=True) - p8 / p8.sum(1, keepdims=True)).max()
+    return {"label_agreement": same / len(fp32), "agreement_interval": [float(low), float(high)],
+            "agreement_images": len(fp32), "max_probability_diff": float(gap)}  # fmt: skip
+
+
+def _int8_check(
+    logits: np.ndarray, labels: np.ndarray, fp32_accuracy: float, fp32_bytes: int, path: Path, *, agreement: dict
+) -> dict:  # fmt: skip
+    """The int8 file's test accuracy and its label agreement with the fp32 file on valid + test; it must keep
+    both (INT8_MAX_DROP, INT8_MIN_AGREEMENT) or nothing is written."""
     accuracy = float((logits.argmax(1) == labels).mean())
     result = {"accuracy_int8": accuracy, "accuracy_delta": accuracy - fp32_accuracy,
-              "size_ratio": path.stat().st_size / fp32_bytes}  # fmt: skip
-    if fp32_accuracy - accuracy > INT8_MAX_DROP:
+              "size_ratio": path.stat().st_size / fp32_bytes, **agreement}  # fmt: skip
+    if fp32_accuracy - accuracy > INT8_MAX_DROP or agreement["label_agreement"] < INT8_MIN_AGREEMENT:
         raise CnnlabError(
             f"int8 parity check failed: test accuracy {100 * accuracy:.2f}% vs {100 * fp32_accuracy:.2f}% in fp32 "
-            f"(allowed drop {100 * INT8_MAX_DROP:g} points; try more --calibration images); nothing written"
+            f"(allowed drop {100 * INT8_MAX_DROP:g} points), the fp32 label kept on "
+            f"{100 * agreement['label_agreement']:.2f}% of {agreement['agreement_images']} valid + test images "
+            f"(needed {100 * INT8_MIN_AGREEMENT:g}%; try more --calibration images); nothing written"
         )
     return result
 
@@ -226,7 +249,9 @@ def _summary(r: dict[str, Any]) -> str:
     if "int8" in r:
         q = r["int8"]
         line += (
-            f"; int8: {100 * q['accuracy_int8']:.2f}% ({100 * q['accuracy_delta']:+.2f} points), "
+            f"; int8: {100 * q['accuracy_int8']:.2f}% ({100 * q['accuracy_delta']:+.2f} points), same label as fp32 on "
+            f"{100 * q['label_agreement']:.2f}% of {q['agreement_images']} valid + test images (95% interval "
+            f"{100 * q['agreement_interval'][0]:.1f}-{100 * q['agreement_interval'][1]:.1f}%), "
             f"{q['size_ratio']:.2f}x the fp32 size, calibrated on {len(q['calibration_indices'])} validation images"
         )
     return line
