@@ -129,3 +129,25 @@ def test_the_default_on_a_real_photo_folder_beats_the_old_scratch_default(tmp_pa
     assert saved.model.name == "efficientnet_lite0" and result.evaluation["accuracy"] > 0.9
     (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
     assert "efficientnet_lite0" in chosen["candidate"]
+
+
+def test_ctrl_c_during_the_search_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Interrupted while a candidate trains: one line saying nothing was saved, no candidate folder left in the
+    temporary directory, no run folder."""
+    import tempfile
+
+    import cnnlab.train.auto as auto
+    from cnnlab.errors import TrainingInterrupted
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def interrupted(config, fabric, source, splits, folder, **_):
+        (folder / "last.pt").write_bytes(b"half an epoch")
+        raise TrainingInterrupted("interrupted in epoch 1")
+
+    monkeypatch.setattr(auto, "train_model", interrupted)
+    folder = write_digit_folder(tmp_path / "digits", classes=(0, 1, 7), per_class=40, size=8)
+    with pytest.raises(TrainingInterrupted, match="during the model search; nothing was saved"):
+        train(_folder(folder, tmp_path / "root"), runs_dir=tmp_path / "runs", name="x", log=lambda _: None)
+    assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "runs" / "x").exists()

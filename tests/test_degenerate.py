@@ -95,3 +95,17 @@ def test_train_warns_and_drop_degenerate_leaves_them_out_of_every_split(cli, tmp
         r["reason"] for r in audit["findings"] if r["issue"] == "degenerate"
     )
     assert json.loads((runs / "dropped" / "eval.json").read_text())["n_test"] == len(saved["test"])
+
+
+def test_drop_degenerate_that_would_empty_a_split_is_one_clear_line(cli, tmp_path):
+    """A folder of nothing but blank frames: --drop-degenerate would leave nothing to train on; one error line,
+    no run folder."""
+    for c in range(2):
+        (tmp_path / "blank" / f"class{c}").mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (32, 32), (40 * c + i, 90, 90)).save(tmp_path / "blank" / f"class{c}" / f"{i}.png")
+    runs = tmp_path / "runs"
+    code, _, err = cli("train", "--data", f"folder:{tmp_path / 'blank'}", "--model", "simple_cnn_bn", "--epochs",
+                       "1", "--drop-degenerate", "--runs-dir", runs, "--data-root", tmp_path / "d")  # fmt: skip
+    assert code == 2 and "--drop-degenerate would leave the train split empty" in err
+    assert len(err.strip().splitlines()) == 1 and not (runs.exists() and any(runs.iterdir()))

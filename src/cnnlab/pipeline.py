@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cnnlab.audit.checks import restored, rows
+from cnnlab.audit.checks import all_restored, rows
 from cnnlab.audit.gate import write_audit
 from cnnlab.config import RunConfig, parse_rule
 from cnnlab.data.sources import Source, load_source
@@ -167,10 +167,7 @@ def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple
         write_run_config(run_dir, plan.config)
         save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, dropped=plan.dropped)
         if plan.audit is not None:  # the table is about the data as it is (dropped images included)
-            everything = plan.splits
-            for per_split in plan.dropped.values():
-                everything = restored(everything, per_split)
-            write_audit(run_dir, plan.audit, rows(plan.audit, source, everything))
+            write_audit(run_dir, plan.audit, rows(plan.audit, source, all_restored(plan.splits, plan.dropped)))
         if plan.trained is not None:  # the model search trained the winner already
             plan.trained.move_into(run_dir)
             return plan.config, plan.trained.history

@@ -351,6 +351,14 @@ def restored(splits: dict[str, np.ndarray], dropped: dict[str, list[int]]) -> di
     return {s: np.sort(np.concatenate([np.asarray(idx, dtype=np.int64), back[s]])) for s, idx in splits.items()}
 
 
+def all_restored(splits: dict[str, np.ndarray], dropped: dict[str, dict[str, list[int]]]) -> dict[str, np.ndarray]:
+    """The splits with everything training left out back in (`dropped`: why -> split -> images, as splits.json
+    keeps it under "deduplicated" and "degenerate")."""
+    for per_split in dropped.values():
+        splits = restored(splits, per_split or {})
+    return splits
+
+
 def rows(found: Audit, source, splits: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """The audit table, ranked: leakage first, then degenerate images, duplicates, label issues, outliers."""
     where, names, labels = split_names(len(source.labels), splits), source.class_names, source.labels.numpy()

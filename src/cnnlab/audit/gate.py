@@ -9,7 +9,6 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from cnnlab.data.splits import load_splits, make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import figure_png_base64, new_figure
 from cnnlab.files import write_text_atomic
-from cnnlab.models.pretrained import DEFAULT_BACKBONE, backbone_preprocessing
+from cnnlab.models.pretrained import DEFAULT_BACKBONE, backbone_decoding
 from cnnlab.runs import RunFile, open_run, refuse_existing, source_slug
 
 FILES = (RunFile.AUDIT_CSV, RunFile.AUDIT_JSON)
@@ -56,10 +55,10 @@ def audited_data(data: DataConfig, log: Callable[[str], None]) -> DataConfig:
     scan = scan_folder(data)
     if scan.median_side < PHOTO_SIDE:
         return data
-    prep = backbone_preprocessing(DEFAULT_BACKBONE)
-    log(f"image size: {prep.input_size} px (photos, median shorter side {scan.median_side} px: as training decodes "
+    data = backbone_decoding(data, DEFAULT_BACKBONE)
+    log(f"image size: {data.image_size} px (photos, median shorter side {scan.median_side} px: as training decodes "
         "them for the pretrained backbone)")  # fmt: skip
-    return replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
+    return data
 
 
 def audit_run(
@@ -86,9 +85,7 @@ def _check_source(source) -> None:
 def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
     """A deduplicated run's splits with the dropped images back in: the audit looks at the data as it is."""
     saved = json.loads(path.read_text())
-    for key in DROPPED:
-        splits = A.restored(splits, saved.get(key) or {})
-    return splits
+    return A.all_restored(splits, {key: saved.get(key) or {} for key in DROPPED})
 
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
@@ -199,7 +196,7 @@ def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Calla
 
 def _refuse_empty(splits: dict[str, np.ndarray], option: str, why: str) -> None:
     for split in ("train", "valid", "test"):
-        if len(splits[split]) == 0 and split in splits:
+        if split in splits and len(splits[split]) == 0:
             raise CnnlabError(f"{option} would leave the {split} split empty ({why})")
 
 

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import importlib
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -23,6 +23,7 @@ from timm.data import ImageNetInfo, resolve_data_config
 from timm.models import group_parameters
 from torch import nn
 
+from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models.base import Classifier
 
@@ -94,6 +95,12 @@ def backbone_preprocessing(name: str) -> Preprocessing:
         int(cfg["input_size"][-1]), float(cfg["crop_pct"]), str(cfg["interpolation"]),
         tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]),
     )  # fmt: skip
+
+
+def backbone_decoding(data: DataConfig, name: str) -> DataConfig:
+    """A folder decoded as backbone `name` was trained: its input size and centre crop (256 -> 224)."""
+    prep = backbone_preprocessing(name)
+    return replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
 
 
 def imagenet_class_names() -> list[str]:

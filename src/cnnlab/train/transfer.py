@@ -42,6 +42,7 @@ from cnnlab.models.pretrained import (
     FINAL,
     OFFLINE,
     PretrainedClassifier,
+    backbone_decoding,
     backbone_preprocessing,
     is_pretrained_name,
     level_columns,
@@ -128,8 +129,7 @@ def transfer_defaults(config: RunConfig) -> RunConfig:
     if data.image_size is not None:  # the backbone runs at the size asked for (smaller = faster)
         options.setdefault("input_size", data.image_size)
     elif data.source.startswith("folder:"):
-        prep = backbone_preprocessing(name)
-        data = replace(data, image_size=prep.input_size, crop_pct=prep.crop_pct)
+        data = backbone_decoding(data, name)
     return replace(config, data=data, model=replace(m, strategy=m.strategy or "auto", options=options))
 
 
