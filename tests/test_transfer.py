@@ -17,7 +17,9 @@ from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models import pretrained as pt
+from cnnlab.predict import features
 from cnnlab.predict.features import backbone_features
+from cnnlab.predict.graph import PARITY_TOLERANCE, relative_difference
 from cnnlab.train.transfer import (
     SCORE_TIE,
     SIMILAR_CONFIDENCE,
@@ -95,19 +97,36 @@ def test_truncate_cuts_early_and_freezes():
         create_model("efficientnet_lite0", num_classes=2, strategy="truncate", options={"cut": 4})
 
 
-def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path):
+def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path, monkeypatch):
     model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
     model.input_size = 64  # small and fast; the key includes it
     images = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
     norm = Normalization((0.5,) * 3, (0.5,) * 3)
     calls = []
-    original = model.forward_levels
-    model.forward_levels = lambda x: calls.append(len(x)) or original(x)
+    original = features._compute  # the backbone pass over all images (whichever backend runs it)
+    monkeypatch.setattr(features, "_compute", lambda forward, x, *a: calls.append(len(x)) or original(forward, x, *a))
     first = backbone_features(model, images, norm, cache_dir=tmp_path)
     again = backbone_features(model, images, norm, cache_dir=tmp_path)
     assert torch.equal(first, again) and calls == [6]  # the second call read the cache
     backbone_features(model, images.flip(0), norm, cache_dir=tmp_path)
     assert calls == [6, 6]  # other images, other key
+
+
+def test_feature_pass_on_the_measured_backend_matches_eager_pytorch(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=1, image_size=28, strategy="feature-extract")
+    model.input_size = 64
+    images = torch.randint(0, 255, (20, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalization((0.5,) * 3, (0.25,) * 3)
+    monkeypatch.setattr(features, "BUILD_MIN_SECONDS", 0.0)  # build and time ONNX Runtime even for 20 images
+    lines = []
+    got = backbone_features(model, images, norm, cache_dir=tmp_path, log=lines.append)[0]
+    with torch.inference_mode():
+        expected = model.eval().forward_levels(norm.apply(images))
+    assert relative_difference(expected.numpy(), got.numpy()) <= PARITY_TOLERANCE
+    kept = list((tmp_path / "features").glob("levels-*-3x28x28.onnx"))
+    assert len(kept) == 1 and kept[0].stem.split("-")[1] == model.backbone_digest()  # named by weights and shape
+    assert any(line.startswith("features on ") for line in lines)  # the choice and its measurement are said
 
 
 def test_folder_decode_cache_follows_file_changes(tmp_path, lfw):

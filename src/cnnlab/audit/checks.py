@@ -14,9 +14,9 @@ Duplicates, measured choices (bench/RESULTS.md, issue 19):
   so the backbone's features serve the label and outlier checks, not duplicates.
 - a duplicate whose two images sit in different splits is leakage: the test score saw training images.
 
-Label issues and outliers come from cleanlab, fed with the pretrained backbone's embeddings (cached on disk,
-reduced to 128 principal components) and out-of-sample probabilities from 5-fold cross-validated logistic
-regression on them: no network training.
+Label issues come from cleanlab, outliers from its OutOfDistribution score, fed with the pretrained backbone's
+embeddings (cached on disk, reduced to 128 principal components) and out-of-sample probabilities from 5-fold
+cross-validated logistic regression on them: no network training.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ REDUCED = 128  # principal components the label and outlier checks work on
 SPLITS = 2  # fold splits (seeds) whose out-of-fold probabilities must agree on a headline label error
 CONFIDENT = 0.8  # least out-of-fold probability of the suggested class, in every split, for the headline
 FEATURE_SIZE_SMALL = 96  # px: the backbone's input for images up to 64 px (224 for larger ones)
+OUTLIER_NEIGHBOURS = 10  # cleanlab OutOfDistribution's default k
 
 
 @dataclass
@@ -248,16 +249,29 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> 
     return sure + possible, probs
 
 
-def outliers(features: np.ndarray, *, share: float = 0.005) -> list[Finding]:
-    """The least typical images by cleanlab's OutOfDistribution score (kNN distance in feature space): the
-    lowest `share`, as candidates to look at (score = 1 - cleanlab's score)."""
-    from cleanlab.outlier import OutOfDistribution  # optional heavy import: cleanlab (label checks only)
-
+def outliers(features: np.ndarray, *, share: float = 0.005, k: int = OUTLIER_NEIGHBOURS) -> list[Finding]:
+    """The least typical images: the lowest `share` by cleanlab's OutOfDistribution feature score, exp(-d / median
+    d) with d the mean cosine distance to an image's `k` nearest other images (score = 1 - that). The neighbours are
+    found here by blocked matrix products and top-k (`_mean_knn_cosine_distance`): cleanlab's scikit-learn search
+    took 65 s on 60,000 images, this 11 s, same 300 images (scores within 1e-4)."""
     if len(features) < 12:
         return []
-    scores = OutOfDistribution(params={"k": 10}).fit_score(features=features, verbose=False)
-    worst = np.argsort(scores)[: max(1, int(share * len(scores)))]
+    d = _mean_knn_cosine_distance(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), k)
+    scores = torch.exp(-d / d.median().clamp_min(100 * np.finfo(np.float64).eps)).numpy()
+    worst = np.argsort(scores, kind="stable")[: max(1, int(share * len(scores)))]
     return [Finding("outlier", round(1 - float(scores[i]), 4), int(i)) for i in worst]
+
+
+def _mean_knn_cosine_distance(x: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
+    """[N] mean cosine distance from each row to its `k` nearest other rows (itself excluded)."""
+    unit = F.normalize(x, dim=1)
+    out = torch.empty(len(unit))
+    for start in range(0, len(unit), block):
+        sim = unit[start : start + block] @ unit.T
+        rows = torch.arange(len(sim))
+        sim[rows, rows + start] = -2.0  # not its own neighbour
+        out[start : start + block] = (1 - sim.topk(min(k, len(unit) - 1), dim=1).values).mean(1)
+    return out
 
 
 def class_counts(labels: np.ndarray, splits: dict[str, np.ndarray], class_names: list[str]) -> dict[str, Any]:

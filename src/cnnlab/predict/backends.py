@@ -72,6 +72,17 @@ def choose_backend(
 ) -> Backend:  # fmt: skip
     """The backend for predicting `n_images` images with `model` (loaded from `checkpoint`); `sample` is a
     normalised batch of the job's own images, for timing and agreement. `wanted` torch|onnx forces one."""
+    return choose_backend_at(model, kept_onnx_path(checkpoint, cache_dir), sample, n_images=n_images, wanted=wanted,
+                             log=log)  # fmt: skip
+
+
+def choose_backend_at(
+    model: nn.Module, onnx_path: Path, sample: torch.Tensor, *, n_images: int, wanted: str = "auto",
+    log: Callable[[str], None] = print, build_min_seconds: float = BUILD_MIN_SECONDS,
+) -> Backend:  # fmt: skip
+    """`choose_backend` for any module whose ONNX file (and measurement) is kept at `onnx_path`: the name must
+    change whenever the module's weights or input shape do (a checkpoint's digest, a backbone's digest). A job
+    PyTorch would finish within `build_min_seconds` keeps PyTorch unless a measurement is already kept."""
     if wanted not in BACKENDS:
         raise CnnlabError(f"unknown backend '{wanted}' (choose from: {', '.join(BACKENDS)})")
     if wanted == "torch":
@@ -82,12 +93,11 @@ def choose_backend(
         if wanted == "onnx":
             raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
-    onnx_path = kept_onnx_path(checkpoint, cache_dir)
     fast_torch = torch_forward(model)
     known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path)) if onnx_path.exists() else None
     if wanted == "auto" and known is None:  # nothing built or measured yet: only worth it for enough work
         seconds = n_images / _quick_images_per_s(fast_torch, sample[:SAMPLE_IMAGES])
-        if seconds < BUILD_MIN_SECONDS:
+        if seconds < build_min_seconds:
             return Backend("torch", fast_torch, f"about {seconds:.1f} s of PyTorch work: too little to pay for "
                                                 "building and timing the ONNX Runtime backend")  # fmt: skip
     if wanted == "auto" and known is not None and _pick(None, None, Timing(**known)).name == "torch":
@@ -124,10 +134,10 @@ def kept_onnx_path(checkpoint: Path, cache_dir: Path | None) -> Path:
     """Where this checkpoint's ONNX file is kept: named by the checkpoint's content, so a retrained best.pt
     never meets a stale file. Without a cache folder (a loose checkpoint), the system's temporary folder."""
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    return (cache_dir if cache_dir is not None else _temp_folder()) / f"predict-{digest}.onnx"
+    return (cache_dir if cache_dir is not None else temp_folder()) / f"predict-{digest}.onnx"
 
 
-def _temp_folder() -> Path:
+def temp_folder() -> Path:
     return Path(tempfile.gettempdir()) / "cnnlab-backends"
 
 
@@ -138,7 +148,7 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:  # a read-only run folder: the system's temporary folder instead
-            path = _temp_folder() / path.name
+            path = temp_folder() / path.name
             path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         write_onnx(folded(model), sample[:2].float(), tmp, {})
