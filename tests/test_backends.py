@@ -32,6 +32,22 @@ def test_every_backend_scores_the_test_split_alike_and_the_onnx_file_is_kept(dig
     assert json.loads((digits_cnn_run / "eval.json").read_text())["backend"]["why"]
 
 
+def test_onnx_backend_built_from_one_image_serves_any_batch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cnnlab.models import create_model
+    from cnnlab.predict.graph import PARITY_TOLERANCE, relative_difference
+
+    model = create_model("efficientnet_lite0", num_classes=3, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 32
+    one = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    chosen = B.choose_backend_at(model.eval(), tmp_path / "one.onnx", one, n_images=1, wanted="onnx", log=print)
+    batch = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # a batch of one used to fix
+    with torch.inference_mode():  # the exported batch size at 1 for this backbone (the exporter failed)
+        expected, got = model(batch), chosen.forward(batch)
+    assert chosen.name == "onnx" and got.shape == (5, 3)
+    assert relative_difference(expected.numpy(), got.numpy()) <= PARITY_TOLERANCE
+
+
 def test_auto_does_not_build_the_onnx_file_for_a_few_images(digits_cnn_run, tmp_path, cli):
     from helpers import write_digit_folder
 

@@ -29,6 +29,7 @@ from cnnlab.data.images import UnreadableImage, collect_images, decode_array
 from cnnlab.errors import CnnlabError
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.models.pretrained import imagenet_class_names
+from cnnlab.predict.backends import SERVED_IMAGES, choose_backend_unsaved
 from cnnlab.predict.infer import imagenet_classifier, model_from_checkpoint, predict_logits
 from cnnlab.runs import RunFile, open_run, refuse_existing
 
@@ -91,10 +92,12 @@ class DogApp:
     """Face detector + ImageNet backbone (+ an optional breed classifier run), loaded once."""
 
     def __init__(self, *, breeds_run: Path | None = None, weights: str | None = None,
-                 faces: FaceSettings = FaceSettings(), classifier=None) -> None:  # fmt: skip
-        """`classifier`: an already loaded (model, preprocessing) of BACKBONE with its ImageNet head, shared."""
+                 faces: FaceSettings = FaceSettings(), classifier=None, forward=None) -> None:  # fmt: skip
+        """`classifier`: an already loaded (model, preprocessing) of BACKBONE with its ImageNet head, shared;
+        `forward`: the prediction backend already chosen for it (else measured on the first images)."""
         self.detector = FaceDetector(faces)
         self.model, self.prep = classifier or imagenet_classifier(BACKBONE, weights)
+        self._forward: torch.nn.Module | None = forward
         self.names = imagenet_class_names()
         self.breeds_run = Path(breeds_run) if breeds_run else None
         self._breeds_loaded = None
@@ -113,7 +116,7 @@ class DogApp:
             task = progress.add_task("dog app", total=len(files))
             for start in range(0, len(files), batch):
                 chunk = files[start : start + batch]
-                answers += self._answer_batch(self._decoded(chunk, named, skipped))
+                answers += self._answer_batch(self._decoded(chunk, named, skipped), n_images=len(files))
                 progress.update(task, advance=len(chunk))
         if skipped:
             message = f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}"
@@ -139,12 +142,16 @@ class DogApp:
                 skipped.append(path)
         return found
 
-    def _answer_batch(self, decoded: list[tuple[str, Path | bytes, np.ndarray]]) -> list[Answer]:
+    def _answer_batch(
+        self, decoded: list[tuple[str, Path | bytes, np.ndarray]], *, n_images: int = SERVED_IMAGES
+    ) -> list[Answer]:  # fmt: skip
         if not decoded:
             return []
-        arrays = np.stack([a for _, _, a in decoded])
-        with torch.inference_mode():
-            probs = self.model(self.prep.normalization().apply(torch.from_numpy(arrays))).softmax(1).numpy()
+        images, norm = torch.from_numpy(np.stack([a for _, _, a in decoded])), self.prep.normalization()
+        if self._forward is None:  # PyTorch or ONNX Runtime, whichever is faster here for this much work
+            self._forward = choose_backend_unsaved(self.model, norm.apply(images), n_images=n_images,
+                                                   name=f"imagenet-{BACKBONE}", log=lambda _line: None).forward
+        probs = predict_logits(self._forward, images, norm).softmax(1).numpy()
         answers = []
         sources = [source for _, source, _ in decoded]
         for (name, source, _), p, top in zip(decoded, probs, self._breeds(sources, probs), strict=True):

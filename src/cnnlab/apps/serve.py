@@ -40,6 +40,7 @@ from cnnlab.explain import layers as L
 from cnnlab.explain.pictures import heatmap_overlay
 from cnnlab.models.checkpoint import InputSpec, load_checkpoint
 from cnnlab.models.pretrained import OFFLINE, TORCHVISION, imagenet_class_names, is_pretrained_name
+from cnnlab.predict.backends import SERVED_IMAGES, choose_backend, choose_backend_unsaved
 from cnnlab.predict.infer import imagenet_classifier, mean_of_views, model_from_checkpoint, predict_logits
 from cnnlab.predict.onnx import NEEDED, onnx_logits, open_session
 from cnnlab.runs import RunFile, open_run, recorded_tta
@@ -62,23 +63,25 @@ class Servable:
     dogapp: Any = None  # apps.dogapp.DogApp
     max_pixels: int | None = None
     model: Any = None  # the torch model behind `probabilities`, when there is one (shared with the dog app)
+    forward: Any = None  # the prediction backend running `model` (shared with the dog app)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
 
 
 def open_servable(
-    target: str, *, dogapp: bool = False, weights: str | None = None, max_pixels: int | None = None
-) -> Servable:
+    target: str, *, dogapp: bool = False, weights: str | None = None, max_pixels: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Servable:  # fmt: skip
     """A run folder, an exported .onnx file or a pretrained backbone name, ready to answer; anything else is
     one clear error naming what is accepted."""
     path = Path(target)
     if path.is_dir():
-        servable = _run(path)
+        servable = _run(path, log)
     elif path.suffix.lower() == ".onnx":
         servable = _onnx(path)
     elif is_pretrained_name(target):
-        servable = _backbone(target, weights)
+        servable = _backbone(target, weights, log)
         dogapp = True  # an ImageNet classifier: the dog app's answer comes with it
     else:
         names = ", ".join(sorted({*OFFLINE, *TORCHVISION}))
@@ -89,12 +92,13 @@ def open_servable(
     if dogapp:
         breeds = path if servable.kind == "run" else None  # a run trained on breeds names them
         shared = (servable.model, servable.prep) if servable.kind == "backbone" and target == BACKBONE else None
-        servable.dogapp = DogApp(breeds_run=breeds, weights=weights if shared else None, classifier=shared)
+        servable.dogapp = DogApp(breeds_run=breeds, weights=weights if shared else None, classifier=shared,
+                                 forward=servable.forward if shared else None)  # fmt: skip
     servable.max_pixels = max_pixels
     return servable
 
 
-def _run(run_dir: Path) -> Servable:
+def _run(run_dir: Path, log: Callable[[str], None]) -> Servable:
     open_run(run_dir)
     path = run_dir / RunFile.BEST
     if not path.is_file():
@@ -102,15 +106,32 @@ def _run(run_dir: Path) -> Servable:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     tta = bool(recorded_tta(run_dir))  # as the run was evaluated (and as its exported file predicts)
-    return _torch_servable(run_dir.name, "run", model, list(ckpt.class_names), ckpt.preprocessing, tta=tta)
+    sample = _sample(ckpt.preprocessing)
+    backend = choose_backend(model, path, sample, n_images=SERVED_IMAGES, cache_dir=run_dir / "cache", log=log)
+    log(f"prediction backend: {backend.name} ({backend.why})")
+    return _torch_servable(run_dir.name, "run", model, list(ckpt.class_names), ckpt.preprocessing, tta=tta,
+                           forward=backend.forward)  # fmt: skip
 
 
-def _backbone(name: str, weights: str | None) -> Servable:
+def _backbone(name: str, weights: str | None, log: Callable[[str], None]) -> Servable:
     model, prep = imagenet_classifier(name, weights)
-    return _torch_servable(f"{name} (ImageNet)", "backbone", model, imagenet_class_names(), prep)
+    backend = choose_backend_unsaved(model, _sample(prep), n_images=SERVED_IMAGES, name=f"imagenet-{name}", log=log)
+    log(f"prediction backend: {backend.name} ({backend.why})")
+    return _torch_servable(f"{name} (ImageNet)", "backbone", model, imagenet_class_names(), prep,
+                           forward=backend.forward)  # fmt: skip
 
 
-def _torch_servable(name: str, kind: str, model, classes: list[str], prep, *, tta: bool = False) -> Servable:
+def _sample(prep: InputSpec) -> torch.Tensor:
+    """Two normalised random images of the model's input shape: what the backends are timed and compared on."""
+    pixels = torch.randint(0, 256, (2, prep.channels, prep.image_size, prep.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    return prep.normalization().apply(pixels)
+
+
+def _torch_servable(
+    name: str, kind: str, model, classes: list[str], prep, *, forward: torch.nn.Module, tta: bool = False
+) -> Servable:  # fmt: skip
+    """Predictions on `forward` (the measured backend), Grad-CAM on a PyTorch copy of `model`."""
     norm = prep.normalization()
     twin = L.explainable(model)  # one copy serves predictions and Grad-CAM (its activations are not in place)
     x = norm.apply(torch.zeros(1, prep.channels, prep.image_size, prep.image_size, dtype=torch.uint8)).float()
@@ -126,12 +147,12 @@ def _torch_servable(name: str, kind: str, model, classes: list[str], prep, *, tt
             return heat[0].numpy(), cam_layer.name
 
     def probabilities(image: np.ndarray) -> np.ndarray:
-        logits = predict_logits(twin, torch.from_numpy(image), norm)
+        logits = predict_logits(forward, torch.from_numpy(image), norm)
         if tta:
-            logits = mean_of_views(logits, predict_logits(twin, torch.from_numpy(image), norm, mirror=True))
+            logits = mean_of_views(logits, predict_logits(forward, torch.from_numpy(image), norm, mirror=True))
         return logits.softmax(1)[0].numpy()
 
-    return Servable(name, kind, classes, prep, probabilities, cam, model=twin)
+    return Servable(name, kind, classes, prep, probabilities, cam, model=twin, forward=forward)
 
 
 def _onnx(path: Path) -> Servable:
@@ -348,7 +369,8 @@ def serve_target(
     """`cnnlab serve`: bind first (a port in use fails before the model loads), open the target, serve."""
     sock = bind(host, port)
     try:
-        servable = open_servable(target, dogapp=dogapp, weights=weights, max_pixels=int(max_megapixels * 1e6))
+        servable = open_servable(target, dogapp=dogapp, weights=weights, max_pixels=int(max_megapixels * 1e6),
+                                 log=log)  # fmt: skip
         serve(servable, sock, max_upload_mb=max_upload_mb, top_k=top_k, log=log)
     finally:
         sock.close()

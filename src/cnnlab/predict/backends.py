@@ -32,6 +32,7 @@ BACKENDS = ("auto", "torch", "onnx")
 BUILD_MIN_SECONDS = 3.0  # a job PyTorch finishes sooner cannot pay back building the ONNX file (1-10 s)
 SAMPLE_IMAGES = 64  # images timed per backend (a batch of the job's own images)
 MIN_TIMED_S = 0.3  # time each backend at least this long (and at least 3 runs)
+SERVED_IMAGES = 1_000  # what a server (serve, the dog app's page) is taken to answer: worth one ONNX build
 
 
 @dataclass
@@ -109,6 +110,20 @@ def choose_backend_at(
     return _pick(fast_torch, onnx, _timed(fast_torch, onnx, sample[:SAMPLE_IMAGES], onnx_path))
 
 
+def choose_backend_unsaved(
+    model: nn.Module, sample: torch.Tensor, *, n_images: int, name: str, log: Callable[[str], None] = print
+) -> Backend:  # fmt: skip
+    """`choose_backend` for a model with no checkpoint file (an ImageNet classifier): its ONNX file is kept in the
+    system's temporary folder, named `name`, the weights' digest and the input shape."""
+    h = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    shape = "x".join(map(str, sample.shape[1:]))
+    return choose_backend_at(model, temp_folder() / f"{name}-{h.hexdigest()[:16]}-{shape}.onnx", sample,
+                             n_images=n_images, log=log)  # fmt: skip
+
+
 def _pick(fast_torch: nn.Module, onnx: nn.Module, t: Timing) -> Backend:
     speeds = f"{t.onnx_images_per_s:.0f} vs {t.torch_images_per_s:.0f} images/s measured"
     if t.relative_diff > PARITY_TOLERANCE:
@@ -151,7 +166,8 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
             path = temp_folder() / path.name
             path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        write_onnx(folded(model), sample[:2].float(), tmp, {})
+        example = sample[:2] if len(sample) >= 2 else sample.expand(2, *sample.shape[1:])  # a batch of 1 fixes the
+        write_onnx(folded(model), example.float().contiguous(), tmp, {})  # exported batch size at 1 (0/1 specialised)
         tmp.replace(path)  # atomic: a killed build leaves no half file under the kept name
         log(f"built the ONNX Runtime backend in {time.perf_counter() - started:.1f} s ({path})")
     return path
