@@ -149,8 +149,9 @@ class DogApp:
             return []
         images, norm = torch.from_numpy(np.stack([a for _, _, a in decoded])), self.prep.normalization()
         if self._forward is None:  # PyTorch or ONNX Runtime, whichever is faster here for this much work
-            self._forward = choose_backend_unsaved(self.model, norm.apply(images), n_images=n_images,
-                                                   name=f"imagenet-{BACKBONE}", log=lambda _line: None).forward
+            self._forward = choose_backend_unsaved(
+                self.model, norm.apply(images), n_images=n_images, name=f"imagenet-{BACKBONE}", log=lambda _line: None
+            ).forward
         probs = predict_logits(self._forward, images, norm).softmax(1).numpy()
         answers = []
         sources = [source for _, source, _ in decoded]
