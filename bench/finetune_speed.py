@@ -37,19 +37,21 @@ def images_per_s(step, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
     for _ in range(steps + WARMUP):
         start = time.perf_counter()
         step(x, y)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     measured = sorted(times[WARMUP:])
     return len(x) / measured[len(measured) // 2]
 
 
-def timm_step(batch_classes: int, *, fast: bool = False):
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=batch_classes).train()
+def timm_step(batch_classes: int, *, fast: bool = False, device: str = "cpu"):
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=batch_classes).train().to(device)
     layout = torch.channels_last if fast else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(x, y):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=fast):
             loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,15 +60,17 @@ def timm_step(batch_classes: int, *, fast: bool = False):
     return step
 
 
-def cnnlab_step(batch_classes: int, bf16: bool):
+def cnnlab_step(batch_classes: int, bf16: bool, device: str = "cpu", pretrained: bool = True):
     model = create_model("efficientnet_lite0", num_classes=batch_classes, in_channels=3, image_size=224,
-                         options={}, strategy="fine-tune").to(memory_format=torch.channels_last)  # fmt: skip
-    load_pretrained(model)
+                         options={}, strategy="fine-tune")  # fmt: skip
+    if pretrained:
+        load_pretrained(model)
+    model = model.to(device, memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
 
     def step(x, y):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = model.compute_loss(model(x.contiguous(memory_format=torch.channels_last)), y, 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

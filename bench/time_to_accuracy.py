@@ -52,13 +52,13 @@ def test_accuracy(model, images: torch.Tensor, labels: torch.Tensor, norm: Norma
     """Accuracy on the test images; with `mirror`, of the mean of each image's and its mirror's softmax (the
     test-time flips cnnlab's evaluation uses when they lower the validation loss)."""
     model.eval()
-    correct = 0
+    correct, device = 0, next(model.parameters()).device
     for i in range(0, len(images), 1000):
-        x = norm.apply(images[i : i + 1000]).contiguous(memory_format=torch.channels_last)
+        x = norm.apply(images[i : i + 1000].to(device)).contiguous(memory_format=torch.channels_last)
         p = model(x).float().softmax(1)
         if mirror:
             p = p + model(x.flip(-1)).float().softmax(1)
-        correct += int((p.argmax(1) == labels[i : i + 1000]).sum())
+        correct += int((p.argmax(1).cpu() == labels[i : i + 1000]).sum())
     return correct / len(images)
 
 
@@ -109,7 +109,7 @@ def course(source, minutes: float) -> list[tuple[float, float]]:
 
 def cnnlab_recipe(source, model_name: str, t: TrainConfig) -> list[tuple[float, float, float]]:
     """[(cumulative train+valid seconds, test accuracy, with test-time flips)] per epoch of `model_name`
-    trained with `t`."""
+    trained with `t` (on the GPU where there is one: Fabric's device)."""
     splits = make_splits(source.labels.numpy(), source.partitions, valid_fraction=0.2, test_fraction=0.2, seed=0)
     norm = Normalization.from_images(source.images[splits["train"]])
     policy = policy_for("light", flip_invariant=True)
