@@ -13,13 +13,15 @@ from PIL import Image
 
 from cnnlab.config import RunConfig, TrainConfig, with_overrides
 from cnnlab.data.idx import read_idx
+from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.pipeline import resume, train
 from cnnlab.runs import open_run
 from cnnlab.train.budget import BudgetTooSmall, plan_budget
 from cnnlab.train.fit import make_fabric
-from cnnlab.train.plan import check_request
+from cnnlab.train import auto
+from cnnlab.train.plan import check_request, plan_run
 from helpers import FASHION_DIR, needs_fashion, write_digit_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -151,3 +153,30 @@ def test_ctrl_c_during_the_search_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted, match="during the model search; nothing was saved"):
         train(_folder(folder, tmp_path / "root"), runs_dir=tmp_path / "runs", name="x", log=lambda _: None)
     assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "runs" / "x").exists()
+
+
+@pytest.mark.parametrize("step_s, expected", [(1e-3, "resnet_small"), (10.0, "simple_cnn_bn")])
+def test_a_long_budget_takes_the_larger_recipe_only_where_enough_epochs_fit(tmp_path, monkeypatch, step_s, expected):
+    monkeypatch.setattr(auto, "step_seconds", lambda *a: step_s)  # the measured speed, fixed: any machine alike
+    cfg = with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path))
+    cfg = with_overrides(cfg, "train", budget_minutes=20.0, lr=0.05)
+    cfg = check_request(cfg, log=lambda _: None)
+    assert cfg.model.name == "auto"  # decided once the data is read, by the measured speed
+    lines: list[str] = []
+    planned = plan_run(cfg, load_source(cfg.data), measure=True, audit=False, log=lines.append).config
+    assert planned.model.name == expected
+    said = next(line for line in lines if line.startswith("model: "))
+    t = planned.train
+    if expected == "resnet_small":  # the larger recipe's settings, except what the user set (--lr 0.05)
+        assert "fit in 20 minutes" in said and t.optimizer == "sgd" and t.label_smoothing == 0.1
+        assert t.batch_size == 256 and t.lr == 0.05
+    else:  # too slow here for 30 epochs: the course CNN, with the reason
+        assert "the larger recipe needs 30" in said and t.optimizer == "adamw" and t.label_smoothing == 0.0
+    assert planned.decisions["model"] in said
+
+
+def test_the_five_minute_budget_keeps_the_course_cnn_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto, "step_seconds", lambda *a: pytest.fail("a short budget measures nothing"))
+    cfg = with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path))
+    cfg = check_request(with_overrides(cfg, "train", budget_minutes=5.0), log=lambda _: None)
+    assert cfg.model.name == "simple_cnn_bn" and "named dataset" in cfg.decisions["model"]

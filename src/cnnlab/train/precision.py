@@ -62,13 +62,27 @@ def time_training_steps(model: Classifier, shape: tuple[int, ...], num_classes: 
     """Seconds per training step (forward, backward, AdamW step) of copies of `model` on random input of
     `shape`, fp32 and bf16 autocast interleaved so that a load change hits both; the model, its optimizer
     state and every RNG stay untouched."""
+    times, first_loss = _timed_steps(model, shape, num_classes, (FP32, BF16))
+    gap = abs(first_loss[BF16] - first_loss[FP32]) / max(abs(first_loss[FP32]), 1e-8)
+    return Measurement(times[FP32], times[BF16], gap)
+
+
+def step_seconds(model: Classifier, shape: tuple[int, ...], num_classes: int, precision: str) -> float:
+    """Seconds per training step of a copy of `model` in `precision` on the CPU (as `time_training_steps`)."""
+    return _timed_steps(model, shape, num_classes, (precision,))[0][precision]
+
+
+def _timed_steps(
+    model: Classifier, shape: tuple[int, ...], num_classes: int, precisions: tuple[str, ...]
+) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """(median seconds per step, first loss) per precision, on copies of `model`; every RNG stays untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, num_classes, (shape[0],))
-        probes = {p: copy.deepcopy(model).train() for p in (FP32, BF16)}
+        probes = {p: copy.deepcopy(model).train() for p in precisions}
         optimizers = {p: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad]) for p, m in probes.items()}
-        times: dict[str, list[float]] = {FP32: [], BF16: []}
+        times: dict[str, list[float]] = {p: [] for p in precisions}
         first_loss: dict[str, float] = {}
         for step in range(WARMUP_STEPS + PROBE_STEPS):
             for p, probe in probes.items():
@@ -81,8 +95,7 @@ def time_training_steps(model: Classifier, shape: tuple[int, ...], num_classes: 
                 first_loss.setdefault(p, float(loss.detach()))
                 if step >= WARMUP_STEPS:
                     times[p].append(time.perf_counter() - start)
-    gap = abs(first_loss[BF16] - first_loss[FP32]) / max(abs(first_loss[FP32]), 1e-8)
-    return Measurement(_median(times[FP32]), _median(times[BF16]), gap)
+    return {p: _median(t) for p, t in times.items()}, first_loss
 
 
 def _median(values: list[float]) -> float:
