@@ -18,9 +18,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.pipeline import resume, train
 from cnnlab.runs import open_run
+from cnnlab.train import auto
 from cnnlab.train.budget import BudgetTooSmall, plan_budget
 from cnnlab.train.fit import make_fabric
-from cnnlab.train import auto
 from cnnlab.train.plan import check_request, plan_run
 from helpers import FASHION_DIR, needs_fashion, write_digit_folder
 
