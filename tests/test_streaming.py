@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.data.batches import Normalization
+from cnnlab.data.images import decode_files, decoded_chunks
 from cnnlab.data.lazy import LazyImages, select
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
@@ -59,3 +61,16 @@ def test_streamed_path_skips_a_corrupt_file_with_a_warning(lfw, tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         source = load_source(DataConfig(source=f"folder:{copy}", root=str(tmp_path), stream=True))
     assert str(bad) not in source.ids and len(source.images) == 199
+
+
+def test_predicting_in_chunks_gives_the_whole_array_and_one_warning(lfw, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted(lfw.rglob("*.png"))[:7]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image")
+    whole, kept = decode_files([folder], size=16, channels=3, crop_pct=1.0)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        chunks = list(decoded_chunks([folder], size=16, channels=3, crop_pct=1.0, chunk=3))
+    assert len(chunks) == 3 and max(len(c) for c, _ in chunks) <= 3 and sum(len(c) for c, _ in chunks) == 7
+    assert np.array_equal(np.concatenate([c for c, _ in chunks]), whole) and [p for _, k in chunks for p in k] == kept

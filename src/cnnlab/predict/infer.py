@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.batches import Normalization
-from cnnlab.data.images import decode_files
+from cnnlab.data.images import collect_images, decoded_chunks
 from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
@@ -190,17 +190,20 @@ def _predict_files(
     model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False,
     backend: dict | None = None,
 ):  # fmt: skip
-    arrays, kept = decode_files(
-        inputs, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct, limit=limit
-    )
-    images, norm = torch.from_numpy(arrays), prep.normalization()
-    if backend is not None:
-        sample = norm.apply(images[:64]).float()
-        chosen = choose_backend(model, sample=sample, n_images=len(images) * (1 + tta), **backend)
-        backend["log"](f"prediction backend: {chosen.name} ({chosen.why})")
-        model = chosen.forward
-    logits = predict_logits(model, images, norm)
-    if tta:
-        logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))
-    probs = torch.softmax(logits, dim=1).numpy()
+    norm, n_files = prep.normalization(), len(collect_images(inputs)[:limit])
+    probs, kept = [], []
+    for arrays, paths in decoded_chunks(inputs, size=prep.image_size, channels=prep.channels,
+                                        crop_pct=prep.crop_pct, limit=limit):  # fmt: skip
+        images = torch.from_numpy(arrays)
+        if backend is not None:  # chosen on the first chunk, for the whole job
+            chosen = choose_backend(model, sample=norm.apply(images[:64]).float(), n_images=n_files * (1 + tta),
+                                    **backend)  # fmt: skip
+            backend["log"](f"prediction backend: {chosen.name} ({chosen.why})")
+            model, backend = chosen.forward, None
+        logits = predict_logits(model, images, norm)
+        if tta:
+            logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))
+        probs.append(torch.softmax(logits, dim=1).numpy())
+        kept += paths
+    probs = np.concatenate(probs)
     return classes, [ImagePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.data.images import decode_files
+from cnnlab.data.images import decoded_chunks
 from cnnlab.errors import CnnlabError
 
 NEEDED = ("class_names", "image_size", "channels", "mean", "std", "crop_pct")
@@ -36,12 +36,14 @@ def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = No
     size, channels = int(meta["image_size"]), int(meta["channels"])
     mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, -1, 1, 1)
-    arrays, kept = decode_files(inputs, size=size, channels=channels, crop_pct=float(meta["crop_pct"]), limit=limit)
-    x = np.ascontiguousarray(((arrays.astype(np.float32) / 255 - mean) / std).astype(np.float32))
-    logits = onnx_logits(session, x, batch=256)
-    z = np.exp(logits - logits.max(1, keepdims=True))
-    probs = z / z.sum(1, keepdims=True)
-    return json.loads(meta["class_names"]), [FilePrediction(str(p), pr) for p, pr in zip(kept, probs, strict=True)]
+    found = []
+    for arrays, kept in decoded_chunks(inputs, size=size, channels=channels, crop_pct=float(meta["crop_pct"]),
+                                       limit=limit):  # fmt: skip
+        x = np.ascontiguousarray(((arrays.astype(np.float32) / 255 - mean) / std).astype(np.float32))
+        logits = onnx_logits(session, x, batch=256)
+        z = np.exp(logits - logits.max(1, keepdims=True))
+        found += [FilePrediction(str(p), pr) for p, pr in zip(kept, z / z.sum(1, keepdims=True), strict=True)]
+    return json.loads(meta["class_names"]), found
 
 
 def open_session(path: Path, *, threads: int | None = None):
