@@ -42,3 +42,22 @@ def test_same_generator_seed_gives_same_augmentation():
     a = augment_batch(x, policy, torch.Generator().manual_seed(5))
     b = augment_batch(x, policy, torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_random_erasing_blacks_out_one_rectangle_in_about_half_the_images():
+    x = torch.ones(400, 1, 28, 28)
+    policy = AugmentPolicy(erase=0.5)
+    out = augment_batch(x, policy, torch.Generator().manual_seed(0))
+    black = out == 0
+    erased = black.flatten(1).any(1)
+    assert 0.4 < erased.float().mean() < 0.6  # p = 0.5
+    share = black.flatten(1).float().mean(1)[erased]
+    assert share.min() >= 0.015 and share.max() <= 0.34  # 2-33% of the area, after rounding to whole pixels
+    for image in black[erased][:20, 0]:  # one solid rectangle: its rows and columns span exactly the black pixels
+        rows, cols = image.any(1).nonzero().flatten(), image.any(0).nonzero().flatten()
+        assert image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        assert int(image.sum()) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert torch.equal(out[~erased], x[~erased])  # the others untouched
+    assert (
+        policy_for("erase", flip_invariant=False).erase == 0.5 and policy_for("light", flip_invariant=False).erase == 0
+    )

@@ -78,7 +78,7 @@ def train(
     ),
     valid_fraction: Optional[float] = typer.Option(None, help="Share of the training pool for validation (0.2)."),
     test_fraction: Optional[float] = typer.Option(None, help="Test share for sources without a test set (0.2)."),
-    augment: Optional[str] = typer.Option(None, help="none | light | standard (default light)."),
+    augment: Optional[str] = typer.Option(None, help="none | light | erase | standard (default light)."),
     flips: Optional[bool] = typer.Option(None, "--flips/--no-flips", help="Horizontal flips (default: from the data)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in px (default: native / a folder's common size)."),
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),

@@ -16,7 +16,7 @@ import yaml
 from cnnlab.errors import CnnlabError, did_you_mean, unknown_choice
 from cnnlab.files import write_text_atomic
 
-Augment = Literal["none", "light", "standard"]
+Augment = Literal["none", "light", "erase", "standard"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["none", "step", "cosine", "onecycle"]
 Precision = Literal["auto", "32-true", "bf16-mixed"]

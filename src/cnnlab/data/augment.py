@@ -1,7 +1,8 @@
 """Per-sample random augmentation applied to a whole batch with one `grid_sample` (no Python per image).
 
 Each image gets its own random affine map (flip, rotation, scale, translation), the tensor form of the
-course's RandomHorizontalFlip / RandomRotation / RandomResizedCrop / RandomCrop(padding).
+course's RandomHorizontalFlip / RandomRotation / RandomResizedCrop / RandomCrop(padding); with `erase`, a random
+rectangle blacked out (torchvision's RandomErasing: 2-33% of the area, aspect 0.3-3.3; Zhong et al. 2020).
 """
 
 from __future__ import annotations
@@ -22,19 +23,26 @@ class AugmentPolicy:
     max_degrees: float = 0.0  # rotation, each direction
     min_scale: float = 1.0  # side fraction of the zoomed-in crop (random resized crop)
     integer_shift: bool = False  # shift by whole pixels, so no interpolation blur
+    erase: float = 0.0  # probability of blacking out a random rectangle (random erasing)
+
+    @property
+    def active_geometry(self) -> bool:
+        return self.flip or self.max_shift > 0 or self.max_degrees > 0 or self.min_scale < 1
 
     @property
     def active(self) -> bool:
-        return self.flip or self.max_shift > 0 or self.max_degrees > 0 or self.min_scale < 1
+        return self.active_geometry or self.erase > 0
 
 
 def policy_for(preset: Augment, *, flip_invariant: bool) -> AugmentPolicy:
-    """Presets: none; light = flip + shift of up to 1/14 of the side (2 px at 28 px); standard = flip,
-    rotation +-10 degrees, crops of 80-100% of the side and 10% shifts. Flips only where they keep the label."""
+    """Presets: none; light = flip + shift of up to 1/14 of the side (2 px at 28 px); erase = light + random
+    erasing (half the images); standard = flip, rotation +-10 degrees, crops of 80-100% of the side and 10% shifts.
+    Flips only where they keep the label."""
     if preset == "none":
         return AugmentPolicy()
-    if preset == "light":
-        return AugmentPolicy(flip=flip_invariant, max_shift=1 / 14, integer_shift=True)
+    if preset in ("light", "erase"):
+        erase = 0.5 if preset == "erase" else 0.0
+        return AugmentPolicy(flip=flip_invariant, max_shift=1 / 14, integer_shift=True, erase=erase)
     return AugmentPolicy(flip=flip_invariant, max_shift=0.1, max_degrees=10.0, min_scale=0.8)
 
 
@@ -42,6 +50,13 @@ def augment_batch(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Gener
     """Apply `policy` to float images `x` [N, C, H, W]; randomness comes only from `generator`."""
     if not policy.active:
         return x
+    if policy.active_geometry:
+        x = _moved(x, policy, generator)
+    return _erased(x, policy.erase, generator) if policy.erase > 0 else x
+
+
+def _moved(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Generator) -> torch.Tensor:
+    """Each image through its own random affine map, one `grid_sample` for the batch."""
     n, _, h, w = x.shape
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -63,3 +78,20 @@ def augment_batch(x: torch.Tensor, policy: AugmentPolicy, generator: torch.Gener
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     mode = "nearest" if policy.integer_shift and policy.max_degrees == 0 else "bilinear"
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _erased(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """`x` with a black rectangle in each image drawn with probability `p` (2-33% of the area, aspect 0.3-3.3)."""
+    n, _, h, w = x.shape
+    area = (torch.rand(n, generator=generator) * 0.31 + 0.02) * h * w
+    aspect = torch.exp(torch.rand(n, generator=generator) * math.log(3.3 / 0.3) + math.log(0.3))
+    eh = (area * aspect).sqrt().round().clamp(1, h)
+    ew = (area / aspect).sqrt().round().clamp(1, w)
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor()
+    drawn = torch.rand(n, generator=generator) < p
+    rows = torch.arange(h, dtype=torch.float32)[None, :, None]
+    cols = torch.arange(w, dtype=torch.float32)[None, None, :]
+    box = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+           & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))  # fmt: skip
+    return x.masked_fill((box & drawn[:, None, None]).to(x.device)[:, None], 0.0)
