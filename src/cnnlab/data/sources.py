@@ -391,18 +391,22 @@ def _class_names(folder: Path) -> list[str]:
 def _decode_folder(path: Path, files, size: int, crop_pct: float) -> dict:
     """{images uint8 [N,3,H,W] of the readable files, grey flags, errors (one string per file, "" if read)}."""
 
-    def decode(item):
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)  # filled in place: one copy of the pixels
+
+    def decode(i: int):
         try:
-            return decode_image(item[1], size=size, channels=3, crop_pct=crop_pct)
+            image, grey = decode_image(files[i][1], size=size, channels=3, crop_pct=crop_pct)
         except UnreadableImage as exc:
             return exc
+        images[i] = image
+        return grey
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        decoded = list(pool.map(decode, files))
-    ok = [d for d in decoded if not isinstance(d, Exception)]
+        decoded = list(pool.map(decode, range(len(files))))
+    ok = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
     return {
-        "images": torch.stack([d[0] for d in ok]) if ok else torch.empty(0, 3, size, size, dtype=torch.uint8),
-        "grey": torch.tensor([d[1] for d in ok], dtype=torch.bool),
+        "images": images if len(ok) == len(files) else images[ok],
+        "grey": torch.tensor([decoded[i] for i in ok], dtype=torch.bool),
         "errors": [str(d) if isinstance(d, Exception) else "" for d in decoded],
     }
 

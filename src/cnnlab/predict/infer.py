@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessin
 from cnnlab.predict.backends import choose_backend
 from cnnlab.predict.features import backbone_features
 from cnnlab.runs import RunFile, open_run
+
+PREDICT_BATCH_VALUES = 64 * 3 * 224 * 224  # input values per prediction batch (1,000 Fashion-MNIST images fit)
 
 
 def pick_device() -> torch.device:
@@ -74,13 +77,14 @@ def predict_logits(
     images: torch.Tensor,
     norm: Normalization,
     *,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     max_batches=None,
     mirror: bool = False,
 ) -> torch.Tensor:
     """Logits [N, classes] for uint8 images [N, C, H, W], computed batch by batch on the best device; with
-    `mirror`, of the horizontally mirrored images."""
+    `mirror`, of the horizontally mirrored images. Default batch: `predict_batch_size`."""
     device = pick_device()
+    batch_size = batch_size or predict_batch_size(tuple(images.shape[1:]))
     # channels_last weights, as in training: mixed layouts ran 5x slower here. Moved outside inference mode,
     # so the parameters stay ordinary tensors the caller can still train or export. A backend outside
     # PyTorch (ONNX Runtime) takes plain NCHW and says so; torch then prepares its input on one thread, as
@@ -97,6 +101,12 @@ def predict_logits(
             x = x.flip(-1) if mirror else x
             out.append(model(x.contiguous(memory_format=layout)).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def predict_batch_size(image_shape: tuple[int, ...]) -> int:
+    """Images per prediction batch: PREDICT_BATCH_VALUES input values (64 photos at 224 px), at most 1,000. The
+    activations grow with the batch: ONNX Runtime predicting 512 photos at a time peaked at 7 GB."""
+    return max(1, min(1000, PREDICT_BATCH_VALUES // math.prod(image_shape)))
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import torch
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import run_batches
-from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source
 from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec
@@ -33,7 +32,7 @@ def train_model(
     config.yaml is written once the epochs are planned, so a resumed run follows the same plan. Fine-tuning
     starts from a head fit on the frozen features. `epoch_limits`: see `plan_budget` (a search candidate)."""
     t = config.train
-    norm = training_normalization(config, select(source.images, splits["train"]))
+    norm = training_normalization(config, source.images, splits["train"])
     inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
     meta = Checkpoint(config.model.name, list(source.class_names), inputs, config.to_dict())  # weights come later
     # a local, seeded RNG scope: init and dropout repeat exactly, the caller's global RNG is untouched

@@ -133,12 +133,13 @@ def transfer_defaults(config: RunConfig) -> RunConfig:
     return replace(config, data=data, model=replace(m, strategy=m.strategy or "auto", options=options))
 
 
-def training_normalization(config: RunConfig, train_images) -> Normalization:
-    """A pretrained backbone's own mean/std (3 channels: grey images broadcast to RGB); else the train split's."""
+def training_normalization(config: RunConfig, images, train_idx) -> Normalization:
+    """A pretrained backbone's own mean/std (3 channels: grey images broadcast to RGB); else the train split's
+    (`images[train_idx]`, selected only then: a copy of 20,000 photos' train split is 1.8 GB)."""
     if is_pretrained_name(config.model.name):
         prep = backbone_preprocessing(config.model.name)
         return Normalization(prep.mean, prep.std)
-    return Normalization.from_images(train_images)
+    return Normalization.from_images(select(images, train_idx))
 
 
 # ---- the strategy ------------------------------------------------------------------------------------
@@ -184,13 +185,14 @@ def choose_strategy(
     """The matrix's prior; on small data, the frozen candidates measured on validation decide."""
     name, weights, seed = config.model.name, config.model.weights, config.train.seed
     train_idx = torch.as_tensor(splits["train"])
-    train_images, train_labels = select(source.images, train_idx), source.labels[train_idx]
-    norm = training_normalization(config, train_images)
+    train_labels = source.labels[train_idx]
+    norm = training_normalization(config, source.images, train_idx)
     n_classes = len(source.class_names)
     per_class = len(train_labels) / max(n_classes, 1)
     small = per_class < SMALL_PER_CLASS
     grey = source.channels == 1
-    confidence = imagenet_confidence(name, _sample(train_images, train_labels, seed), norm, weights=weights)
+    sample = select(source.images, train_idx[_sample(train_labels, seed)])
+    confidence = imagenet_confidence(name, sample, norm, weights=weights)
     similar = not grey and (confidence is None or confidence >= SIMILAR_CONFIDENCE)
     prior = MATRIX[(small, similar)]
     size = f"{'small' if small else 'large'} ({per_class:.0f} images/class, threshold {SMALL_PER_CLASS})"
@@ -297,8 +299,8 @@ def _frozen_model(config: RunConfig, source: Source) -> PretrainedClassifier:
     return model
 
 
-def _sample(images: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """Up to SAMPLE images, spread over the classes (round-robin over a seeded shuffle of each class)."""
+def _sample(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Positions of up to SAMPLE images, spread over the classes (round-robin over a seeded shuffle of each)."""
     rng = np.random.default_rng(seed)
     by_class = [rng.permutation(np.flatnonzero(labels.numpy() == c)) for c in np.unique(labels.numpy())]
     picked: list[int] = []
@@ -306,7 +308,7 @@ def _sample(images: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tens
         picked += [int(ix[i]) for ix in by_class if i < len(ix)]
         if len(picked) >= SAMPLE:
             break
-    return images[torch.as_tensor(picked[:SAMPLE])]
+    return torch.as_tensor(picked[:SAMPLE], dtype=torch.long)
 
 
 @torch.inference_mode()
