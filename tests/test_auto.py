@@ -67,7 +67,8 @@ def test_few_small_images_are_searched_cross_validated_and_the_best_kept(tmp_pat
     best by validation accuracy (ties: frozen, then scratch, then fine-tuned)."""
     folder = write_digit_folder(tmp_path / "digits", classes=(0, 1, 7), per_class=40, size=8)
     lines = []
-    cfg = with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=1.0)
+    # 2 minutes: the scratch candidate gets half of what the frozen ones leave, with room for a loaded machine
+    cfg = with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=2.0)
     result = train(cfg, runs_dir=tmp_path / "runs", name="auto", report=False, log=lines.append)
     saved = open_run(result.run_dir)
     rows = {row["candidate"].split(",")[0].split(" (")[0]: row for row in saved.model.strategy_candidates}
