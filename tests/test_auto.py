@@ -181,3 +181,21 @@ def test_the_five_minute_budget_keeps_the_course_cnn_without_measuring(tmp_path,
     cfg = with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path))
     cfg = check_request(with_overrides(cfg, "train", budget_minutes=5.0), log=lambda _: None)
     assert cfg.model.name == "simple_cnn_bn" and "named dataset" in cfg.decisions["model"]
+
+
+def test_a_long_budget_on_a_gpu_takes_the_larger_recipe_without_timing_cpu_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto, "accelerator_for", lambda t: "cuda")
+    monkeypatch.setattr(auto, "step_seconds", lambda *a: pytest.fail("CPU steps say nothing of a GPU's speed"))
+    cfg = check_request(with_overrides(with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path)),
+                                       "train", budget_minutes=20.0), log=lambda _: None)  # fmt: skip
+    cfg = auto.recipe_for_budget(cfg, load_source(cfg.data), {"train": np.arange(1000)}, measure=True,
+                                 log=lambda _: None)  # fmt: skip
+    assert cfg.model.name == "resnet_small" and "CUDA GPU" in cfg.decisions["model"]
+
+
+def test_the_larger_recipe_is_the_one_in_recipes_fashion_large_yaml():
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "fashion-large.yaml").read_text())
+    assert recipe["model"]["name"] == auto.LARGE_MODEL
+    assert {k: recipe["train"][k] for k in auto.LARGE_RECIPE} == auto.LARGE_RECIPE

@@ -279,3 +279,20 @@ def test_a_head_run_has_nothing_to_resume(cli, lfw, tmp_path):
     code, _, err = cli("train", "--resume", runs / "fx")
     assert code == 2 and "fit its head to convergence in one step (nothing to resume)" in err
     assert (runs / "fx" / "best.pt").read_bytes() == before
+
+
+def test_a_backbone_the_exporter_cannot_trace_keeps_eager_pytorch(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise RuntimeError("Failed to export the model with torch.export\\nmore")
+
+    monkeypatch.setattr(features, "choose_backend_at", refuse)
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 32
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    lines = []
+    got = backbone_features(model, images, norm, cache_dir=tmp_path, log=lines.append)[0]
+    with torch.inference_mode():
+        expected = model.eval().forward_levels(norm.apply(images))
+    assert torch.allclose(got, expected, atol=1e-5)  # the features, from eager PyTorch
+    assert any("eager PyTorch (no ONNX Runtime graph of this backbone: Failed to export" in line for line in lines)

@@ -23,6 +23,16 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def weights_digest(module, *extra: Any) -> str:
+    """A short hash of a module's weights (names and bytes) and `extra` settings: the key of what is computed from
+    them (a backbone's feature cache, a model's kept ONNX file)."""
+    h = hashlib.sha256("|".join(map(str, extra)).encode())
+    for name, value in module.state_dict().items():
+        h.update(name.encode())
+        h.update(memoryview(value.detach().cpu().contiguous().numpy()).cast("B"))
+    return h.hexdigest()[:16]
+
+
 def tensor_digest(t) -> str:
     """A digest of a tensor's bytes and shape: the identity of in-memory images (streamed ones hash their files)."""
     if hasattr(t, "digest"):

@@ -9,7 +9,6 @@ puts the weights in, so a checkpoint can be rebuilt and loaded without any downl
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import socket
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from cnnlab.config import DataConfig
+from cnnlab.data.cache import weights_digest
 from cnnlab.errors import CnnlabError, did_you_mean
 from cnnlab.models.base import Classifier
 
@@ -232,11 +232,7 @@ class PretrainedClassifier(Classifier):
 
     def backbone_digest(self) -> str:
         """A short hash of the backbone's weights and input size: the feature-cache key (all levels)."""
-        h = hashlib.sha256(f"{self.backbone_name}|{self.input_size}".encode())
-        for k, v in self.backbone.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest(self.backbone, self.backbone_name, self.input_size)
 
 
 def level_columns(widths: dict[int, int], order: tuple[int, ...], chosen: tuple[int, ...]) -> torch.Tensor:

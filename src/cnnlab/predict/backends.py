@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.data.cache import weights_digest
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import CpuInfo
 from cnnlab.predict import graph
@@ -115,12 +116,8 @@ def choose_backend_unsaved(
 ) -> Backend:  # fmt: skip
     """`choose_backend` for a model with no checkpoint file (an ImageNet classifier): its ONNX file is kept in the
     system's temporary folder, named `name`, the weights' digest and the input shape."""
-    h = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
     shape = "x".join(map(str, sample.shape[1:]))
-    return choose_backend_at(model, temp_folder() / f"{name}-{h.hexdigest()[:16]}-{shape}.onnx", sample,
+    return choose_backend_at(model, temp_folder() / f"{name}-{weights_digest(model)}-{shape}.onnx", sample,
                              n_images=n_images, log=log)  # fmt: skip
 
 
