@@ -9,7 +9,9 @@ For each folder (built here from data that ships offline, as DEST/{train,valid,t
     train, scored on test.
 Binary folders report AUC (positive class = the first) besides accuracy. Prints one JSON line.
 
-Folders: digits, lfw, fashion-N (N images in all, from Fashion-MNIST; fashion-N@S draws them with seed S), or
+Folders: digits, lfw, fashion-N (N images in all, from Fashion-MNIST; fashion-N@S draws them with seed S;
+fashion-N@S+T adds T images of Fashion-MNIST's official test set to the test split, so that a one-point
+difference is more than one or two test images), or
 the name of a photo folder in ../shared/data (caltech12, blood-cells). The default's row names the candidate the
 model search chose, the runner-up (both by validation accuracy) and what it skipped. The hand-picked candidates
 are the from-scratch CNN and the backbone with its frozen strategy measured; fine-tuning is not run by hand here
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cnnlab.config import DataConfig, EvaluationConfig, ModelConfig, RunConfig
 from cnnlab.data.samples import write_sample_folder
@@ -45,7 +48,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the photo fo
 
 def write_digits(dest: Path) -> None:
     """scikit-learn's 1,797 real 8x8 digits as PNGs (one folder per class; cnnlab splits them)."""
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -53,6 +55,19 @@ def write_digits(dest: Path) -> None:
         folder = dest / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((img * 255 / 16).round().astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def write_extra_test(test_dir: Path, n: int, *, seed: int) -> None:
+    """`n` images of Fashion-MNIST's official test partition (never in the sample's pool), n/10 per class, into
+    the folder's test split."""
+    from cnnlab.data.sources import load_source
+
+    source = load_source(DataConfig(source="fashion-mnist"))
+    labels, pool = source.labels.numpy(), source.partitions["test"]
+    rng = np.random.default_rng(seed)
+    for c, cls in enumerate(source.class_names):
+        for i in rng.choice(pool[labels[pool] == c], n // 10, replace=False):
+            Image.fromarray(source.images[i, 0].numpy()).save(test_dir / cls.replace("/", "-") / f"official-{i}.png")
 
 
 def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | None, positive: str | None) -> dict:
@@ -89,7 +104,6 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
 
 def sklearn_baseline(folder: Path, positive_first: bool) -> dict:
     """LogisticRegression on the backbone's pooled features, preprocessing by timm (independent of cnnlab's)."""
-    from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from timm.data import create_transform, resolve_data_config
@@ -146,8 +160,11 @@ def main() -> None:
             elif name == "lfw":
                 write_sample_folder("lfw", dest)
             elif name.startswith("fashion-"):
-                size, _, seed = name.removeprefix("fashion-").partition("@")
+                size, _, draw = name.removeprefix("fashion-").partition("@")
+                seed, _, extra = draw.partition("+")
                 write_sample_folder("fashion", dest, per_class=int(size) // 10, seed=int(seed or 0))
+                if extra:
+                    write_extra_test(dest / "test", int(extra), seed=int(seed or 0))
             else:
                 dest = SHARED / name
             folders[name] = dest

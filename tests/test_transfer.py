@@ -23,9 +23,11 @@ from cnnlab.predict.graph import PARITY_TOLERANCE, relative_difference
 from cnnlab.train.transfer import (
     SCORE_TIE,
     SIMILAR_CONFIDENCE,
+    Candidate,
     choose_strategy,
     imagenet_confidence,
     small_validation,
+    tie_margin,
 )
 from helpers import needs_fashion
 
@@ -178,8 +180,8 @@ def test_auto_measures_frozen_candidates_on_small_data(lfw, tmp_path):
     choice = choose_strategy(config, source, splits, positive="face", cache_dir=tmp_path / "cache", log=lambda _: None)
     assert choice.prior == "truncate" and "matrix says truncate" in choice.reason  # small and grey
     assert len(choice.candidates) == 5 and choice.score_name == "auc"
-    top = max(c.valid_score for c in choice.candidates)
-    tied = [c for c in choice.candidates if c.valid_score >= top - SCORE_TIE]  # the rest are measurably worse
+    top = max(choice.candidates, key=lambda c: c.valid_score)
+    tied = [c for c in choice.candidates if c.valid_score >= top.valid_score - tie_margin(top, c, choice.folds)]
     best = min(tied, key=lambda c: (len(c.levels), -c.l2))  # a tie goes to the simpler, more regularised one
     assert (choice.strategy, choice.levels) == (best.strategy, best.levels) and best.valid_score > 0.9
     rows = choice.table()
@@ -187,6 +189,24 @@ def test_auto_measures_frozen_candidates_on_small_data(lfw, tmp_path):
     assert choice.folds == (5 if small else 0) and sum(row["chosen"] for row in rows) == 1
     assert rows[0]["candidate"] == "feature-extract (final)" and ("cv5_auc" if small else "valid_auc") in rows[0]
     assert ("cv_spread" in rows[0]) == small
+
+
+def test_candidates_tie_within_one_standard_error_of_their_paired_difference():
+    """On one validation split, two candidates differing on 4 of 100 images (3 wins, 1 loss: a 2-point lead)
+    tie: the differences' standard deviation over sqrt(100) is 2.0 points (hand-computed: mean 0.02, sample
+    variance (3 * 0.98^2 + 1.02^2 + 96 * 0.02^2) / 99 = 0.0400); cross-validated, the top's fold spread over
+    sqrt(k); never below SCORE_TIE."""
+    top_correct = torch.ones(100, dtype=torch.bool)
+    top_correct[:1] = False  # wrong on image 0
+    other_correct = torch.ones(100, dtype=torch.bool)
+    other_correct[1:4] = False  # wrong on images 1-3: the top leads by 2 images
+    top = Candidate("feature-extract", (0, -1), 0.99, 0.1, 1e-3, 0.99, correct=top_correct)
+    other = Candidate("feature-extract", (-1,), 0.97, 0.1, 1e-3, 0.97, correct=other_correct)
+    assert tie_margin(top, other, folds=0) == pytest.approx(0.0200, abs=1e-4)
+    assert tie_margin(top, top, folds=0) == SCORE_TIE  # the same answers: the floor
+    cv_top = Candidate("feature-extract", (-1,), 0.9, 0.1, 1e-3, 0.9, spread=0.04)
+    assert tie_margin(cv_top, other, folds=4) == pytest.approx(0.02)
+    assert tie_margin(Candidate("truncate", (2,), 0.8, 0.1, 1e-3, 0.8), other, folds=0) == SCORE_TIE  # AUC: no pairs
 
 
 def test_a_small_validation_split_is_one_with_few_images_in_all_or_per_class():
@@ -220,7 +240,7 @@ def test_feature_extract_run_records_strategy_and_predicts(cli, lfw, tmp_path):
         "--batch-size", "16", "--runs-dir", runs, "--name", "fx", "--data-root", tmp_path / "data", "--no-report",
     )  # fmt: skip
     assert code == 0, err
-    assert "the size x similarity matrix says truncate; measured:" in out  # grey faces: small and different
+    assert "the size x similarity matrix says truncate; measured by" in out  # grey faces: small and different
     assert "head: L2" in out  # fit to convergence, not by epochs
     accuracy = float(out.split("Test Accuracy (Overall): ")[1].split("%")[0])
     assert accuracy >= 95.0

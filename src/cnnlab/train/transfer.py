@@ -54,7 +54,8 @@ from cnnlab.train.head import fit_linear_head, train_head, write_head_run
 SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "small"
 SIMILAR_CONFIDENCE = 0.25  # mean top-1 ImageNet probability; at or above this the images are "similar"
 SAMPLE = 64  # training images the similarity is measured on
-SCORE_TIE = 0.005  # validation accuracy (or AUC): candidates closer than this to the best tie
+SCORE_TIE = 0.005  # validation accuracy (or AUC): candidates closer than this to the best tie, at the least; a wider
+# margin comes from the scores' own noise (`tie_margin`: one standard error, Breiman's rule)
 CV_MIN_VALID, CV_MIN_PER_CLASS = 100, 20  # fewer validation images (in all, per class): candidates are cross-validated
 CV_FOLDS = 5
 CV_L2_GRID = (1.0, 0.1, 0.01, 1e-3, 1e-4)  # every other strength of the head's grid: the folds rank, not tune
@@ -79,6 +80,7 @@ class Candidate:
     l2: float
     valid_acc: float  # on the validation split itself (compared with other model families)
     spread: float | None = None  # the folds' standard deviation where cross-validated
+    correct: torch.Tensor | None = field(default=None, repr=False)  # per validation image (accuracy, no CV)
 
     @property
     def label(self) -> str:
@@ -214,18 +216,34 @@ def choose_strategy(
     candidates = measure_frozen_candidates(
         config, source, splits, norm, positive_index=positive_index, cache_dir=cache_dir, folds=folds, log=log
     )
-    top = max(c.valid_score for c in candidates)
+    top = max(candidates, key=lambda c: c.valid_score)
     # validation scores this close cannot tell the candidates apart: the simpler (fewer feature levels), more
     # regularised one is taken (49 validation photos all at 100% had picked the weakest L2 by loss)
-    best = min((c for c in candidates if c.valid_score >= top - SCORE_TIE), key=lambda c: (len(c.levels), -c.l2))
+    tied = [c for c in candidates if c.valid_score >= top.valid_score - tie_margin(top, c, folds)]
+    best = min(tied, key=lambda c: (len(c.levels), -c.l2))
     score_name = "auc" if positive_index is not None else "accuracy"
     how = f"{folds}-fold cross-validated {score_name} over train + valid (the validation split is small)" if folds \
         else f"validation {score_name}"  # fmt: skip
     reason = (
-        f"{prior_text}; measured: {best.label} has the best {how} ({best.valid_score:.4f}; ties within "
-        f"{SCORE_TIE} go to fewer levels, then more L2) of {len(candidates)} frozen candidates"
+        f"{prior_text}; measured by {how}: {best.label} ({best.valid_score:.4f}; the best of {len(candidates)} "
+        f"frozen candidates {top.valid_score:.4f}, {top.label}; ties within one standard error, at least "
+        f"{SCORE_TIE}, go to fewer levels, then more L2)"
     )
     return StrategyChoice(best.strategy, reason, prior, best.levels, candidates, score_name, folds)
+
+
+def tie_margin(top: Candidate, other: Candidate, folds: int) -> float:
+    """How far below the top score `other` still ties with it: one standard error of the comparison (the
+    one-standard-error rule of Breiman et al. and Hastie et al., ESL 7.10), at least SCORE_TIE. On one validation
+    split the two are scored on the same images, so the error is the paired one: the standard deviation of the
+    per-image differences over sqrt(n) (Fashion-MNIST at 100 per class: a 2-image lead on 200 images was noise,
+    1.5-2 points of it); cross-validated, the top candidate's fold spread over sqrt(k)."""
+    if folds and top.spread is not None:
+        return max(SCORE_TIE, top.spread / np.sqrt(folds))
+    if top.correct is None or other.correct is None or len(top.correct) < 2:
+        return SCORE_TIE  # AUC: no per-image score to pair
+    differences = top.correct.double() - other.correct.double()
+    return max(SCORE_TIE, float(differences.std() / np.sqrt(len(differences))))
 
 
 def small_validation(valid_labels: torch.Tensor, n_classes: int) -> bool:
@@ -259,11 +277,12 @@ def measure_frozen_candidates(
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
         head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
         score, spread = _head_score(head, x_valid, y_valid, positive_index), None
+        correct = head.logits(x_valid).argmax(1) == y_valid if positive_index is None else None
         if folds:
             scores = _cross_validated(torch.cat([x_train, x_valid]), torch.cat([y_train, y_valid]), n_classes,
                                       positive_index, folds, config.train.seed)  # fmt: skip
             score, spread = float(np.mean(scores)), float(np.std(scores))
-        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread))
+        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread, correct))
     return out
 
 
