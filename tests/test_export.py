@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from onnx import helper
 
 from cnnlab.errors import CnnlabError
 from cnnlab.export import exporter as E
@@ -229,3 +230,12 @@ def test_a_run_with_test_time_flips_exports_what_it_evaluated(digits_cnn_run, tm
     with pytest.raises(CnnlabError, match="not the evaluated model"):
         E.export_run(digits_cnn_run, output=tmp_path / "refused.onnx", log=lambda _: None)
     assert not (tmp_path / "refused.onnx").exists()
+
+
+def test_int8_keeps_the_classifier_and_the_first_sixth_of_the_convolutions_in_fp32():
+    """The nodes int8 leaves in fp32 (measured on EfficientNet-Lite0: label agreement 94.9% -> 98.3%): the
+    classifier, and of 12 convolutions in graph order the first 2."""
+    convs = [helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"], name=f"conv{i}") for i in range(12)]
+    head = helper.make_node("Gemm", ["x12", "wh"], ["logits"], name="classifier")
+    graph = helper.make_graph([*convs, head], "g", [], [])
+    assert E.float_nodes(helper.make_model(graph)) == ["classifier", "conv0", "conv1"]
