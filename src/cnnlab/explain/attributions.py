@@ -90,9 +90,13 @@ def _attribute(model, x, target, method, layer, s: Settings) -> torch.Tensor:
         return Saliency(model).attribute(x, target=target, abs=True).sum(1)
     if method == "smoothgrad":
         noise = s.smoothgrad_noise * float(x.detach().max() - x.detach().min())
+        # noisy copies in passes of at most `s.batch` images: all at once, 8 photos x 8 copies at 224 px through
+        # a backbone's backward pass held most of the 6.6 GB `cnnlab explain` peaked at
+        per_pass = max(1, s.batch // len(x))
         maps = NoiseTunnel(Saliency(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=s.smoothgrad_samples, stdevs=noise, target=target, abs=True
-        )
+            x, nt_type="smoothgrad", nt_samples=s.smoothgrad_samples, nt_samples_batch_size=per_pass, stdevs=noise,
+            target=target, abs=True,
+        )  # fmt: skip
         return maps.sum(1)
     if method == "integrated_gradients":
         ig = IntegratedGradients(model)
