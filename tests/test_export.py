@@ -232,10 +232,27 @@ def test_a_run_with_test_time_flips_exports_what_it_evaluated(digits_cnn_run, tm
     assert not (tmp_path / "refused.onnx").exists()
 
 
-def test_int8_keeps_the_classifier_and_the_first_sixth_of_the_convolutions_in_fp32():
-    """The nodes int8 leaves in fp32 (measured on EfficientNet-Lite0: label agreement 94.9% -> 98.3%): the
-    classifier, and of 12 convolutions in graph order the first 2."""
-    convs = [helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"x{i + 1}"], name=f"conv{i}") for i in range(12)]
-    head = helper.make_node("Gemm", ["x12", "wh"], ["logits"], name="classifier")
-    graph = helper.make_graph([*convs, head], "g", [], [])
-    assert E.float_nodes(helper.make_model(graph)) == ["classifier", "conv0", "conv1"]
+def test_int8_keeps_the_output_layer_and_the_first_sixth_of_the_convolutions_in_fp32():
+    """The nodes int8 leaves in fp32 (measured on EfficientNet-Lite0: label agreement 94.9% -> 98.3%): of 12
+    convolutions the first 2 and the output layer, not a hidden dense layer (most of a small CNN's size); in a graph
+    that runs the network twice (test-time flips inside) both copies alike."""
+
+    def network(copy: str) -> list:
+        convs = [helper.make_node("Conv", [f"x{copy}{i}", f"w{i}"], [f"x{copy}{i + 1}"], name=f"conv{i}{copy}")
+                 for i in range(12)]  # fmt: skip
+        hidden = helper.make_node("Gemm", [f"x{copy}12", "w_hidden"], [f"h{copy}"], name=f"hidden{copy}")
+        return [*convs, hidden, helper.make_node("Gemm", [f"h{copy}", "w_out"], [f"y{copy}"], name=f"out{copy}")]
+
+    once = helper.make_model(helper.make_graph(network(""), "g", [], []))
+    assert E.float_nodes(once) == ["conv0", "conv1", "out"]
+    twice = helper.make_model(helper.make_graph(network("") + network("_mirror"), "g", [], []))
+    assert E.float_nodes(twice) == ["conv0", "conv1", "out", "conv0_mirror", "conv1_mirror", "out_mirror"]
+
+
+def test_int8_of_a_graph_with_test_time_flips_inside(digits_cnn_run, tmp_path):
+    """The default Fashion-MNIST run predicts with flips, so its int8 file holds the network twice: it quantises
+    (ONNX Runtime's symbolic shape pass failed on that graph) and keeps the fp32 labels."""
+    result = E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, tta=True, calibration=100,
+                          log=lambda _: None)  # fmt: skip
+    assert result["tta"] and result["int8"]["label_agreement"] >= E.INT8_MIN_AGREEMENT
+    assert (tmp_path / "q.onnx").is_file()
