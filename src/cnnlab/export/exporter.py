@@ -253,7 +253,8 @@ def _int8_check(
             f"int8 parity check failed: test accuracy {100 * accuracy:.2f}% vs {100 * fp32_accuracy:.2f}% in fp32 "
             f"(allowed drop {100 * INT8_MAX_DROP:g} points), the fp32 label kept on "
             f"{100 * agreement['label_agreement']:.2f}% of {agreement['agreement_images']} valid + test images "
-            f"(needed {100 * INT8_MIN_AGREEMENT:g}%; try more --calibration images); nothing written"
+            f"(needed {100 * INT8_MIN_AGREEMENT:g}%); nothing written: use the fp32 file (cnnlab export RUN), which "
+            "predicts as the run"
         )
     return result
 

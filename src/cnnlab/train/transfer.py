@@ -276,8 +276,10 @@ def measure_frozen_candidates(
         columns = level_columns(model.level_widths(), model.all_levels(), levels)
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
         head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
-        score, spread = _head_score(head, x_valid, y_valid, positive_index), None
-        correct = head.logits(x_valid).argmax(1) == y_valid if positive_index is None else None
+        correct = head.logits(x_valid).argmax(1) == y_valid if positive_index is None else None  # tie_margin pairs
+        score = float(correct.double().mean()) if correct is not None else _head_score(head, x_valid, y_valid,
+                                                                                        positive_index)  # fmt: skip
+        spread = None
         if folds:
             scores = _cross_validated(torch.cat([x_train, x_valid]), torch.cat([y_train, y_valid]), n_classes,
                                       positive_index, folds, config.train.seed)  # fmt: skip
