@@ -14,9 +14,11 @@ Duplicates, measured choices (bench/RESULTS.md, issue 19):
   so the backbone's features serve the label and outlier checks, not duplicates.
 - a duplicate whose two images sit in different splits is leakage: the test score saw training images.
 
-Label issues come from cleanlab, outliers from its OutOfDistribution score, fed with the pretrained backbone's
-embeddings (cached on disk, reduced to 128 principal components) and out-of-sample probabilities from 5-fold
-cross-validated logistic regression on them: no network training.
+Label issues come from out-of-fold probabilities of cross-validated logistic regression on the pretrained
+backbone's pooled features at every level (cached on disk; standardised, 256 principal components); the headline
+names the images whose given label the classifier finds unlikely in every fold split, cleanlab's
+`find_label_issues` the "possible" rest. Outliers: cleanlab's OutOfDistribution score on the final features
+(128 principal components). No network training.
 """
 
 from __future__ import annotations
@@ -34,9 +36,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.model_selection import StratifiedKFold
 
 from cnnlab.audit.degenerate import degenerate_reasons
 from cnnlab.data.batches import Normalization
@@ -51,9 +51,15 @@ RATIO = 0.3  # Lowe's ratio test on (1 - similarity): the best match must be thi
 IMBALANCE = 0.2  # a class with under this share of the largest class's images is flagged
 CANDIDATES = 8  # nearest thumbnails kept per image in the fast pass, then scored exactly
 RETRIEVE = 48  # PCA dimensions of the fast all-pairs pass
-REDUCED = 128  # principal components the label and outlier checks work on
-SPLITS = 2  # fold splits (seeds) whose out-of-fold probabilities must agree on a headline label error
-CONFIDENT = 0.8  # least out-of-fold probability of the suggested class, in every split, for the headline
+REDUCED = 128  # principal components of the final features the outlier check works on
+LABEL_COMPONENTS = 256  # principal components of the standardised all-level features the label check works on
+LABEL_C = 0.003  # inverse L2 strength of the label check's logistic regression (standardised features)
+PCA_SAMPLE = 20_000  # images the principal components are fitted on (all of them below this)
+SPLITS = 2  # fold splits (seeds) whose out-of-fold probabilities must agree on a headline label error (1 above
+# SMALL_SET images, where the check's cost is the logistic regressions and each fold holds thousands of images)
+UNLIKELY = 0.5  # the headline: in every split, the given label's out-of-fold probability is at most this share
+# of its prior (the label's share of the images): 6.25% for 8 balanced classes, 5% for 10
+SMALL_SET = 20_000  # images up to which the label check uses 10 folds (more training data per fold), 5 above
 FEATURE_SIZE_SMALL = 96  # px: the backbone's input for images up to 64 px (224 for larger ones)
 OUTLIER_NEIGHBOURS = 10  # cleanlab OutOfDistribution's default k
 
@@ -187,9 +193,9 @@ def _candidates(full: torch.Tensor, crop: torch.Tensor, group_of: torch.Tensor, 
 
 def embeddings(
     images: torch.Tensor, *, cache_dir: Path | None, log: Callable[[str], None] | None = None, only_cached: bool = False
-) -> np.ndarray | None:
-    """The offline ImageNet backbone's pooled features [N, D] (cached on disk under `cache_dir`; with
-    `only_cached`, None when they are not there yet)."""
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The offline ImageNet backbone's pooled features: (final [N, D], every level [N, D_all]), from one cached pass
+    (on disk under `cache_dir`; with `only_cached`, None when they are not there yet)."""
     if only_cached and not (cache_dir is not None and any((Path(cache_dir) / "features").glob("*.pt"))):
         return None  # nothing cached at all: no backbone to build and no weights to hash (train's every start)
     size = int(images.shape[-1])
@@ -199,49 +205,78 @@ def embeddings(
     load_pretrained(model)
     norm = Normalization(p.mean, p.std)
     features = backbone_features(model, images, norm, cache_dir=cache_dir, log=log, only_cached=only_cached)
-    return None if features is None else model.select_levels(features)[0].numpy()
+    if features is None:
+        return None
+    return model.select_levels(features)[0].numpy(), features[0].numpy()
 
 
 def reduced(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """The features projected on their first REDUCED principal components (fit on all images, labels unseen):
-    the label and outlier checks on 60,000 x 1,280 features took 449 s, on the projection 129 s (precision at
-    the number of planted flips 0.64 vs 0.70 on 1,000 images, bench/RESULTS.md)."""
+    """The features projected on their first REDUCED principal components (fit on all images), for the outlier
+    check (the checks on all 1,280 columns took 3.5x longer at 60,000 images, bench/RESULTS.md issue 19)."""
     k = min(REDUCED, features.shape[1], len(features) - 1)
     if k >= features.shape[1] or k < 2:
         return features
     return PCA(n_components=k, random_state=seed).fit_transform(features)
 
 
+def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """All-level features standardised per column, then rotated onto their first LABEL_COMPONENTS principal
+    components (fit on at most PCA_SAMPLE images, labels unseen) and not rescaled: the L2 penalty stays the one of
+    the standardised features. On planted 5% flips this space (with LABEL_C) put the given label's probability
+    far lower for a flipped image than for a true one; the final features alone, whitened to 128 components, left
+    blood-cell flips at 50% recall (bench/RESULTS.md)."""
+    x = features.astype(np.float32, copy=True)
+    x -= x.mean(0)
+    x /= x.std(0) + 1e-6
+    k = min(LABEL_COMPONENTS, x.shape[1], len(x) - 1)
+    if k >= x.shape[1] or k < 2:
+        return x
+    rows = np.random.default_rng(seed).permutation(len(x))[:PCA_SAMPLE]
+    return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(x[rows]).transform(x)
+
+
 def oof_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
-    """Out-of-fold class probabilities [N, classes] from 5-fold (stratified, seeded) logistic regression; None when
-    a class has fewer than 2 images."""
-    folds = min(5, int(np.bincount(labels).min()))
+    """Out-of-fold class probabilities [N, classes] from 10-fold (5 above SMALL_SET images; stratified, seeded)
+    logistic regression on `label_space` features; None when a class has fewer than 2 images. Each fold starts
+    from the previous fold's weights (the solutions are close): half the L-BFGS iterations, probabilities within
+    0.005 of cold starts."""
+    folds = min(10 if len(labels) <= SMALL_SET else 5, int(np.bincount(labels).min()))
     if folds < 2:
         return None
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return cross_val_predict(model, features, labels, cv=cv, method="predict_proba")
+    model = LogisticRegression(C=LABEL_C, max_iter=300, warm_start=True)
+    probs = np.zeros((len(labels), int(labels.max()) + 1))
+    for train, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+        model.fit(features[train], labels[train])
+        probs[np.ix_(held_out, model.classes_)] = model.predict_proba(features[held_out])
+    return probs
 
 
 def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> tuple[list[Finding], np.ndarray]:
-    """Label errors, ranked, and the out-of-fold probabilities (the mean of two fold splits). cleanlab's
-    `find_label_issues` proposes; the headline keeps the ones the evidence supports: in both fold splits the
-    classifier puts at least CONFIDENT on one other class (`label`). The rest are `possible label` (audit.csv
-    only): cleanlab alone flagged 24% of a clean photo folder, nearly every image the classifier got wrong."""
+    """Label errors, ranked by how unlikely the given label is, and the out-of-fold probabilities (the mean of the
+    fold splits). The headline (`label`) keeps the images whose given label gets at most UNLIKELY times its prior
+    in every fold split (the image makes its label half as likely as a guess from the counts); cleanlab's
+    `find_label_issues` adds the `possible label` rest (audit.csv only): cleanlab alone flagged 24% of a clean
+    photo folder, nearly every image the classifier got wrong."""
+    splits = SPLITS if len(labels) <= SMALL_SET else 1
     from cleanlab.filter import find_label_issues  # optional heavy import: cleanlab (label checks only)
 
-    runs = [oof_probabilities(features, labels, seed=seed + r) for r in range(SPLITS)]
+    runs = [oof_probabilities(features, labels, seed=seed + r) for r in range(splits)]
     if runs[0] is None:
         return [], np.empty((0, 0))
     probs = np.mean(runs, axis=0)
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    prior = np.bincount(labels, minlength=probs.shape[1]) / len(labels)
+    given = np.stack([run[np.arange(len(labels)), labels] for run in runs]).max(0) / prior[labels]
+    headline = np.flatnonzero(given <= UNLIKELY)
+    proposed = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    headline = headline[np.argsort(given[headline], kind="stable")]  # least likely label first
+    ranked = np.concatenate([headline, proposed[~np.isin(proposed, headline)]]).astype(np.int64)
     sure, possible = [], []
     for i in ranked:
         other = probs[i].copy()
         other[labels[i]] = -1
         suggested = int(other.argmax())
         finding = Finding("label", round(1 - float(probs[i, labels[i]]), 4), int(i), suggested=suggested)
-        if all(run[i].argmax() == suggested and run[i, suggested] >= CONFIDENT for run in runs):
+        if given[i] <= UNLIKELY:
             sure.append(finding)
         else:
             finding.issue = "possible label"
@@ -304,9 +339,9 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         cost["embeddings_s"] = round(time.perf_counter() - start, 1)
     if features is not None:
         start = time.perf_counter()
-        compact = reduced(features, seed=seed)
-        found, _ = label_issues(compact, labels, seed=seed)
-        result.findings += [f for f in found if f.issue == "label"] + outliers(compact)
+        final, every_level = features
+        found, _ = label_issues(label_space(every_level, seed=seed), labels, seed=seed)
+        result.findings += [f for f in found if f.issue == "label"] + outliers(reduced(final, seed=seed))
         result.findings += [f for f in found if f.issue != "label"]  # the possible ones: audit.csv, last
         cost["labels_outliers_s"] = round(time.perf_counter() - start, 1)
     result.summary = {
@@ -319,9 +354,11 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         "class_balance": class_counts(labels, splits, source.class_names),
         "checks": ["duplicates"] + (["labels", "outliers"] if features is not None else []),
         "method": {"thumbnail_px": THUMB, "crop": CROP, "floor": FLOOR, "ratio": RATIO,
-                   "labels": "cleanlab find_label_issues, 5-fold logistic regression on Lite0 features (PCA 128), two "
-                             f"fold splits; headline: both give the suggested class >= {CONFIDENT}",
-                   "outliers": "cleanlab OutOfDistribution (k=10) on the same features",
+                   "labels": f"logistic regression (C={LABEL_C}) on Lite0 features of every level (standardised, "
+                             f"PCA {LABEL_COMPONENTS}), out of fold: two splits of 10 folds (one of 5 above "
+                             f"{SMALL_SET:,} images); headline: each split gives the given label <= {UNLIKELY} x its "
+                             "share of the images; possible: cleanlab find_label_issues",
+                   "outliers": f"cleanlab OutOfDistribution (k=10) on Lite0's final features (PCA {REDUCED})",
                    "degenerate": "blank, stripes, flat, blurred: audit/degenerate.py"},
         "seconds": cost,
     }  # fmt: skip
