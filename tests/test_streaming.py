@@ -10,8 +10,9 @@ import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.data.batches import Normalization
+from cnnlab.data.cache import tensor_digest
 from cnnlab.data.images import decode_files, decoded_chunks
-from cnnlab.data.lazy import LazyImages, select
+from cnnlab.data.lazy import ImageRows, LazyImages, row_view, select
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
 
@@ -32,6 +33,17 @@ def test_streamed_images_equal_the_in_memory_ones(lfw, tmp_path):
     assert torch.equal(stream.images[idx], memory.images[idx]) and torch.equal(stream.images[3:7], memory.images[3:7])
     train = memory.partitions["train"]
     assert Normalization.from_images(select(stream.images, train)) == Normalization.from_images(memory.images[train])
+
+
+def test_a_row_view_cuts_the_batches_and_keeps_the_cache_key_of_the_copy(lfw, tmp_path):
+    """The frozen head's feature pass reads its split through a view, not a copy; the features cached from a
+    copy must still be found."""
+    images = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)).images
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:130]
+    view, copy = row_view(images, idx), images[idx]
+    assert isinstance(view, ImageRows) and view.shape == tuple(copy.shape) and len(view) == 130
+    assert torch.equal(view[100:130], copy[100:130]) and torch.equal(view[7], copy[7])
+    assert tensor_digest(view) == tensor_digest(copy) != tensor_digest(images[idx[:129]])
 
 
 def test_streamed_and_in_memory_training_agree(cli, lfw, tmp_path):

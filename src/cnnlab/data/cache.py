@@ -37,8 +37,14 @@ def tensor_digest(t) -> str:
     """A digest of a tensor's bytes and shape: the identity of in-memory images (streamed ones hash their files)."""
     if hasattr(t, "digest"):
         return t.digest()
-    h = hashlib.sha256(str(tuple(t.shape)).encode())
-    h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))  # the buffer itself: no copy of the images
+    return chunks_digest(tuple(t.shape), [t])
+
+
+def chunks_digest(shape: tuple[int, ...], chunks) -> str:
+    """`tensor_digest` of the tensor that `chunks` (consecutive row blocks) would make if concatenated."""
+    h = hashlib.sha256(str(tuple(shape)).encode())
+    for chunk in chunks:  # the buffer itself: no copy of the images
+        h.update(memoryview(chunk.detach().cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()[:24]
 
 

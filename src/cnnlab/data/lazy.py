@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.cache import cache_key
+from cnnlab.data.cache import cache_key, chunks_digest
 from cnnlab.data.images import decode_image
 
 
@@ -61,6 +61,34 @@ class LazyImages:
         """Identity for caches: every file's path, size and modification time, plus the decode settings."""
         stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
         return cache_key("lazy-v1", stats, self.size, self.channels, self.crop_pct)
+
+
+class ImageRows:
+    """Rows `idx` of an in-memory uint8 image tensor, not copied: batches are cut on demand (`rows[a:b]`), and
+    the digest is `tensor_digest` of the copy, so feature caches keep their keys. A frozen head's feature pass
+    over 12,800 photos at 224 px held a 1.9 GB copy of its split beside the decoded folder."""
+
+    def __init__(self, images: torch.Tensor, idx) -> None:
+        self.images, self.idx = images, torch.as_tensor(idx, dtype=torch.long)
+        self.device, self.dtype = images.device, images.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.idx), *self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.images[self.idx[key]]
+
+    def digest(self) -> str:
+        return chunks_digest(self.shape, (self[a : a + 256] for a in range(0, len(self), 256)))
+
+
+def row_view(images, idx):
+    """`images[idx]` for a batch-by-batch pass: lazy images select their files, a tensor is not copied."""
+    return images.select(idx) if isinstance(images, LazyImages) else ImageRows(images, idx)
 
 
 def select(images, idx):

@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import Normalization
-from cnnlab.data.lazy import select
+from cnnlab.data.lazy import row_view, select
 from cnnlab.data.sources import Source
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.metrics import roc_auc
@@ -356,7 +356,7 @@ def _all_level_features(model, config: RunConfig, source: Source, splits, norm, 
     for split, n_views in (("train", views), ("valid", 0)):
         idx = splits[split] if limit is None else splits[split][:limit]
         out.append(backbone_features(
-            model, select(source.images, idx), norm, cache_dir=cache_dir, views=n_views, policy=policy,
+            model, row_view(source.images, idx), norm, cache_dir=cache_dir, views=n_views, policy=policy,
             seed=config.train.seed, log=log,
         ))  # fmt: skip
     return out
