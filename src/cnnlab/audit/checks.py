@@ -257,9 +257,9 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> 
     in every fold split (the image makes its label half as likely as a guess from the counts); cleanlab's
     `find_label_issues` adds the `possible label` rest (audit.csv only): cleanlab alone flagged 24% of a clean
     photo folder, nearly every image the classifier got wrong."""
-    splits = SPLITS if len(labels) <= SMALL_SET else 1
     from cleanlab.filter import find_label_issues  # optional heavy import: cleanlab (label checks only)
 
+    splits = SPLITS if len(labels) <= SMALL_SET else 1
     runs = [oof_probabilities(features, labels, seed=seed + r) for r in range(splits)]
     if runs[0] is None:
         return [], np.empty((0, 0))
