@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
 
 from cnnlab.audit.degenerate import degenerate_reasons
 from cnnlab.data.batches import Normalization
@@ -210,13 +211,17 @@ def embeddings(
     return model.select_levels(features)[0].numpy(), features[0].numpy()
 
 
-def reduced(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """The features projected on their first REDUCED principal components (fit on all images), for the outlier
-    check (the checks on all 1,280 columns took 3.5x longer at 60,000 images, bench/RESULTS.md issue 19)."""
-    k = min(REDUCED, features.shape[1], len(features) - 1)
+def reduced(features: np.ndarray, *, k: int = REDUCED, seed: int = 0, fit_rows: int | None = None) -> np.ndarray:
+    """The features projected on their first `k` principal components (fit on all images, or a seeded sample of
+    `fit_rows`; labels unseen). REDUCED for the outlier check (the checks on all 1,280 columns took 3.5x longer at
+    60,000 images, bench/RESULTS.md issue 19)."""
+    k = min(k, features.shape[1], len(features) - 1)
     if k >= features.shape[1] or k < 2:
         return features
-    return PCA(n_components=k, random_state=seed).fit_transform(features)
+    if fit_rows is None:
+        return PCA(n_components=k, random_state=seed).fit_transform(features)
+    rows = np.random.default_rng(seed).permutation(len(features))[:fit_rows]
+    return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(features[rows]).transform(features)
 
 
 def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -225,14 +230,8 @@ def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     the standardised features. On planted 5% flips this space (with LABEL_C) put the given label's probability
     far lower for a flipped image than for a true one; the final features alone, whitened to 128 components, left
     blood-cell flips at 50% recall (bench/RESULTS.md)."""
-    x = features.astype(np.float32, copy=True)
-    x -= x.mean(0)
-    x /= x.std(0) + 1e-6
-    k = min(LABEL_COMPONENTS, x.shape[1], len(x) - 1)
-    if k >= x.shape[1] or k < 2:
-        return x
-    rows = np.random.default_rng(seed).permutation(len(x))[:PCA_SAMPLE]
-    return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(x[rows]).transform(x)
+    standardised = StandardScaler(copy=False).fit_transform(features.astype(np.float32))  # one copy, in float32
+    return reduced(standardised, k=LABEL_COMPONENTS, seed=seed, fit_rows=PCA_SAMPLE)
 
 
 def oof_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
