@@ -4,11 +4,13 @@ written after a passing parity check; bad requests are one clear line and leave 
 import json
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
 from cnnlab.errors import CnnlabError
 from cnnlab.export import exporter as E
+from cnnlab.export import int8 as Q
 
 
 def test_export_predicts_as_the_run_and_carries_its_preprocessing(digits_cnn_run, tmp_path):
@@ -124,9 +126,9 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
     splits = load_splits(digits_cnn_run / "splits.json")
     used = set(q["calibration_indices"])
     assert len(used) == 100 and used <= set(splits["valid"].tolist()) and not used & set(splits["test"].tolist())
-    assert q["accuracy_delta"] >= -E.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
+    assert q["accuracy_delta"] >= -Q.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
     held_out = len(splits["valid"]) + len(splits["test"])  # agreement is judged on every held-out image
-    assert q["agreement_images"] == held_out and q["label_agreement"] >= E.INT8_MIN_AGREEMENT
+    assert q["agreement_images"] == held_out and q["label_agreement"] >= Q.INT8_MIN_AGREEMENT
     low, high = q["agreement_interval"]
     assert low <= q["label_agreement"] <= high and high - low < 0.03
     assert json.loads((digits_cnn_run / "export.json").read_text())[out.name]["int8"] == q
@@ -138,13 +140,36 @@ def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_
     assert code == 0 and len(stdout.strip().splitlines()) == 6, err
 
 
+def test_int8_output_layer_is_refitted_on_training_images_towards_the_fp32_logits(digits_cnn_run, tmp_path):
+    """The refit is fitted on training images only, and on the held-out images (never seen by it) the int8 file's
+    logits come closer to the fp32 file's than before it, in a graph with test-time flips inside."""
+    from cnnlab.data.splits import load_splits
+    from cnnlab.predict.infer import open_trained_run
+    from cnnlab.predict.onnx import onnx_logits
+
+    fp32 = tmp_path / "fp32.onnx"
+    E.export_run(digits_cnn_run, output=fp32, tta=True, log=lambda _: None)
+    run, splits = open_trained_run(digits_cnn_run), load_splits(digits_cnn_run / "splits.json")
+    norm = run.checkpoint.preprocessing.normalization()
+    int8 = Q.quantized(fp32, E._normalised(run.source.images, splits["valid"][:100], norm), {"quantization": "int8"})
+    held_out = E._normalised(run.source.images, np.concatenate([splits["valid"], splits["test"]]), norm)
+    expected = onnx_logits(fp32, held_out)
+    before = np.abs(onnx_logits(int8, held_out) - expected).mean()
+    train = E._normalised_batches(run.source.images, splits["train"], norm)
+    done = Q.match_output_layer(int8, fp32, train)
+    after = np.abs(onnx_logits(int8, held_out) - expected).mean()
+    assert done["refit"] and done["images"] == len(splits["train"]) and after < before
+    notes = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert "refitted to the fp32 file's logits" in notes["quantization"]
+
+
 def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_cnn_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
+    monkeypatch.setattr(Q, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
     with pytest.raises(CnnlabError, match="int8 parity check failed"):
         E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(E, "INT8_MAX_DROP", 0.01)
-    monkeypatch.setattr(E, "INT8_MIN_AGREEMENT", 1.01)  # now no file keeps enough of the fp32 labels
+    monkeypatch.setattr(Q, "INT8_MAX_DROP", 0.01)
+    monkeypatch.setattr(Q, "INT8_MIN_AGREEMENT", 1.01)  # now no file keeps enough of the fp32 labels
     with pytest.raises(CnnlabError, match=r"fp32 label kept on .* valid \+ test images.*use the fp32 file"):
         E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, calibration=50, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
@@ -244,9 +269,9 @@ def test_int8_keeps_the_output_layer_and_the_first_sixth_of_the_convolutions_in_
         return [*convs, hidden, helper.make_node("Gemm", [f"h{copy}", "w_out"], [f"y{copy}"], name=f"out{copy}")]
 
     once = helper.make_model(helper.make_graph(network(""), "g", [], []))
-    assert E.float_nodes(once) == ["conv0", "conv1", "out"]
+    assert Q.float_nodes(once) == ["conv0", "conv1", "out"]
     twice = helper.make_model(helper.make_graph(network("") + network("_mirror"), "g", [], []))
-    assert E.float_nodes(twice) == ["conv0", "conv1", "out", "conv0_mirror", "conv1_mirror", "out_mirror"]
+    assert Q.float_nodes(twice) == ["conv0", "conv1", "out", "conv0_mirror", "conv1_mirror", "out_mirror"]
 
 
 def test_int8_of_a_graph_with_test_time_flips_inside(digits_cnn_run, tmp_path):
@@ -254,5 +279,5 @@ def test_int8_of_a_graph_with_test_time_flips_inside(digits_cnn_run, tmp_path):
     (ONNX Runtime's symbolic shape pass failed on that graph) and keeps the fp32 labels."""
     result = E.export_run(digits_cnn_run, output=tmp_path / "q.onnx", int8=True, tta=True, calibration=100,
                           log=lambda _: None)  # fmt: skip
-    assert result["tta"] and result["int8"]["label_agreement"] >= E.INT8_MIN_AGREEMENT
+    assert result["tta"] and result["int8"]["label_agreement"] >= Q.INT8_MIN_AGREEMENT
     assert (tmp_path / "q.onnx").is_file()

@@ -16,26 +16,24 @@ failed check is an error that leaves no file behind, and an existing file is onl
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from cnnlab.data.lazy import select
 from cnnlab.data.splits import load_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.export.int8 import REFIT_IMAGES, agreement, checked, match_output_layer, quantized, seeded_sample
 from cnnlab.files import staging_dir, write_text_atomic
 from cnnlab.predict.graph import (
     OPSET,
     PARITY_TOLERANCE,
     FlipAveraged,
-    add_metadata,
     folded,
     onnx_metadata,
     relative_difference,
@@ -46,9 +44,6 @@ from cnnlab.predict.onnx import onnx_logits
 from cnnlab.runs import RunFile, recorded_tta, refuse_existing
 
 FORMATS = ("onnx", "pt2")  # pt2: torch.export's ExportedProgram, which PyTorch recommends over TorchScript
-INT8_MAX_DROP = 0.01  # int8 may lose at most 1 point of test accuracy against the fp32 file
-INT8_MIN_AGREEMENT = 0.99  # and must give the fp32 file's label on this share of the valid + test images
-INT8_FLOAT_CONVS = 1 / 6  # the first sixth of the convolutions stays fp32 (with the classifier): measured below
 ACCURACY_TOLERANCE = 0.001  # the exported file's test accuracy against eval.json's (same images, same flips)
 
 
@@ -106,14 +101,17 @@ def export_run(
                                           same_tta=tta == run_tta))  # fmt: skip
         if int8:
             fp32, fp32_bytes = final, final.stat().st_size
-            chosen = _calibration_indices(splits["valid"], calibration, seed=config.train.seed)
-            final = _quantized(final, _normalised(source.images, chosen, norm), metadata)
+            chosen = seeded_sample(splits["valid"], calibration, seed=config.train.seed)
+            final = quantized(final, _normalised(source.images, chosen, norm), metadata)
+            refit = seeded_sample(splits["train"], REFIT_IMAGES, seed=config.train.seed)
+            matched = match_output_layer(final, fp32, _normalised_batches(source.images, refit, norm))
             judged = np.concatenate([_normalised(source.images, splits["valid"], norm), x])  # every held-out image
-            result["int8"] = _int8_check(
+            result["int8"] = checked(
                 onnx_logits(final, x), labels, result["accuracy_exported"], fp32_bytes, final,
-                agreement=_agreement(onnx_logits(fp32, judged), onnx_logits(final, judged)),
+                agreed=agreement(onnx_logits(fp32, judged), onnx_logits(final, judged)),
             )  # fmt: skip
-            result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen])
+            result["int8"].update(calibration_split="valid", calibration_indices=[int(i) for i in chosen],
+                                  output_layer=matched)  # fmt: skip
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
         final.replace(output)
@@ -165,98 +163,14 @@ _IDENTITY = _Identity()
 
 
 def _normalised(images, idx, norm) -> np.ndarray:
-    chosen = select(images, idx)
-    return torch.cat([norm.apply(chosen[i : i + 1000]).float() for i in range(0, len(idx), 1000)]).numpy()
+    return np.concatenate(list(_normalised_batches(images, idx, norm, batch=1000)))
 
 
-def _calibration_indices(valid: np.ndarray, n: int, *, seed: int) -> np.ndarray:
-    """A seeded sample of validation images: the int8 ranges never see a test image."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(np.asarray(valid), size=min(n, len(valid)), replace=False))
-
-
-def _quantized(fp32: Path, calibration: np.ndarray, metadata: dict[str, str]) -> Path:
-    """ONNX Runtime's static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations: the fast u8s8
-    kernels; signed activations ran 3x slower here) after its recommended pre-processing. The output layer and the
-    first sixth of the convolutions (`float_nodes`) stay fp32: on EfficientNet-Lite0 that took label agreement with
-    the fp32 file from 94.9% to 98.3% (Fashion-MNIST, 1,000 per class, 4,000 images judged) and from 95.5% to 97.9%
-    (fine-tuned on blood cells) at the same 0.28x size, still 1.4x faster at batch 64 (bench/RESULTS.md)."""
-    import onnx  # optional heavy import: onnx (exported files only)
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )  # optional heavy import: onnxruntime (optional backend / int8)
-    from onnxruntime.quantization.shape_inference import quant_pre_process  # the same package
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"image": calibration[i : i + 64]} for i in range(0, len(calibration), 64)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared, out = fp32.with_name("prepared.onnx"), fp32.with_name("int8.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # symbolic: transformers; it fails on
-    # the flip-averaged graph
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # its progress notes are noise here
-    try:
-        quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_exclude=float_nodes(onnx.load(str(prepared))))  # fmt: skip
-    finally:
-        root.level = level
-    prepared.unlink()
-    proto = onnx.load(str(out))
-    del proto.metadata_props[:]
-    add_metadata(proto, {**metadata, "quantization": "int8 static (ONNX Runtime), per-channel weights; the "
-                         "output layer and the first sixth of the convolutions in fp32"})  # fmt: skip
-    onnx.save(proto, str(out))
-    return out
-
-
-def float_nodes(proto) -> list[str]:
-    """The nodes int8 leaves in fp32: the output layer (the last Gemm / MatMul's weights; a hidden dense layer, most
-    of a small CNN's size, is quantised) and the first INT8_FLOAT_CONVS of the convolution weights in graph order
-    (the stem and the first blocks, whose errors every later layer amplifies; Lite0: 8 of 49). By weight, so a
-    graph with test-time flips inside, which runs the network twice, keeps both copies alike."""
-    nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
-    convs = list(dict.fromkeys(n.input[1] for n in nodes if n.op_type == "Conv"))
-    dense = [n.input[1] for n in nodes if n.op_type != "Conv"]
-    kept = set(convs[: int(len(convs) * INT8_FLOAT_CONVS)]) | set(dense[-1:])
-    return [n.name for n in nodes if n.input[1] in kept]
-
-
-def _agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:
-    """How often the int8 file gives the fp32 file's label (with a 95% Wilson interval) and the largest
-    probability difference, on the same images: a held-out split of 40 images cannot tell 1 point from noise."""
-    same = int((fp32.argmax(1) == int8.argmax(1)).sum())
-    low, high = binomtest(same, len(fp32)).proportion_ci(confidence_level=0.95, method="wilson")
-    p32, p8 = (np.exp(z - z.max(1, keepdims=True)) for z in (fp32, int8))
-    gap = np.abs(p32 / p32.sum(1, keepdims=True) - p8 / p8.sum(1, keepdims=True)).max()
-    return {"label_agreement": same / len(fp32), "agreement_interval": [float(low), float(high)],
-            "agreement_images": len(fp32), "max_probability_diff": float(gap)}  # fmt: skip
-
-
-def _int8_check(
-    logits: np.ndarray, labels: np.ndarray, fp32_accuracy: float, fp32_bytes: int, path: Path, *, agreement: dict
-) -> dict:  # fmt: skip
-    """The int8 file's test accuracy and its label agreement with the fp32 file on valid + test; it must keep
-    both (INT8_MAX_DROP, INT8_MIN_AGREEMENT) or nothing is written."""
-    accuracy = float((logits.argmax(1) == labels).mean())
-    result = {"accuracy_int8": accuracy, "accuracy_delta": accuracy - fp32_accuracy,
-              "size_ratio": path.stat().st_size / fp32_bytes, **agreement}  # fmt: skip
-    if fp32_accuracy - accuracy > INT8_MAX_DROP or agreement["label_agreement"] < INT8_MIN_AGREEMENT:
-        raise CnnlabError(
-            f"int8 parity check failed: test accuracy {100 * accuracy:.2f}% vs {100 * fp32_accuracy:.2f}% in fp32 "
-            f"(allowed drop {100 * INT8_MAX_DROP:g} points), the fp32 label kept on "
-            f"{100 * agreement['label_agreement']:.2f}% of {agreement['agreement_images']} valid + test images "
-            f"(needed {100 * INT8_MIN_AGREEMENT:g}%); nothing written: use the fp32 file (cnnlab export RUN), which "
-            "predicts as the run"
-        )
-    return result
+def _normalised_batches(images, idx, norm, batch: int = 128) -> Iterator[np.ndarray]:
+    """The images at `idx`, normalised as the model takes them, a batch at a time (224-px images in bulk are
+    gigabytes)."""
+    for i in range(0, len(idx), batch):
+        yield norm.apply(select(images, idx[i : i + batch])).float().numpy()
 
 
 def _summary(r: dict[str, Any]) -> str:
@@ -278,6 +192,8 @@ def _summary(r: dict[str, Any]) -> str:
             f"{100 * q['agreement_interval'][0]:.1f}-{100 * q['agreement_interval'][1]:.1f}%), "
             f"{q['size_ratio']:.2f}x the fp32 size, calibrated on {len(q['calibration_indices'])} validation images"
         )
+        fit = q.get("output_layer", {})
+        line += f", output layer refitted on {fit['images']} training images" if fit.get("refit") else ""
     return line
 
 
