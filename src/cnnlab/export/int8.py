@@ -84,7 +84,7 @@ def float_nodes(proto) -> list[str]:
     """The nodes int8 leaves in fp32: the output layer (the last Gemm / MatMul's weights; a hidden dense layer, most
     of a small CNN's size, is quantised) and the first INT8_FLOAT_CONVS of the convolution weights in graph order
     (the stem and the first blocks, whose errors every later layer amplifies; Lite0: 8 of 49). By weight, so a
-    graph with test-time flips inside, which runs the network twice, keeps both copies alike."""
+    graph that holds a network more than once keeps each copy alike."""
     nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1]
     convs = list(dict.fromkeys(n.input[1] for n in nodes if n.op_type == "Conv"))
     dense = [n.input[1] for n in nodes if n.op_type != "Conv"]
@@ -93,14 +93,13 @@ def float_nodes(proto) -> list[str]:
 
 
 def _output_layer(proto):
-    """The output layer's nodes (one per copy of the network) when it is a Gemm of the usual form (y = x W^T + b),
-    else None: a layer of another form is left as it was trained."""
+    """The output layer's node (the last Gemm / MatMul with weights) when it is a Gemm of the usual form
+    (y = x W^T + b) used once, else None: a layer of another form is left as it was trained."""
     dense = [n for n in proto.graph.node if n.op_type in ("Gemm", "MatMul") and len(n.input) > 1]
-    if not dense:
+    if not dense or sum(n.input[1] == dense[-1].input[1] for n in dense) > 1:
         return None
-    heads = [n for n in dense if n.input[1] == dense[-1].input[1]]
-    plain = all(n.op_type == "Gemm" and len(n.input) == 3 and _gemm_form(n) == (0, 1, 1.0, 1.0) for n in heads)
-    return heads if plain else None
+    last = dense[-1]
+    return last if last.op_type == "Gemm" and len(last.input) == 3 and _gemm_form(last) == (0, 1, 1.0, 1.0) else None
 
 
 def _gemm_form(node) -> tuple:
@@ -109,22 +108,21 @@ def _gemm_form(node) -> tuple:
     return tuple(given.get(k, d) for k, d in (("transA", 0), ("transB", 0), ("alpha", 1.0), ("beta", 1.0)))
 
 
-def _with_features(proto, heads):
-    """An ONNX Runtime session of `proto` that also returns each copy's input to the output layer."""
+def _with_features(proto, head):
+    """An ONNX Runtime session of `proto` that also returns the output layer's input (the features)."""
     import onnx  # optional heavy import: onnx (exported files only)
     import onnxruntime as ort  # optional heavy import: onnxruntime (optional backend / int8)
 
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    for n in heads:
-        copy.graph.output.append(onnx.helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None))
+    copy.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
     return ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def match_output_layer(int8: Path, fp32: Path, images: Iterable[np.ndarray]) -> dict:
     """Refit the int8 file's output layer (kept in fp32) so that its logits match the fp32 file's on `images`
-    (batches of normalised training images): least squares of the fp32 file's logits (each copy of the network
-    apart, so test-time flips inside the graph are refitted as they run) on the int8 file's features, pulled
+    (batches of normalised training images): least squares of the fp32 file's logits (of each image and, where
+    test-time flips are inside the graph, its mirror: the layer sees both) on the int8 file's features, pulled
     towards the trained weights by a ridge chosen by cross-validation over those images (`_ridge`). The int8
     features differ from the fp32 ones a little everywhere; a linear layer can undo the part of that which is
     systematic. On Lite0 this took label agreement on Fashion-MNIST at 1,000 per class from 98.3% to 99.0%
@@ -134,16 +132,15 @@ def match_output_layer(int8: Path, fp32: Path, images: Iterable[np.ndarray]) -> 
     from onnx import numpy_helper
 
     proto8, proto32 = onnx.load(str(int8)), onnx.load(str(fp32))
-    heads8, heads32 = _output_layer(proto8), _output_layer(proto32)
-    if not heads8 or not heads32 or len(heads8) != len(heads32):
-        return {"refit": False, "why": "the output layer is not a plain Gemm"}
+    head8, head32 = _output_layer(proto8), _output_layer(proto32)
+    if head8 is None or head32 is None:
+        return {"refit": False, "why": "the output layer is not a plain Gemm used once"}
     weights = {i.name: i for i in proto8.graph.initializer}
-    w_init, b_init = weights[heads8[0].input[1]], weights[heads8[0].input[2]]
+    w_init, b_init = weights[head8.input[1]], weights[head8.input[2]]
     theta0 = np.concatenate([numpy_helper.to_array(w_init).T, numpy_helper.to_array(b_init)[None]]).astype(np.float64)
-    folds = _fold_sums(_with_features(proto8, heads8), _with_features(proto32, heads32), images, theta0)
-    rows = int(sum(f.rows for f in folds)) // len(heads8)
-    if rows < 2 * REFIT_FOLDS:
-        return {"refit": False, "why": f"{rows} training images"}
+    folds, images_seen = _fold_sums(_with_features(proto8, head8), _with_features(proto32, head32), images, theta0)
+    if images_seen < 2 * REFIT_FOLDS:
+        return {"refit": False, "why": f"{images_seen} training images"}
     ridge, held_out = _ridge(folds)
     gram, moment = sum(f.gram for f in folds), sum(f.moment for f in folds)
     theta = theta0 + np.linalg.solve(gram + ridge * np.trace(gram) / len(gram) * np.eye(len(gram)), moment)
@@ -151,10 +148,10 @@ def match_output_layer(int8: Path, fp32: Path, images: Iterable[np.ndarray]) -> 
     b_init.CopyFrom(numpy_helper.from_array(theta[-1].astype(np.float32), b_init.name))
     for prop in proto8.metadata_props:
         if prop.key == "quantization":
-            prop.value += f"; the output layer refitted to the fp32 file's logits on {rows} training images"
+            prop.value += f"; the output layer refitted to the fp32 file's logits on {images_seen} training images"
     onnx.save(proto8, str(int8))
     before = np.sqrt(sum(f.squares for f in folds) / sum(f.rows * len(theta0.T) for f in folds))
-    return {"refit": True, "images": rows, "ridge": ridge, "logit_rms_before": float(before),
+    return {"refit": True, "images": images_seen, "ridge": ridge, "logit_rms_before": float(before),
             "logit_rms_held_out": held_out}  # fmt: skip
 
 
@@ -174,20 +171,22 @@ class _Fold:
         self.rows += len(design)
 
 
-def _fold_sums(s8, s32, images: Iterable[np.ndarray], theta0: np.ndarray) -> list[_Fold]:
-    """Each fold's sums over `images` (row i of a batch in fold i mod REFIT_FOLDS): the int8 features with a
-    constant as design, the fp32 logits less the trained layer's output on the int8 features as residual."""
+def _fold_sums(s8, s32, images: Iterable[np.ndarray], theta0: np.ndarray) -> tuple[list[_Fold], int]:
+    """Each fold's sums over `images` (row i of a batch in fold i mod REFIT_FOLDS; an image and its mirror, rows i
+    and n + i, share a fold when the batch is a multiple of REFIT_FOLDS), and the number of images: the int8
+    features with a constant as design, the fp32 logits less the trained layer's output on them as residual."""
     n, c = theta0.shape
     folds = [_Fold(np.zeros((n, n)), np.zeros((n, c)), 0.0, 0) for _ in range(REFIT_FOLDS)]
     name8, name32 = s8.get_inputs()[0].name, s32.get_inputs()[0].name
+    seen = 0
     for x in images:
-        f8, f32 = s8.run(None, {name8: x})[1:], s32.run(None, {name32: x})[1:]
-        for a8, a32 in zip(f8, _paired(f8, f32), strict=True):  # one row per image and copy of the network
-            design = np.concatenate([a8, np.ones((len(a8), 1))], 1)
-            residual = (np.concatenate([a32, np.ones((len(a32), 1))], 1) - design) @ theta0
-            for k, fold in enumerate(folds):
-                fold.add(design[k::REFIT_FOLDS], residual[k::REFIT_FOLDS])
-    return folds
+        (a8,), (a32,) = s8.run(None, {name8: x})[1:], s32.run(None, {name32: x})[1:]
+        design = np.concatenate([a8, np.ones((len(a8), 1))], 1)
+        residual = (np.concatenate([a32, np.ones((len(a32), 1))], 1) - design) @ theta0
+        for k, fold in enumerate(folds):
+            fold.add(design[k::REFIT_FOLDS], residual[k::REFIT_FOLDS])
+        seen += len(x)
+    return folds, seen
 
 
 def _ridge(folds: list[_Fold]) -> tuple[float, float]:
@@ -204,18 +203,6 @@ def _ridge(folds: list[_Fold]) -> tuple[float, float]:
         scores[ridge] = total
     best = min(scores, key=scores.get)
     return best, float(np.sqrt(max(scores[best], 0.0) / sum(f.rows * f.moment.shape[1] for f in folds)))
-
-
-def _paired(f8: list[np.ndarray], f32: list[np.ndarray]) -> list[np.ndarray]:
-    """`f32`'s copies in the order of `f8`'s: each int8 copy with the fp32 copy whose features it is nearest
-    (the copies see the image and its mirror; graph order may differ between the two files)."""
-    left = list(range(len(f32)))
-    order = []
-    for a in f8:
-        best = min(left, key=lambda k: float(np.abs(f32[k] - a).mean()))
-        order.append(best)
-        left.remove(best)
-    return [f32[k] for k in order]
 
 
 def agreement(fp32: np.ndarray, int8: np.ndarray) -> dict[str, Any]:

@@ -40,7 +40,9 @@ class FlipAveraged(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = torch.stack([self.model(x).log_softmax(1), self.model(x.flip(-1)).log_softmax(1)])
+        # one batch of the images and their mirrors: the graph holds the network once (run twice, ONNX Runtime's
+        # int8 pre-processing folded batch norm into each copy apart and kept both, 0.52x instead of 0.28x)
+        views = self.model(torch.cat([x, x.flip(-1)])).log_softmax(1).unflatten(0, (2, -1))
         return views.logsumexp(0) - math.log(2)
 
 
