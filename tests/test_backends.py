@@ -82,15 +82,16 @@ def test_benchmark_reports_each_backend_and_judges_the_latency_budget(digits_cnn
 
     monkeypatch.setattr(benchmark, "LATENCY_S", 0.2)  # the table's shape, not its precision, is tested here
     monkeypatch.setattr(benchmark, "THROUGHPUT_S", 0.05)
-    code, out, err = cli("export", digits_cnn_run, "--int8", "--calibration", "100", "--force")
-    assert code == 0, err
+    for extra in ([], ["--int8", "--calibration", "100"]):  # the fp32 file and the int8 file made from it
+        code, out, err = cli("export", digits_cnn_run, *extra, "--force")
+        assert code == 0, err
     code, out, err = cli("benchmark", digits_cnn_run, "--latency-budget", "100000")
     assert code == 0, err
     result = json.loads((digits_cnn_run / "benchmark.json").read_text())
     rows = {r["backend"]: r for r in result["rows"]}
-    assert set(rows) == {"eager", "torch", "onnx", "onnx-int8"}
+    assert set(rows) == {"eager", "torch", "onnx", "onnx-file", "onnx-int8"}
     assert all(r["p95_ms"] >= r["p50_ms"] > 0 and r["images_per_s"] > 0 and r["meets_budget"] for r in rows.values())
-    assert result["default"]["backend"] in rows and "met by eager, torch, onnx, onnx-int8" in out
+    assert result["default"]["backend"] in rows and "met by eager, torch, onnx, onnx-file, onnx-int8" in out
     threads = torch.get_num_threads()
     code, out, err = cli("benchmark", digits_cnn_run, "--latency-budget", "0", "--threads", "1")
     assert torch.get_num_threads() == threads  # the caller's setting comes back

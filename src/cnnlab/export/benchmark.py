@@ -3,9 +3,10 @@ batch 1 (p50/p95) and throughput at batch 64, on the run's own test images and t
 and whether a latency budget is met at p95.
 
 Backends: `eager` (the model as PyTorch loads it: NCHW, no folding), `torch` (batch norm folded,
-channels_last), `onnx` (ONNX Runtime, fp32, the file `auto` keeps in RUN/cache/), `onnx-int8` (RUN's
-`cnnlab export --int8` file, when there is one). Times cover the model only: images are decoded and
-normalised beforehand, as a device pipeline would feed them.
+channels_last), `onnx` (ONNX Runtime, fp32, the file `auto` keeps in RUN/cache/), `onnx-file` and `onnx-int8`
+(RUN's `cnnlab export` and `cnnlab export --int8` files, when there are; with the run's test-time flips inside
+where it uses them, so the int8 file is timed against the fp32 file it was made from). Times cover the model
+only: images are decoded and normalised beforehand, as a device pipeline would feed them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LATENCY_S = 1.5  # time spent on batch-1 calls per backend (at least MIN_CALLS c
 MIN_CALLS = 30
 THROUGHPUT_BATCH = 64
 THROUGHPUT_S = 0.5  # per timed pass; the best of 3 passes counts
+EXPORTED, EXPORTED_INT8 = "model.onnx", "model.int8.onnx"  # `cnnlab export RUN` and `... --int8`: the files handed on
 
 
 @dataclass
@@ -63,13 +65,14 @@ def benchmark_run(
 def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dict[str, Any]:
     cache = Path(run_dir) / "cache"
     backends = _backends(model, onnx_file(model, sample, kept_onnx_path(Path(run_dir) / RunFile.BEST, cache), log),
-                         Path(run_dir) / "model.int8.onnx", threads)  # fmt: skip
+                         Path(run_dir), threads)  # fmt: skip
     default = choose_backend(model, Path(run_dir) / RunFile.BEST, sample, n_images=10**6, cache_dir=cache, log=log)
     rows = [_measure(name, forward, sample, latency_budget_ms) for name, forward in backends.items()]
     result = {
         "run": str(run_dir), "threads": torch.get_num_threads(), "onnxruntime_threads": threads or "default",
         "image": list(sample.shape[1:]), "default": {"backend": default.name, "why": default.why},
         "latency_budget_ms": latency_budget_ms, "rows": [asdict(r) for r in rows], **_machine(),
+        "flips_inside": _flips_inside(Path(run_dir)),
     }  # fmt: skip
     write_text_atomic(Path(run_dir) / RunFile.BENCHMARK, json.dumps(result, indent=2))
     log(format_table(result))
@@ -84,7 +87,7 @@ def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     return run.model, images.float()
 
 
-def _backends(model: nn.Module, onnx: Path, int8: Path, threads: int | None) -> dict[str, Callable]:
+def _backends(model: nn.Module, onnx: Path, run_dir: Path, threads: int | None) -> dict[str, Callable]:
     """name -> a callable on a normalised float batch, in the layout each backend runs fastest with."""
     folded = torch_forward(model)
     found = {
@@ -92,8 +95,9 @@ def _backends(model: nn.Module, onnx: Path, int8: Path, threads: int | None) -> 
         "torch": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
         "onnx": _onnx_call(open_session(onnx, threads=threads)),
     }
-    if int8.is_file():
-        found["onnx-int8"] = _onnx_call(open_session(int8, threads=threads))
+    for name, file in (("onnx-file", EXPORTED), ("onnx-int8", EXPORTED_INT8)):
+        if (run_dir / file).is_file():
+            found[name] = _onnx_call(open_session(run_dir / file, threads=threads))
     return found
 
 
@@ -128,6 +132,15 @@ def _pass(forward: Callable, images: torch.Tensor) -> float:
     return runs * len(images) / (time.perf_counter() - started)
 
 
+def _flips_inside(run_dir: Path) -> list[str]:
+    """The exported files that hold test-time flips (two views per image: twice the model's work)."""
+    try:
+        exports = json.loads((run_dir / RunFile.EXPORT).read_text())
+    except (OSError, ValueError):
+        return []
+    return [f for f in (EXPORTED, EXPORTED_INT8) if (run_dir / f).is_file() and exports.get(f, {}).get("tta")]
+
+
 def _machine() -> dict[str, str]:
     cpu = CpuInfo.here()
     return {"cpu": cpu.name, "capability": cpu.capability, "torch": torch.__version__}
@@ -147,6 +160,10 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append(
             f"{row['backend']:<10} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} {row['images_per_s']:>13,.0f}{verdict}"
         )
+    files = {EXPORTED: "onnx-file", EXPORTED_INT8: "onnx-int8"}
+    if r.get("flips_inside"):
+        lines.append(f"{', '.join(files[f] for f in r['flips_inside'])}: test-time flips inside (each image and its "
+                     "mirror: twice the work of the rows above)")  # fmt: skip
     lines.append(f"default prediction backend: {r['default']['backend']} ({r['default']['why']})")
     if budget is not None:
         met = [row["backend"] for row in r["rows"] if row["meets_budget"]]
