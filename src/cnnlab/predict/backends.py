@@ -122,12 +122,12 @@ def choose_backend_unsaved(
 
 
 def _pick(fast_torch: nn.Module, onnx: nn.Module, t: Timing) -> Backend:
-    speeds = f"{t.onnx_images_per_s:.0f} vs {t.torch_images_per_s:.0f} images/s measured"
+    onnx_s, torch_s = f"{t.onnx_images_per_s:.0f}", f"{t.torch_images_per_s:.0f}"
     if t.relative_diff > PARITY_TOLERANCE:
         return Backend("torch", fast_torch, f"ONNX Runtime disagrees with PyTorch ({t.relative_diff:.2g} of range)")
     if t.onnx_images_per_s > t.torch_images_per_s:
-        return Backend("onnx", onnx, f"ONNX Runtime faster than PyTorch: {speeds}")
-    return Backend("torch", fast_torch, f"PyTorch faster than ONNX Runtime: {speeds}")
+        return Backend("onnx", onnx, f"ONNX Runtime faster than PyTorch: {onnx_s} vs {torch_s} images/s measured")
+    return Backend("torch", fast_torch, f"PyTorch faster than ONNX Runtime: {torch_s} vs {onnx_s} images/s measured")
 
 
 def _torch_or_cuda(model: nn.Module) -> nn.Module:
