@@ -163,6 +163,28 @@ def test_int8_output_layer_is_refitted_on_training_images_towards_the_fp32_logit
     assert "refitted to the fp32 file's logits" in notes["quantization"]
 
 
+def test_int8_refit_leaves_an_unusual_output_layer_and_too_few_images_alone(digits_cnn_run, tmp_path):
+    """Only a plain Gemm used once is refitted (a MatMul, a transposed input or a shared layer is left as trained),
+    and with fewer images than its cross-validation needs the int8 file stays byte for byte as it was."""
+
+    def graph(*nodes) -> onnx.ModelProto:
+        return helper.make_model(helper.make_graph(list(nodes), "g", [], []))
+
+    plain = helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)
+    assert Q._output_layer(graph(plain)) == plain  # a copy of it, inside the graph
+    assert Q._output_layer(graph(helper.make_node("MatMul", ["f", "w"], ["y"]))) is None
+    assert Q._output_layer(graph(helper.make_node("Gemm", ["f", "w", "b"], ["y"], transA=1, transB=1))) is None
+    twice = helper.make_node("Gemm", ["g", "w", "b"], ["z"], transB=1)
+    assert Q._output_layer(graph(plain, twice)) is None
+    fp32 = tmp_path / "fp32.onnx"
+    E.export_run(digits_cnn_run, output=fp32, log=lambda _: None)
+    int8 = tmp_path / "int8.onnx"
+    int8.write_bytes(fp32.read_bytes())
+    few = [np.zeros((Q.REFIT_FOLDS, 1, 8, 8), np.float32)]  # 4 images: fewer than two per fold
+    assert Q.match_output_layer(int8, fp32, few) == {"refit": False, "why": f"{Q.REFIT_FOLDS} training images"}
+    assert int8.read_bytes() == fp32.read_bytes()
+
+
 def test_an_int8_file_that_loses_accuracy_is_refused_and_nothing_is_written(digits_cnn_run, tmp_path, monkeypatch):
     monkeypatch.setattr(Q, "INT8_MAX_DROP", -1.0)  # any int8 file now counts as too inaccurate
     with pytest.raises(CnnlabError, match="int8 parity check failed"):

@@ -24,6 +24,7 @@ from torch import nn
 
 from cnnlab.data.lazy import select
 from cnnlab.data.splits import load_splits
+from cnnlab.export.exporter import read_exports
 from cnnlab.files import write_text_atomic
 from cnnlab.machine import CpuInfo
 from cnnlab.predict.backends import choose_backend, kept_onnx_path, onnx_file, torch_forward
@@ -35,7 +36,7 @@ LATENCY_S = 1.5  # time spent on batch-1 calls per backend (at least MIN_CALLS c
 MIN_CALLS = 30
 THROUGHPUT_BATCH = 64
 THROUGHPUT_S = 0.5  # per timed pass; the best of 3 passes counts
-EXPORTED, EXPORTED_INT8 = "model.onnx", "model.int8.onnx"  # `cnnlab export RUN` and `... --int8`: the files handed on
+EXPORTED = {"onnx-file": "model.onnx", "onnx-int8": "model.int8.onnx"}  # what `cnnlab export RUN` (--int8) writes
 
 
 @dataclass
@@ -95,7 +96,7 @@ def _backends(model: nn.Module, onnx: Path, run_dir: Path, threads: int | None) 
         "torch": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
         "onnx": _onnx_call(open_session(onnx, threads=threads)),
     }
-    for name, file in (("onnx-file", EXPORTED), ("onnx-int8", EXPORTED_INT8)):
+    for name, file in EXPORTED.items():
         if (run_dir / file).is_file():
             found[name] = _onnx_call(open_session(run_dir / file, threads=threads))
     return found
@@ -133,12 +134,9 @@ def _pass(forward: Callable, images: torch.Tensor) -> float:
 
 
 def _flips_inside(run_dir: Path) -> list[str]:
-    """The exported files that hold test-time flips (two views per image: twice the model's work)."""
-    try:
-        exports = json.loads((run_dir / RunFile.EXPORT).read_text())
-    except (OSError, ValueError):
-        return []
-    return [f for f in (EXPORTED, EXPORTED_INT8) if (run_dir / f).is_file() and exports.get(f, {}).get("tta")]
+    """The rows of exported files that hold test-time flips (two views per image: twice the model's work)."""
+    exports = read_exports(run_dir / RunFile.EXPORT)
+    return [name for name, f in EXPORTED.items() if (run_dir / f).is_file() and exports.get(f, {}).get("tta")]
 
 
 def _machine() -> dict[str, str]:
@@ -160,9 +158,8 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append(
             f"{row['backend']:<10} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} {row['images_per_s']:>13,.0f}{verdict}"
         )
-    files = {EXPORTED: "onnx-file", EXPORTED_INT8: "onnx-int8"}
     if r.get("flips_inside"):
-        lines.append(f"{', '.join(files[f] for f in r['flips_inside'])}: test-time flips inside (each image and its "
+        lines.append(f"{', '.join(r['flips_inside'])}: test-time flips inside (each image and its "
                      "mirror: twice the work of the rows above)")  # fmt: skip
     lines.append(f"default prediction backend: {r['default']['backend']} ({r['default']['why']})")
     if budget is not None:

@@ -115,7 +115,7 @@ def export_run(
         result.update(file=str(output), size_bytes=final.stat().st_size)
         os.chmod(final, 0o644)  # a file to hand on
         final.replace(output)
-    exports = _read_exports(run_dir / RunFile.EXPORT)
+    exports = read_exports(run_dir / RunFile.EXPORT)
     exports[output.name] = result  # one entry per exported file
     write_text_atomic(run_dir / RunFile.EXPORT, json.dumps(exports, indent=2))
     log(_summary(result))
@@ -144,7 +144,8 @@ def _against_evaluation(run_dir: Path, result: dict[str, Any], *, whole: bool, s
     return out
 
 
-def _read_exports(path: Path) -> dict[str, Any]:
+def read_exports(path: Path) -> dict[str, Any]:
+    """RUN/export.json: one entry per exported file (empty when missing or unreadable)."""
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
