@@ -1,4 +1,5 @@
-"""`plan_budget`: how many epochs fit in `--budget-minutes`, from a short measured probe."""
+"""`plan_budget`: how many epochs fit in `--budget-minutes`, from a short measured probe (train/clock.py corrects
+the plan after every epoch)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
 from cnnlab.models.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from cnnlab.runs import RunFile
+from cnnlab.train.clock import BudgetClock
 from cnnlab.train.flips import FlipCheck
 from cnnlab.train.tensorboard import TensorBoardLog
 
@@ -137,12 +139,25 @@ def build_optimizer(model: Classifier, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+def build_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, steps_done: int = 0):
     """All schedules step once per batch, so resuming mid-schedule is just loading its state.
 
     One-cycle warms up for a quarter of the steps (at least 2). Under 4 steps in all (a dry run, a tiny
-    folder) there is no cycle to shape and the rate stays at `lr`.
+    folder) there is no cycle to shape and the rate stays at `lr`. `steps_done` > 0 (a budget's re-plan): the
+    schedule built for the new length from the rates the first one started at, moved on to that step.
     """
+    if steps_done:
+        for g in optimizer.param_groups:  # a schedule keeps its starting rates in the group
+            g["lr"] = g.get("max_lr", g.get("initial_lr", g["lr"]))
+    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    with warnings.catch_warnings():  # stepping without optimizer steps in between is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps_done):
+            scheduler.step()
+    return scheduler
+
+
+def _schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle" and total >= 4:
         pct = max(0.25, 2 / total)
@@ -218,6 +233,7 @@ def fit(
     meta: Checkpoint,
     resume: Checkpoint | None = None,
     flip_check: FlipCheck | None = None,
+    clock: BudgetClock | None = None,
     log: Callable[[str], None] = print,
 ) -> list[EpochStats]:
     """Train `model` for `config.epochs`, writing metrics.csv, best.pt and last.pt into `run_dir`.
@@ -225,7 +241,9 @@ def fit(
     `meta` (a Checkpoint without weights: model, classes, preprocessing, config) is the template of every
     checkpoint written. With `resume` (a loaded last.pt) training continues after its epoch and ends with the
     same weights as an uninterrupted run. With `flip_check`, training starts without flips and the check
-    decides whether the later epochs flip (see engine/flips.py). Must run inside a seeded `fork_rng()`.
+    decides whether the later epochs flip (see engine/flips.py). With `clock` (a --budget-minutes run), the
+    epochs are planned again after each one from their measured time and the schedule is stretched or squeezed
+    to the new end (`clock.epochs` holds the final plan). Must run inside a seeded `fork_rng()`.
     """
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(train_batches))
@@ -248,8 +266,9 @@ def fit(
         _truncate_metrics(metrics_path, keep_through=start - 1)
     history: list[EpochStats] = []
     saved, epoch = start - 1, start
+    walls, since = [], time.perf_counter()  # each epoch's wall time, checkpoints included (the budget's clock)
     try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
-        for epoch in range(start, config.epochs + 1):
+        while epoch <= config.epochs:
             stats = _run_epoch(
                 fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model, watch
             )
@@ -257,6 +276,11 @@ def fit(
                 with fabric.autocast():  # carry the decision
                     _, mirrored = evaluate_loss(model, valid_batches, fabric, mirror=True)
                 train_batches.set_flips(flip_check.decide(epoch, stats.valid_acc, mirrored))
+            walls.append(time.perf_counter() - since)
+            since = time.perf_counter()
+            if clock is not None and clock.replan(epoch, walls) != config.epochs:  # before the checkpoints: they
+                config, scheduler = _replanned(config, clock, optimizer, len(train_batches), epoch, log)  # carry it
+            meta.config["train"]["epochs"] = config.epochs  # also after a flip decision rebuilt meta.config
             improved = tracker.update(epoch, stats.valid_loss)
             history.append(stats)
             if writer:
@@ -275,6 +299,7 @@ def fit(
             if tracker.should_stop():
                 log(f"early stop: valid loss has not improved for {tracker.bad_epochs} epochs")
                 break
+            epoch += 1
     except KeyboardInterrupt:
         done = f"last.pt holds epoch {saved}" if saved else "no epoch finished"
         raise TrainingInterrupted(
@@ -317,6 +342,13 @@ def _run_epoch(
         valid_loss, valid_acc = evaluate_loss(plain_model, valid_batches, fabric)
     lr = optimizer.param_groups[-1]["lr"]  # the head's (or only) group
     return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0, seen / train_s)
+
+
+def _replanned(config: TrainConfig, clock: BudgetClock, optimizer, steps_per_epoch: int, done: int, log):
+    """The config and schedule for the clock's new epoch count; the rate goes on from the step reached."""
+    log(f"budget: epochs take {clock.epoch_seconds:.1f} s here: {clock.epochs} epochs in all, not {config.epochs}")
+    config = replace(config, epochs=clock.epochs)
+    return config, build_scheduler(optimizer, config, steps_per_epoch, steps_done=steps_per_epoch * done)
 
 
 def _format_epoch(s: EpochStats, total: int, improved: bool) -> str:

@@ -17,6 +17,7 @@ from cnnlab.models.checkpoint import Checkpoint, InputSpec
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
 from cnnlab.runs import write_run_config
 from cnnlab.train.budget import plan_budget
+from cnnlab.train.clock import BudgetClock
 from cnnlab.train.fit import EpochStats, fit
 from cnnlab.train.flips import FlipCheck
 from cnnlab.train.precision import decide_precision
@@ -29,7 +30,8 @@ def train_model(
 ) -> tuple[RunConfig, list[EpochStats]]:  # fmt: skip
     """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
     training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
-    config.yaml is written once the epochs are planned, so a resumed run follows the same plan. Fine-tuning
+    config.yaml is written once the epochs are planned and last.pt carries each re-plan (train/clock.py), so a
+    resumed run follows the same plan. Fine-tuning
     starts from a head fit on the frozen features. `epoch_limits`: see `plan_budget` (a search candidate)."""
     t = config.train
     norm = training_normalization(config, source.images, splits["train"])
@@ -55,18 +57,22 @@ def train_model(
             norm=norm, policy=policy, seed=t.seed, max_batches=max_batches, rank=fabric.global_rank,
             world=fabric.world_size,
         )  # fmt: skip
+        clock = None
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
+            clock = BudgetClock.start(t.budget_minutes, t.epochs, most=epoch_limits[1] if epoch_limits else None)
             planned = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits)
             config = replace(config, train=planned)
-            t, meta.config = config.train, config.to_dict()
+            t, meta.config, clock.epochs = config.train, config.to_dict(), planned.epochs
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
         _log_model(config, model, fabric, log)
         decided: dict[str, tuple[bool, str]] = {}
         flip_check = _flip_check(config, source, meta, decided, log)
         history = fit(
             fabric, model, train_batches, valid_batches, t, run_dir, meta=meta, resume=resume, flip_check=flip_check,
-            log=log,
+            clock=clock, log=log,
         )  # fmt: skip
+    if clock is not None:  # the plan as re-planned during training (last.pt already carries it)
+        config = replace(config, train=replace(config.train, epochs=clock.epochs))
     if "flips" in decided:
         flips, why = decided["flips"]
         config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)

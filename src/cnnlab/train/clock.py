@@ -1,0 +1,40 @@
+"""`BudgetClock`: a --budget-minutes plan corrected after every epoch from the epochs' own measured time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+RECENT_EPOCHS = 3  # the re-plan's speed: the mean wall time of the last few epochs (speed drifts on shared VMs)
+
+
+@dataclass
+class BudgetClock:
+    """The budget's deadline while training. The probe's few steps misjudge sustained speed on shared VMs (a
+    30-minute plan overran by 4.5 minutes, another left 2 unused: bench/RESULTS.md), so after every epoch the
+    epochs in all are planned again from the epochs' measured wall time (`replan`); `epochs` is the plan in force.
+    """
+
+    deadline: float  # time.perf_counter() by which the last epoch should have ended
+    epochs: int  # the plan in force
+    most: int | None = None  # a search candidate's cap (see `plan_budget`'s epoch_limits)
+    epoch_seconds: float = 0.0  # the speed the last re-plan used
+
+    @classmethod
+    def start(cls, budget_minutes: float, epochs: int, most: int | None = None) -> BudgetClock:
+        """A clock started now (call it before the probe: the probe's time is spent from the budget too)."""
+        return cls(time.perf_counter() + budget_minutes * 60, epochs, most)
+
+    def replan(self, done: int, epoch_seconds: list[float]) -> int:
+        """Epochs in all after `done` finished ones that took `epoch_seconds`: as many more as the recent epochs'
+        mean time fits before the deadline, and at least one while the plan is unfinished (the schedule's last
+        steps anneal the rate); the last epoch ends the run as planned. The first epoch pays one-off costs (2 s
+        of a 3-s budget on digits), so the plan stands until a second one has been timed."""
+        if done >= self.epochs or len(epoch_seconds) < 2:
+            return self.epochs
+        recent = epoch_seconds[1:][-RECENT_EPOCHS:]
+        self.epoch_seconds = sum(recent) / len(recent)
+        left = max(self.deadline - time.perf_counter(), 0.0)
+        total = max(done + int(left // self.epoch_seconds), done + 1)
+        self.epochs = min(total, self.most) if self.most is not None else total
+        return self.epochs
