@@ -127,6 +127,8 @@ def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():
     clock = BudgetClock(deadline=time.perf_counter() + 105, epochs=10)
     assert clock.replan(5, [90.0, 30.0, 10.0, 10.0, 10.0]) == 15  # the mean of the last three (10 s): 10 more fit
     assert clock.replan(1, [90.0]) == 15  # one epoch timed (it pays one-off costs): the plan stands
+    near = BudgetClock(deadline=time.perf_counter() + 56, epochs=11)
+    assert near.replan(5, [10.0] * 5) == 11  # 6 epochs of 10 s in 56 s: 4 s late, less than half an epoch: stands
     late = BudgetClock(deadline=time.perf_counter() - 1, epochs=10)
     assert late.replan(4, [1.0] * 4) == 5  # past the deadline: one more epoch, so the rate still anneals
     assert BudgetClock(deadline=time.perf_counter() + 1e4, epochs=10, most=12).replan(2, [1.0] * 2) == 12

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 RECENT_EPOCHS = 3  # the re-plan's speed: the mean wall time of the last few epochs (speed drifts on shared VMs)
+SLACK = 0.5  # of an epoch: a plan ending this little after the deadline stands (epoch times vary by +-10% here)
 
 
 @dataclass
@@ -28,13 +29,17 @@ class BudgetClock:
     def replan(self, done: int, epoch_seconds: list[float]) -> int:
         """Epochs in all after `done` finished ones that took `epoch_seconds`: as many more as the recent epochs'
         mean time fits before the deadline, and at least one while the plan is unfinished (the schedule's last
-        steps anneal the rate); the last epoch ends the run as planned. The first epoch pays one-off costs (2 s
+        steps anneal the rate); the plan in force stands while it ends less than an epoch early or SLACK of one
+        late; the last epoch ends the run as planned. The first epoch pays one-off costs (2 s
         of a 3-s budget on digits), so the plan stands until a second one has been timed."""
         if done >= self.epochs or len(epoch_seconds) < 2:
             return self.epochs
         recent = epoch_seconds[1:][-RECENT_EPOCHS:]
         self.epoch_seconds = sum(recent) / len(recent)
         left = max(self.deadline - time.perf_counter(), 0.0)
+        late = (self.epochs - done) * self.epoch_seconds - left  # > 0: the plan in force ends after the deadline
+        if -self.epoch_seconds < late <= SLACK * self.epoch_seconds:
+            return self.epochs  # close enough: a plan that changes every epoch jolts the schedule for nothing
         total = max(done + int(left // self.epoch_seconds), done + 1)
         self.epochs = min(total, self.most) if self.most is not None else total
         return self.epochs
