@@ -30,8 +30,8 @@ class BudgetClock:
         """Epochs in all after `done` finished ones that took `epoch_seconds`: as many more as the recent epochs'
         mean time fits before the deadline, and at least one while the plan is unfinished (the schedule's last
         steps anneal the rate); the plan in force stands while it ends less than an epoch early or SLACK of one
-        late; the last epoch ends the run as planned. The first epoch pays one-off costs (2 s
-        of a 3-s budget on digits), so the plan stands until a second one has been timed."""
+        late; the last epoch ends the run as planned. The first epoch pays one-off costs (2 s of a 3-s budget on
+        digits), so the plan stands until a second one has been timed."""
         if done >= self.epochs or len(epoch_seconds) < 2:
             return self.epochs
         recent = epoch_seconds[1:][-RECENT_EPOCHS:]

@@ -344,7 +344,9 @@ def _run_epoch(
     return EpochStats(epoch, train_loss, train_acc, valid_loss, valid_acc, lr, time.perf_counter() - t0, seen / train_s)
 
 
-def _replanned(config: TrainConfig, clock: BudgetClock, optimizer, steps_per_epoch: int, done: int, log):
+def _replanned(
+    config: TrainConfig, clock: BudgetClock, optimizer, steps_per_epoch: int, done: int, log
+) -> tuple[TrainConfig, torch.optim.lr_scheduler.LRScheduler]:  # fmt: skip
     """The config and schedule for the clock's new epoch count; the rate goes on from the step reached."""
     log(f"budget: epochs take {clock.epoch_seconds:.1f} s here: {clock.epochs} epochs in all, not {config.epochs}")
     config = replace(config, epochs=clock.epochs)

@@ -31,8 +31,8 @@ def train_model(
     """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
     training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
     config.yaml is written once the epochs are planned and last.pt carries each re-plan (train/clock.py), so a
-    resumed run follows the same plan. Fine-tuning
-    starts from a head fit on the frozen features. `epoch_limits`: see `plan_budget` (a search candidate)."""
+    resumed run follows the same plan. Fine-tuning starts from a head fit on the frozen features.
+    `epoch_limits`: see `plan_budget` (a search candidate)."""
     t = config.train
     norm = training_normalization(config, source.images, splits["train"])
     inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
