@@ -7,13 +7,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cnnlab.config import RunConfig, TrainConfig, with_overrides
 from cnnlab.errors import TrainingInterrupted
-from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.pipeline import resume, train
 from cnnlab.train import runner
 from cnnlab.train.clock import BudgetClock
@@ -97,6 +98,19 @@ def test_a_plan_too_long_for_the_budget_is_cut_to_fit_and_the_schedule_still_end
     assert last.epoch == epochs and last.config["train"]["epochs"] == epochs
     rows = _metric_rows(tmp_path / "b")
     assert len(rows) == epochs and float(rows[-1]["lr"]) < 0.01 * 0.003  # annealed (500 epochs: ~peak)
+
+
+def test_a_flip_decision_after_a_re_plan_keeps_the_new_epochs_in_the_checkpoints():
+    """A folder's flips are decided during training and rewrite the checkpoints' config; a budget re-plan made
+    before that decision must survive it (resume reads the plan from last.pt)."""
+    cfg = with_overrides(_cfg("folder:unused", "simple_cnn_bn", 35), "data", flips=None)
+    meta = Checkpoint("simple_cnn_bn", ["a", "b"], InputSpec(8, 1, [0.5], [0.25]), cfg.to_dict())
+    decided = {}
+    check = runner._flip_check(cfg, SimpleNamespace(class_names=["a", "b"]), meta, decided, log=_quiet)
+    meta.config["train"]["epochs"] = 37  # what fit does on a re-plan
+    check.decide(epoch=3, accuracy=0.9, mirrored=0.9)
+    assert decided["flips"][0] is True and meta.config["data"]["flips"] is True
+    assert meta.config["train"]["epochs"] == 37 and "flips" in meta.config["decisions"]
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])

@@ -21,11 +21,6 @@ class BudgetClock:
     most: int | None = None  # a search candidate's cap (see `plan_budget`'s epoch_limits)
     epoch_seconds: float = 0.0  # the speed the last re-plan used
 
-    @classmethod
-    def start(cls, budget_minutes: float, epochs: int, most: int | None = None) -> BudgetClock:
-        """A clock started now (call it before the probe: the probe's time is spent from the budget too)."""
-        return cls(time.perf_counter() + budget_minutes * 60, epochs, most)
-
     def replan(self, done: int, epoch_seconds: list[float]) -> int:
         """Epochs in all after `done` finished ones that took `epoch_seconds`: as many more as the recent epochs'
         mean time fits before the deadline, and at least one while the plan is unfinished (the schedule's last

@@ -280,7 +280,7 @@ def fit(
             since = time.perf_counter()
             if clock is not None and clock.replan(epoch, walls) != config.epochs:  # before the checkpoints: they
                 config, scheduler = _replanned(config, clock, optimizer, len(train_batches), epoch, log)  # carry it
-            meta.config["train"]["epochs"] = config.epochs  # also after a flip decision rebuilt meta.config
+                meta.config["train"]["epochs"] = config.epochs
             improved = tracker.update(epoch, stats.valid_loss)
             history.append(stats)
             if writer:

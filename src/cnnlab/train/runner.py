@@ -3,6 +3,7 @@ features), with the decisions only training can make: the epochs a budget allows
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,10 +60,11 @@ def train_model(
         )  # fmt: skip
         clock = None
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
-            clock = BudgetClock.start(t.budget_minutes, t.epochs, most=epoch_limits[1] if epoch_limits else None)
+            deadline = time.perf_counter() + t.budget_minutes * 60  # the probe is spent from the budget too
             planned = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits)
             config = replace(config, train=planned)
-            t, meta.config, clock.epochs = config.train, config.to_dict(), planned.epochs
+            t, meta.config = config.train, config.to_dict()
+            clock = BudgetClock(deadline, t.epochs, most=epoch_limits[1] if epoch_limits else None)
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
         _log_model(config, model, fabric, log)
         decided: dict[str, tuple[bool, str]] = {}
@@ -97,7 +99,8 @@ def _flip_check(config: RunConfig, source: Source, meta: Checkpoint, decided: di
     def record(flips: bool, why: str) -> None:
         log(f"flips: {'on' if flips else 'off'} ({why})")
         decided["flips"] = (flips, why)
-        meta.config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why).to_dict()
+        current = RunConfig.from_dict(meta.config)  # as training left it (a budget re-plan may have changed it)
+        meta.config = with_decisions(replace(current, data=replace(current.data, flips=flips)), flips=why).to_dict()
 
     log("flips: off until measured (valid accuracy as is vs mirrored, once the model beats chance)")
     return FlipCheck(len(source.class_names), record=record)
