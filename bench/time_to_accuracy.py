@@ -124,7 +124,7 @@ def cnnlab_recipe(source, model_name: str, t: TrainConfig) -> list[tuple[float, 
     clock = 0.0
     if t.budget_minutes:  # cnnlab's own planner; its probe counts against the budget
         start = time.perf_counter()
-        t = plan_budget(t, fabric, model, train, valid, log=lambda _: None)
+        t = plan_budget(t, fabric, model, train, valid, log=lambda _: None).train
         clock = time.perf_counter() - start
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, len(train))

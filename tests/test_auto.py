@@ -112,7 +112,7 @@ def test_budget_probe_refuses_a_candidate_that_cannot_run_its_least_epochs():
         plan_budget(t, make_fabric(t), model, batches, batches[:1], lambda _: None, epoch_limits=(3, 12))
     planned = plan_budget(replace(t, budget_minutes=10.0), make_fabric(t), model, batches, batches[:1],
                           lambda _: None, epoch_limits=(3, 12))  # fmt: skip
-    assert planned.epochs == 12  # capped at the most
+    assert planned.train.epochs == 12 and planned.kept_s == 0  # capped at the most; nothing kept back
 
 
 def test_a_dry_run_does_not_measure_and_takes_the_scratch_cnn(tmp_path):

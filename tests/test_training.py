@@ -12,11 +12,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cnnlab import pipeline
 from cnnlab.config import RunConfig, TrainConfig, with_overrides
+from cnnlab.data.splits import load_splits
 from cnnlab.errors import TrainingInterrupted
+from cnnlab.explain.run import EXPLAIN_LARGE_IMAGES, EXPLAIN_SECONDS, EXPLAIN_SMALL_IMAGES
 from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.pipeline import resume, train
 from cnnlab.train import runner
+from cnnlab.train.budget import BudgetPlan, plan_budget
 from cnnlab.train.clock import BudgetClock
 from cnnlab.train.fit import build_scheduler
 from helpers import needs_fashion
@@ -86,7 +90,7 @@ def test_a_plan_too_long_for_the_budget_is_cut_to_fit_and_the_schedule_still_end
     """The probe can misjudge sustained speed (a 30-minute plan overran by 4.5 minutes): made to plan 500 epochs
     for a 3-second budget, training re-plans after its second epoch, the one-cycle rate still anneals to its end,
     and config.yaml, last.pt and metrics.csv agree on the new plan."""
-    monkeypatch.setattr(runner, "plan_budget", lambda t, *a, **k: replace(t, epochs=500))
+    monkeypatch.setattr(runner, "plan_budget", lambda t, *a, **k: BudgetPlan(replace(t, epochs=500), 0.0))
     lines = []
     result = train(_cfg("digits", "mlp", 1, budget_minutes=0.05), runs_dir=tmp_path, name="b", log=lines.append,
                    report=False)  # fmt: skip
@@ -135,6 +139,36 @@ def test_a_rebuilt_schedule_equals_one_built_for_the_new_length(schedule):
         fresh.step()
     assert rebuilt.get_last_lr() == pytest.approx(fresh.get_last_lr())
     assert first.param_groups[0]["lr"] == pytest.approx(fresh_optimizer.param_groups[0]["lr"])
+
+
+def test_the_budget_is_the_whole_commands(tmp_path, monkeypatch):
+    """--budget-minutes bounds the command, not only training: the time spent loading and planning comes off it,
+    and the work after training is kept back (both splits scored, twice where test-time flips may be on, and
+    explain's sample when the report is written)."""
+    seen = {}
+
+    def spy(t, *args, **kwargs):
+        seen.update(kwargs)
+        return plan_budget(t, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "plan_budget", spy)
+    lines = []
+    train(_cfg("digits", "mlp", 1, budget_minutes=0.05), runs_dir=tmp_path, name="w", log=lines.append, report=False)
+    splits = load_splits(tmp_path / "w" / "splits.json")
+    valid, test = len(splits["valid"]), len(splits["test"])
+    assert seen["after"] == pytest.approx(((valid + test) / valid, 0.0))  # digits: flips change labels, one view
+    assert seen["seconds"] < 3  # loading and planning were spent from the 3 s
+    assert any(line.startswith("budget 0.05 min:") and "kept for evaluation" in line for line in lines)
+    undecided = with_overrides(RunConfig(), "data", flips=None)  # a folder: flips measured while training
+    plan = SimpleNamespace(splits={"valid": [0] * 100, "test": [0] * 50}, config=undecided)
+    small = SimpleNamespace(image_size=28)
+    assert pipeline._after_training(plan, small, report=True, explain=True) == (
+        (300 + EXPLAIN_SMALL_IMAGES) / 100, EXPLAIN_SECONDS,
+    )  # fmt: skip
+    assert pipeline._after_training(plan, small, report=False, explain=True) == (3.0, 0.0)
+    backbone = SimpleNamespace(splits=plan.splits, config=with_overrides(undecided, "model", name="efficientnet_lite0"))
+    assert pipeline._after_training(backbone, small, report=True, explain=True)[0] == (300 + EXPLAIN_LARGE_IMAGES) / 100
+    # a backbone computes at 224 px whatever the images' size: explain takes fewer, larger images
 
 
 def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():

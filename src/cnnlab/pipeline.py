@@ -9,6 +9,7 @@ it measured.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +22,9 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
-from cnnlab.explain.run import explain_run
+from cnnlab.explain.run import explain_run, explain_work
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
-from cnnlab.models.pretrained import FROZEN_STRATEGIES
+from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name
 from cnnlab.report.html import load_evaluation, read_readers, write_report
 from cnnlab.report.tensorboard import log_evaluation
 from cnnlab.runs import (
@@ -52,7 +53,9 @@ def train(
 ) -> TrainResult:  # fmt: skip
     """Train `config` into `runs_dir/name`, then evaluate the best checkpoint on the test split, explain it and
     write the report. Every input is checked before the run folder is created; a failure before the first saved
-    epoch removes the folder. `dry_run` trains and scores one batch in a temporary folder."""
+    epoch removes the folder. `dry_run` trains and scores one batch in a temporary folder. --budget-minutes
+    bounds the whole command: loading and planning are spent from it, and evaluating and reporting kept back."""
+    started = time.perf_counter()
     config = check_request(config, log)
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent
@@ -63,7 +66,8 @@ def train(
     fabric = launcher or make_fabric(plan.config.train)
     try:
         run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(plan.config), force=force)
-        config, history = _fit_new(plan, fabric, source, run_dir, log=log)
+        after = _after_training(plan, source, report=report, explain=explain)
+        config, history = _fit_new(plan, fabric, source, run_dir, budget_start=started, after=after, log=log)
     finally:
         if plan.trained is not None:  # moved into the run folder, or (on an error) not wanted
             plan.trained.discard()
@@ -158,7 +162,9 @@ def _dry_run(plan: Plan, source: Source, log) -> TrainResult:
     return TrainResult(None, history, evaluation)
 
 
-def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple[RunConfig, list[EpochStats]]:
+def _fit_new(
+    plan: Plan, fabric, source: Source, run_dir: Path, *, budget_start: float, after: tuple[float, float], log
+) -> tuple[RunConfig, list[EpochStats]]:  # fmt: skip
     """A new run folder (rank 0): the plan, splits and audit first, then training; config.yaml again with
     what training decided."""
     if not fabric.is_global_zero:
@@ -171,9 +177,22 @@ def _fit_new(plan: Plan, fabric, source: Source, run_dir: Path, *, log) -> tuple
         if plan.trained is not None:  # the model search trained the winner already
             plan.trained.move_into(run_dir)
             return plan.config, plan.trained.history
-        config, history = train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
+        config, history = train_model(plan.config, fabric, source, plan.splits, run_dir, budget_start=budget_start,
+                                      after=after, log=log)  # fmt: skip
         write_run_config(run_dir, config)
         return config, history
+
+
+def _after_training(plan: Plan, source: Source, *, report: bool, explain: bool) -> tuple[float, float]:
+    """What the command does after training (what a budget keeps back), as (validation passes of the model, seconds
+    besides): the validation and test splits scored, twice where test-time flips may be on, and explaining."""
+    valid, test = len(plan.splits["valid"]), len(plan.splits["test"])
+    images, seconds = (1 if plan.config.data.flips is False else 2) * (valid + test), 0.0
+    if report and explain:
+        work_size = 224 if is_pretrained_name(plan.config.model.name) else source.image_size
+        explained, seconds = explain_work(work_size)
+        images += explained
+    return images / max(valid, 1), seconds
 
 
 def _evaluate(config: RunConfig, run_dir: Path, source: Source, history: list[EpochStats], log) -> dict[str, Any]:

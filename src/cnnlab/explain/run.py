@@ -32,6 +32,11 @@ from cnnlab.predict.infer import open_trained_run
 from cnnlab.runs import RunFile
 
 PICTURE_IMAGES = 8  # half right, half wrong where the sample has them
+SMALL_SIDE = 64  # up to this input side, more images are explained (200 in the deletion test, not 24)
+# What explaining costs by default, for a --budget-minutes that keeps it back: model runs as images scored
+# (attributions, the deletion test, the embedding's features) plus seconds besides (t-SNE, figures, the report).
+# Fitted on 2 cores to 28-px resnet_small / simple_cnn_bn (67 / 33 s) and a 224-px EfficientNet-Lite0 (90 s).
+EXPLAIN_SMALL_IMAGES, EXPLAIN_LARGE_IMAGES, EXPLAIN_SECONDS = 124_000, 6_000, 13.0
 
 
 @dataclass
@@ -72,7 +77,7 @@ def explain_run(
     size = ckpt.preprocessing.image_size
     # what a forward pass costs: a pretrained backbone resizes every input to its own size (224 px)
     work_size = max(size, getattr(model, "input_size", 0) or 0)
-    n_deletion = 1 if dry_run else (options.deletion_images or (200 if work_size <= 64 else 24))
+    n_deletion = 1 if dry_run else (options.deletion_images or (200 if work_size <= SMALL_SIDE else 24))
     sample = _sample(run_dir, source, ckpt, images, n_deletion, seed=config.train.seed)
     x = norm.apply(torch.from_numpy(sample.images)).float()
     layers = L.trace_layers(model, x[:1])
@@ -130,6 +135,12 @@ def explain_run(
     _write(out_dir, figures, result, embedding_rows)
     log(f"wrote {out_dir}/ (filters, feature maps, attributions, deletion test, embedding, explain.json)")
     return result
+
+
+def explain_work(work_size: int) -> tuple[int, float]:
+    """(images scored by the model, seconds besides) that explaining a run takes by default at this input side
+    (the side its model computes at: a pretrained backbone's 224 px); an estimate, for budgets."""
+    return (EXPLAIN_SMALL_IMAGES if work_size <= SMALL_SIDE else EXPLAIN_LARGE_IMAGES), EXPLAIN_SECONDS
 
 
 def _pictures():

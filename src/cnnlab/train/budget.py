@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,15 +21,24 @@ class BudgetTooSmall(CnnlabError):
     """Fewer epochs than a candidate needs fit in the time left (the model search skips it and says why)."""
 
 
+@dataclass(frozen=True)
+class BudgetPlan:
+    train: TrainConfig  # with the epochs that fit
+    kept_s: float  # seconds kept back for the work after training (evaluation, explain, report)
+
+
 def plan_budget(
     t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8,
-    epoch_limits: tuple[int, int] | None = None,
-) -> TrainConfig:  # fmt: skip
-    """Epochs that fit `t.budget_minutes`: time `probe_steps` training steps (the median, after warm-up) and
-    one validation pass on a throwaway copy of the model (the real one, and every RNG, stay untouched), then
-    divide. With --compile the probe is compiled too and its one-off compile time comes off the budget.
-    `epoch_limits` (least, most): a candidate of the model search, capped at `most` and refused (BudgetTooSmall)
-    below `least`."""
+    epoch_limits: tuple[int, int] | None = None, *, seconds: float | None = None,
+    after: tuple[float, float] = (0.0, 0.0),
+) -> BudgetPlan:  # fmt: skip
+    """Epochs that fit `seconds` (default: all of `t.budget_minutes`): time `probe_steps` training steps (the
+    median, after warm-up) and one validation pass on a throwaway copy of the model (the real one, and every RNG,
+    stay untouched), then divide. The work after training, `after` (validation passes of the model, seconds
+    besides: evaluating, explaining), is kept back from it. With --compile the probe is compiled too and its
+    one-off compile time comes off the budget. `epoch_limits` (least, most): a candidate of the model search,
+    capped at `most` and refused (BudgetTooSmall) below `least`."""
+    seconds = t.budget_minutes * 60 if seconds is None else seconds
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)
         optimizer = build_optimizer(probe, t)
@@ -54,15 +63,21 @@ def plan_budget(
     first_s = times[0]
     epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
     compile_s = max(first_s - step_s, 0.0) if t.compile else 0.0
-    epochs = max(1, int((t.budget_minutes * 60 - compile_s) // epoch_s))
+    kept_s = after[0] * valid_s + after[1]
+    epochs = max(1, int((seconds - kept_s - compile_s) // epoch_s))
     extra = f", {compile_s:.0f} s compiling" if compile_s else ""
+    spent = t.budget_minutes * 60 - seconds
+    if spent >= 1:
+        extra += f", {spent:.0f} s spent before training"
+    if kept_s:
+        extra += f", {kept_s:.0f} s kept for evaluation and the report"
     if epoch_limits is not None:
         least, most = epoch_limits
         if epochs < least:
             raise BudgetTooSmall(
                 f"{least} epochs need about {least * epoch_s + compile_s:.0f} s ({epoch_s:.1f} s/epoch measured), "
-                f"{t.budget_minutes * 60:.0f} s left of the budget"
+                f"{seconds:.0f} s left of the budget"
             )  # fmt: skip
         epochs = min(epochs, most)
     log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
-    return replace(t, epochs=epochs)
+    return BudgetPlan(replace(t, epochs=epochs), kept_s)

@@ -27,13 +27,16 @@ from cnnlab.train.transfer import fit_frozen_head, training_normalization, warm_
 
 def train_model(
     config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None,
-    epoch_limits: tuple[int, int] | None = None, log,
+    epoch_limits: tuple[int, int] | None = None, budget_start: float | None = None,
+    after: tuple[float, float] = (0.0, 0.0), log,
 ) -> tuple[RunConfig, list[EpochStats]]:  # fmt: skip
     """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
     training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
     config.yaml is written once the epochs are planned and last.pt carries each re-plan (train/clock.py), so a
     resumed run follows the same plan. Fine-tuning starts from a head fit on the frozen features.
-    `epoch_limits`: see `plan_budget` (a search candidate)."""
+    `epoch_limits`: see `plan_budget` (a search candidate). `budget_start` (time.perf_counter() when the command
+    began; default now) and `after` (the work after training: validation passes, seconds besides) make the budget
+    the whole command's: what came before training is spent from it, and what comes after is kept back."""
     t = config.train
     norm = training_normalization(config, source.images, splits["train"])
     inputs = InputSpec(source.image_size, source.channels, norm.mean, norm.std, config.data.crop_pct)
@@ -60,11 +63,13 @@ def train_model(
         )  # fmt: skip
         clock = None
         if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
-            deadline = time.perf_counter() + t.budget_minutes * 60  # the probe is spent from the budget too
-            planned = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits)
-            config = replace(config, train=planned)
+            start = time.perf_counter() if budget_start is None else budget_start
+            deadline = start + t.budget_minutes * 60  # the probe is spent from the budget too
+            plan = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits,
+                               seconds=deadline - time.perf_counter(), after=after)  # fmt: skip
+            config = replace(config, train=plan.train)
             t, meta.config = config.train, config.to_dict()
-            clock = BudgetClock(deadline, t.epochs, most=epoch_limits[1] if epoch_limits else None)
+            clock = BudgetClock(deadline - plan.kept_s, t.epochs, most=epoch_limits[1] if epoch_limits else None)
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
         _log_model(config, model, fabric, log)
         decided: dict[str, tuple[bool, str]] = {}
