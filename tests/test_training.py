@@ -166,9 +166,9 @@ def test_the_budget_is_the_whole_commands(tmp_path, monkeypatch):
         (300 + EXPLAIN_SMALL_IMAGES) / 100, EXPLAIN_SECONDS,
     )  # fmt: skip
     assert pipeline._after_training(plan, small, report=False, explain=True) == (3.0, 0.0)
+    # a backbone computes at 224 px whatever the images' size: explain takes fewer, larger images
     backbone = SimpleNamespace(splits=plan.splits, config=with_overrides(undecided, "model", name="efficientnet_lite0"))
     assert pipeline._after_training(backbone, small, report=True, explain=True)[0] == (300 + EXPLAIN_LARGE_IMAGES) / 100
-    # a backbone computes at 224 px whatever the images' size: explain takes fewer, larger images
 
 
 def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():

@@ -189,6 +189,7 @@ def _after_training(plan: Plan, source: Source, *, report: bool, explain: bool) 
     valid, test = len(plan.splits["valid"]), len(plan.splits["test"])
     images, seconds = (1 if plan.config.data.flips is False else 2) * (valid + test), 0.0
     if report and explain:
+        # the side the model computes at: a pretrained backbone resizes every input to its own (224 px)
         work_size = 224 if is_pretrained_name(plan.config.model.name) else source.image_size
         explained, seconds = explain_work(work_size)
         images += explained
