@@ -169,6 +169,9 @@ def test_the_budget_is_the_whole_commands(tmp_path, monkeypatch):
     # a backbone computes at 224 px whatever the images' size: explain takes fewer, larger images
     backbone = SimpleNamespace(splits=plan.splits, config=with_overrides(undecided, "model", name="efficientnet_lite0"))
     assert pipeline._after_training(backbone, small, report=True, explain=True)[0] == (300 + EXPLAIN_LARGE_IMAGES) / 100
+    asked = with_overrides(backbone.config, "model", options={"input_size": 48})  # --image-size 48: explained as small
+    assert pipeline._after_training(SimpleNamespace(splits=plan.splits, config=asked), small, report=True,
+                                    explain=True)[0] == (300 + EXPLAIN_SMALL_IMAGES) / 100  # fmt: skip
 
 
 def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():

@@ -17,14 +17,14 @@ from typing import Any
 
 from cnnlab.audit.checks import all_restored, rows
 from cnnlab.audit.gate import write_audit
-from cnnlab.config import RunConfig, parse_rule
+from cnnlab.config import ModelConfig, RunConfig, parse_rule
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import load_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
 from cnnlab.explain.run import explain_run, explain_work
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
-from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name
+from cnnlab.models.pretrained import FROZEN_STRATEGIES, backbone_preprocessing, is_pretrained_name
 from cnnlab.report.html import load_evaluation, read_readers, write_report
 from cnnlab.report.tensorboard import log_evaluation
 from cnnlab.runs import (
@@ -189,11 +189,17 @@ def _after_training(plan: Plan, source: Source, *, report: bool, explain: bool) 
     valid, test = len(plan.splits["valid"]), len(plan.splits["test"])
     images, seconds = (1 if plan.config.data.flips is False else 2) * (valid + test), 0.0
     if report and explain:
-        # the side the model computes at: a pretrained backbone resizes every input to its own (224 px)
-        work_size = 224 if is_pretrained_name(plan.config.model.name) else source.image_size
-        explained, seconds = explain_work(work_size)
+        explained, seconds = explain_work(_computed_side(plan.config.model, source.image_size))
         images += explained
     return images / max(valid, 1), seconds
+
+
+def _computed_side(model: ModelConfig, image_size: int) -> int:
+    """The side the model computes at: a pretrained backbone resizes every input to its own input size (or the one
+    asked for with --image-size), as explain measures it."""
+    if not is_pretrained_name(model.name):
+        return image_size
+    return max(image_size, model.options.get("input_size") or backbone_preprocessing(model.name).input_size)
 
 
 def _evaluate(config: RunConfig, run_dir: Path, source: Source, history: list[EpochStats], log) -> dict[str, Any]:
