@@ -9,13 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from cnnlab import pipeline
 from cnnlab.config import RunConfig, TrainConfig, with_overrides
+from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.splits import load_splits
-from cnnlab.errors import TrainingInterrupted
+from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.explain.run import EXPLAIN_LARGE_IMAGES, EXPLAIN_SECONDS, EXPLAIN_SMALL_IMAGES
 from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.pipeline import resume, train
@@ -23,6 +25,7 @@ from cnnlab.train import runner
 from cnnlab.train.budget import BudgetPlan, plan_budget
 from cnnlab.train.clock import BudgetClock
 from cnnlab.train.fit import build_scheduler
+from cnnlab.train.progressive import epochs_that_fit, side_for
 from helpers import needs_fashion
 
 
@@ -184,6 +187,40 @@ def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():
     assert late.replan(4, [1.0] * 4) == 5  # past the deadline: one more epoch, so the rate still anneals
     assert BudgetClock(deadline=time.perf_counter() + 1e4, epochs=10, most=12).replan(2, [1.0] * 2) == 12
     assert BudgetClock(deadline=time.perf_counter() + 1e4, epochs=10).replan(10, [1.0] * 10) == 10  # done
+
+
+def test_progressive_resizing_trains_the_first_thirds_smaller_and_fits_more_epochs():
+    assert [side_for(e, 9, 28) for e in range(1, 10)] == [20, 20, 20, 24, 24, 24, 28, 28, 28]
+    # 6 epochs at 20, 20, 24, 24, 28, 28 px cost 2 (20/28)^2 + 2 (24/28)^2 + 2 = 4.49 full-size epochs; 7 cost 5.00
+    assert epochs_that_fit(45, 10, progressive_size=28) == 6 and epochs_that_fit(50.1, 10, progressive_size=28) == 7
+    assert epochs_that_fit(45, 10) == 4  # full size throughout
+    # after 5 done: 7 in all puts epochs 6-7 at 28 px (20 s); 8 in all moves epoch 6 to 24 px but costs 27.3 s
+    assert epochs_that_fit(25, 10, progressive_size=28, done=5) == 7
+    # the clock re-plans with the same costs: epochs 3-7 of 7 cost 3.98 full-size epochs of 10 s, 8 would cost 4.71
+    clock = BudgetClock(deadline=time.perf_counter() + 45, epochs=3, progressive_size=28)
+    assert clock.replan(2, [10.0, 10.0]) == 7
+    assert BudgetClock(deadline=time.perf_counter() + 45, epochs=3).replan(2, [10.0, 10.0]) == 6
+    images, labels = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), torch.arange(8)
+    batches = InMemoryBatches(images, labels, np.arange(8), batch_size=4, norm=Normalization((0.5,), (0.25,)))
+    batches.set_side(20)
+    assert [(tuple(x.shape), y.tolist()) for x, y in batches] == [((4, 1, 20, 20), [0, 1, 2, 3]),
+                                                                  ((4, 1, 20, 20), [4, 5, 6, 7])]  # fmt: skip
+    batches.set_side(None)
+    assert next(iter(batches))[0].shape[-1] == 28
+
+
+def test_progressive_training_follows_the_sides_and_a_model_that_cannot_is_refused(tmp_path, monkeypatch):
+    sides = []
+    set_side = InMemoryBatches.set_side
+    monkeypatch.setattr(InMemoryBatches, "set_side", lambda self, side: (sides.append(side), set_side(self, side)))
+    result = train(_cfg("digits", "resnet_small", 3, progressive=True), runs_dir=tmp_path, name="p", log=_quiet,
+                   report=False)  # fmt: skip
+    assert sides == [6, 7, 8]  # 5/7, 6/7 and all of the digits' 8 px, validation at 8 px throughout
+    assert result.evaluation["accuracy"] >= 0.8
+    assert "progressive: true" in (tmp_path / "p" / "config.yaml").read_text()
+    with pytest.raises(CnnlabError, match="--progressive trains on 6-px images, but simple_cnn_bn only takes 8 px"):
+        train(_cfg("digits", "simple_cnn_bn", 1, progressive=True), runs_dir=tmp_path, name="q", log=_quiet)
+    assert not (tmp_path / "q").exists()  # nothing left behind
 
 
 @pytest.mark.slow

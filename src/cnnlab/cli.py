@@ -72,6 +72,9 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay (default 5e-4)."),
     momentum: Optional[float] = typer.Option(None, help="SGD momentum (default 0.9)."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1) (default 0)."),
+    progressive: Optional[bool] = typer.Option(
+        None, "--progressive/--no-progressive", help="Train the first 2/3 of epochs on smaller images (larger recipe)."
+    ),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without valid-loss gain."),
     budget_minutes: Optional[float] = typer.Option(
         None, help="Train the epochs that fit in this many minutes; bounds a folder's model search (default 5)."

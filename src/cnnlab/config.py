@@ -131,6 +131,7 @@ class TrainConfig:
     step_size: int = 5  # epochs between decays, schedule=step
     gamma: float = 0.1  # decay factor, schedule=step
     label_smoothing: float = 0.0
+    progressive: bool | None = None  # progressive resizing (train/progressive.py); None: off, on in the larger recipe
     backbone_lr: float = 0.1  # fine-tune: the pretrained backbone's learning rate as a fraction of lr
     patience: int | None = None  # epochs without valid-loss improvement before stopping
     budget_minutes: float | None = None  # plan the epochs (and so the schedule) to finish training in this time

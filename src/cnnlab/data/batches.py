@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cnnlab.data.augment import AugmentPolicy, augment_batch
 
@@ -84,6 +85,7 @@ class InMemoryBatches:
         # drop a ragged last batch in training (batch norm dislikes a batch of one), never in evaluation
         self.drop_last = drop_last and len(self.indices) // world > batch_size
         self.epoch = 0
+        self.side: int | None = None  # None: the images' own size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -91,6 +93,10 @@ class InMemoryBatches:
     def set_flips(self, flips: bool) -> None:
         """Switch horizontal flips on or off (a folder's flip check decides after the first epoch)."""
         self.policy = replace(self.policy, flip=flips)
+
+    def set_side(self, side: int | None) -> None:
+        """Scale the batches to `side` x `side` px (progressive resizing, train/progressive.py); None: as they are."""
+        self.side = side
 
     def __len__(self) -> int:
         n = len(self.indices) // self.world if self.drop_last else len(self.indices[self.rank :: self.world])
@@ -109,6 +115,8 @@ class InMemoryBatches:
             if self.policy.active:  # on the 0..1 scale, so padding is black as in RandomCrop(padding)
                 x = augment_batch(x.float() * (1 / 255), self.policy, gen)
             x = self.norm.apply(x)
+            if self.side is not None and self.side != x.shape[-1]:  # after augmenting: shifts stay whole pixels
+                x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True)
             yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]
 
 

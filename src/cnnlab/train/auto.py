@@ -64,7 +64,7 @@ LARGE_MIN_EPOCHS = 30  # its epochs needed to pass the course CNN (Fashion-MNIST
 LARGE_MODEL = "resnet_small"
 LARGE_RECIPE = {  # recipes/fashion-large.yaml's training settings (a flag or config value the user gave wins)
     "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1,
-    "batch_size": 256,
+    "batch_size": 256, "progressive": True,
 }  # fmt: skip
 VALID_SHARE = 0.1  # an epoch's validation pass, as a share of its training time (the budget planner measures it)
 

@@ -13,6 +13,7 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.train.fit import build_optimizer, evaluate_loss
+from cnnlab.train.progressive import epochs_that_fit, side_for
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
 
@@ -25,6 +26,7 @@ class BudgetTooSmall(CnnlabError):
 class BudgetPlan:
     train: TrainConfig  # with the epochs that fit
     kept_s: float  # seconds kept back for the work after training (evaluation, explain, report)
+    fixed_share: float = 0.0  # of an epoch, what progressive resizing does not shrink (validation, checkpoints)
 
 
 def plan_budget(
@@ -37,7 +39,8 @@ def plan_budget(
     stay untouched), then divide. The work after training, `after` (validation passes of the model, seconds
     besides: evaluating, explaining), is kept back from it. With --compile the probe is compiled too and its
     one-off compile time comes off the budget. `epoch_limits` (least, most): a candidate of the model search,
-    capped at `most` and refused (BudgetTooSmall) below `least`."""
+    capped at `most` and refused (BudgetTooSmall) below `least`. Under progressive resizing the epochs at smaller
+    sides are counted at their estimated share of a full-size epoch (train/progressive.py)."""
     seconds = t.budget_minutes * 60 if seconds is None else seconds
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)
@@ -62,15 +65,19 @@ def plan_budget(
             valid_s = time.perf_counter() - start
     first_s = times[0]
     epoch_s = step_s * len(train_batches) + valid_s + 0.05  # + checkpoint writes
+    fixed = (valid_s + 0.05) / epoch_s
     compile_s = max(first_s - step_s, 0.0) if t.compile else 0.0
     kept_s = after[0] * valid_s + after[1]
-    epochs = max(1, int((seconds - kept_s - compile_s) // epoch_s))
+    size = x.shape[-1] if t.progressive else None  # progressive resizing: most epochs are cheaper than the probe's
+    epochs = max(1, epochs_that_fit(seconds - kept_s - compile_s, epoch_s, progressive_size=size, fixed=fixed))
     extra = f", {compile_s:.0f} s compiling" if compile_s else ""
     spent = t.budget_minutes * 60 - seconds
     if spent >= 1:
         extra += f", {spent:.0f} s spent before training"
     if kept_s:
         extra += f", {kept_s:.0f} s kept for evaluation and the report"
+    if size is not None:
+        extra += f", by thirds at {'/'.join(str(side_for(e, 3, size)) for e in (1, 2, 3))} px"
     if epoch_limits is not None:
         least, most = epoch_limits
         if epochs < least:
@@ -80,4 +87,4 @@ def plan_budget(
             )  # fmt: skip
         epochs = min(epochs, most)
     log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
-    return BudgetPlan(replace(t, epochs=epochs), kept_s)
+    return BudgetPlan(replace(t, epochs=epochs), kept_s, fixed)

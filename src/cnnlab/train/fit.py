@@ -30,6 +30,7 @@ from cnnlab.models.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from cnnlab.runs import RunFile
 from cnnlab.train.clock import BudgetClock
 from cnnlab.train.flips import FlipCheck
+from cnnlab.train.progressive import side_for
 from cnnlab.train.tensorboard import TensorBoardLog
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "images_per_s"]
@@ -243,7 +244,8 @@ def fit(
     same weights as an uninterrupted run. With `flip_check`, training starts without flips and the check
     decides whether the later epochs flip (see engine/flips.py). With `clock` (a --budget-minutes run), the
     epochs are planned again after each one from their measured time and the schedule is stretched or squeezed
-    to the new end (`clock.epochs` holds the final plan). Must run inside a seeded `fork_rng()`.
+    to the new end (`clock.epochs` holds the final plan). With `config.progressive`, each epoch trains at the side
+    train/progressive.py gives it (validation at full size). Must run inside a seeded `fork_rng()`.
     """
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(train_batches))
@@ -266,9 +268,13 @@ def fit(
         _truncate_metrics(metrics_path, keep_through=start - 1)
     history: list[EpochStats] = []
     saved, epoch = start - 1, start
-    walls, since = [], time.perf_counter()  # each epoch's wall time, checkpoints included (the budget's clock)
+    size = meta.preprocessing.image_size if config.progressive else None  # progressive resizing: the full side
+    walls, since = [], time.perf_counter()  # each epoch's wall time in full-size epochs (the budget's clock)
     try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
         while epoch <= config.epochs:
+            cost = clock.cost(epoch, config.epochs) if clock is not None else 1.0  # in full-size epochs
+            if size is not None:
+                train_batches.set_side(side_for(epoch, config.epochs, size))
             stats = _run_epoch(
                 fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model, watch
             )
@@ -276,7 +282,7 @@ def fit(
                 with fabric.autocast():  # carry the decision
                     _, mirrored = evaluate_loss(model, valid_batches, fabric, mirror=True)
                 train_batches.set_flips(flip_check.decide(epoch, stats.valid_acc, mirrored))
-            walls.append(time.perf_counter() - since)
+            walls.append((time.perf_counter() - since) / cost)
             since = time.perf_counter()
             if clock is not None and clock.replan(epoch, walls) != config.epochs:  # before the checkpoints: they
                 config, scheduler = _replanned(config, clock, optimizer, len(train_batches), epoch, log)  # carry it
@@ -348,7 +354,8 @@ def _replanned(
     config: TrainConfig, clock: BudgetClock, optimizer, steps_per_epoch: int, done: int, log
 ) -> tuple[TrainConfig, torch.optim.lr_scheduler.LRScheduler]:  # fmt: skip
     """The config and schedule for the clock's new epoch count; the rate goes on from the step reached."""
-    log(f"budget: epochs take {clock.epoch_seconds:.1f} s here: {clock.epochs} epochs in all, not {config.epochs}")
+    took = f"{clock.epoch_seconds:.1f} s here" + (" at full size" if config.progressive else "")
+    log(f"budget: epochs take {took}: {clock.epochs} epochs in all, not {config.epochs}")
     config = replace(config, epochs=clock.epochs)
     return config, build_scheduler(optimizer, config, steps_per_epoch, steps_done=steps_per_epoch * done)
 

@@ -13,6 +13,7 @@ from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import run_batches
 from cnnlab.data.sources import Source
+from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
@@ -22,6 +23,7 @@ from cnnlab.train.clock import BudgetClock
 from cnnlab.train.fit import EpochStats, fit
 from cnnlab.train.flips import FlipCheck
 from cnnlab.train.precision import decide_precision
+from cnnlab.train.progressive import smallest_side
 from cnnlab.train.transfer import fit_frozen_head, training_normalization, warm_start_head
 
 
@@ -55,6 +57,8 @@ def train_model(
             return config, [stats]
         if is_pretrained_name(config.model.name) and config.model.strategy == "fine-tune" and resume is None:
             warm_start_head(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
+        if t.progressive:
+            _check_progressive(model, config.model.name, source)
         policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
         train_batches, valid_batches = run_batches(
             fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
@@ -69,7 +73,9 @@ def train_model(
                                seconds=deadline - time.perf_counter(), after=after)  # fmt: skip
             config = replace(config, train=plan.train)
             t, meta.config = config.train, config.to_dict()
-            clock = BudgetClock(deadline - plan.kept_s, t.epochs, most=epoch_limits[1] if epoch_limits else None)
+            clock = BudgetClock(deadline - plan.kept_s, t.epochs, most=epoch_limits[1] if epoch_limits else None,
+                                progressive_size=source.image_size if t.progressive else None,
+                                fixed_share=plan.fixed_share)  # fmt: skip
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
         _log_model(config, model, fabric, log)
         decided: dict[str, tuple[bool, str]] = {}
@@ -84,6 +90,24 @@ def train_model(
         flips, why = decided["flips"]
         config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)
     return config, history
+
+
+def _check_progressive(model: torch.nn.Module, name: str, source: Source) -> None:
+    """A model whose layers are sized for its input (a flatten into a linear layer) cannot train on smaller
+    images: said before any epoch runs."""
+    side = smallest_side(source.image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3 if is_pretrained_name(name) else source.channels, side, side))
+    except (RuntimeError, ValueError) as exc:
+        raise CnnlabError(
+            f"--progressive trains on {side}-px images, but {name} only takes {source.image_size} px ({exc}); "
+            "drop --progressive or pick a model with global pooling (e.g. resnet_small)"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def _log_model(config: RunConfig, model, fabric, log) -> None:
