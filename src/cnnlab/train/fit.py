@@ -273,8 +273,10 @@ def fit(
     try:  # around the whole loop: Ctrl-C anywhere (mid-epoch, while logging) leaves the same clear message
         while epoch <= config.epochs:
             cost = clock.cost(epoch, config.epochs) if clock is not None else 1.0  # in full-size epochs
-            if size is not None:
-                train_batches.set_side(side_for(epoch, config.epochs, size))
+            if size is not None and train_batches.side != (side := side_for(epoch, config.epochs, size)):
+                train_batches.set_side(side)
+                if writer:
+                    log(f"progressive resizing: training at {side} px from epoch {epoch} (validation at {size} px)")
             stats = _run_epoch(
                 fabric, fmodel, foptimizer, scheduler, train_batches, valid_batches, config, epoch, model, watch
             )

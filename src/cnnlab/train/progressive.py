@@ -24,6 +24,7 @@ def side_for(epoch: int, epochs: int, image_size: int) -> int:
 
 
 def smallest_side(image_size: int) -> int:
+    """The side of the first third's epochs (a model must take it: runner checks before training)."""
     return max(1, round(image_size * SIDE_FRACTIONS[0]))
 
 
