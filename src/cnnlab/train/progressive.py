@@ -2,8 +2,9 @@
 down to 5/7 and 6/7 of their side (20 and 24 px for Fashion-MNIST's 28), the last third at full size, and
 validation always at full size. An epoch at 20 px costs about half of one at 28, so more epochs fit a budget.
 
-Measured on 2 cores (bench/fashion_levers.py, resnet_small, the larger recipe): 49 epochs in 32.5 minutes and
-94.35% test against 37 epochs in 29.9 minutes and 93.98% at full size (bench/RESULTS.md).
+Measured on 2 cores of a Zen 4 (bench/RESULTS.md): `cnnlab train --data fashion-mnist --budget-minutes 30` trains
+41-42 epochs of resnet_small and scores 94.36-94.43% (seeds 0, 1), against 35-37 epochs and 93.92-94.22% at full
+size.
 
 A budget plans in full-size epochs: an epoch at `side` costs its fixed share (the validation pass at full size,
 the checkpoints: measured by the budget's probe) plus (side / full)^2 of the rest (`epoch_cost`). On Fashion-MNIST
