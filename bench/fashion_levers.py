@@ -44,13 +44,6 @@ from cnnlab.train.fit import build_optimizer, build_scheduler
 PROBE_STEPS = 6
 
 
-def resized(x: torch.Tensor, side: int) -> torch.Tensor:
-    if x.shape[-1] == side:
-        return x
-    out = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    return out.contiguous(memory_format=torch.channels_last)
-
-
 def step(model, optimizer, x, y, smoothing: float) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.compute_loss(model(x), y, smoothing)
@@ -65,10 +58,11 @@ def step_seconds(model, t: TrainConfig, batches, side: int) -> float:
     probe = AveragedModel(model).module  # a deep copy
     optimizer = build_optimizer(probe, t)
     times = []
+    batches.set_side(side)  # cnnlab's progressive resizing: the batch scaled after augmentation
     with torch.random.fork_rng(devices=[]):
         for x, y in itertools.islice(iter(batches), PROBE_STEPS + 2):
             start = time.perf_counter()
-            step(probe, optimizer, resized(x, side), y, t.label_smoothing)
+            step(probe, optimizer, x, y, t.label_smoothing)
             times.append(time.perf_counter() - start)
     return sorted(times[2:])[len(times[2:]) // 2]
 
@@ -131,10 +125,11 @@ def main() -> None:
     history = []
     for epoch in range(epochs):
         train.set_epoch(epoch + 1)
+        train.set_side(side_of[epoch])
         model.train()
         e0 = time.perf_counter()
         for x, y in train:
-            step(model, optimizer, resized(x, side_of[epoch]), y, t.label_smoothing)
+            step(model, optimizer, x, y, t.label_smoothing)
             scheduler.step()
             for ema in emas:
                 ema.update_parameters(model)

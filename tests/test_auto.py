@@ -192,6 +192,12 @@ def test_a_long_budget_on_a_gpu_takes_the_larger_recipe_without_timing_cpu_steps
     cfg = auto.recipe_for_budget(cfg, load_source(cfg.data), {"train": np.arange(1000)}, measure=True,
                                  log=lambda _: None)  # fmt: skip
     assert cfg.model.name == "resnet_small" and "CUDA GPU" in cfg.decisions["model"]
+    assert cfg.train.progressive is True  # the recipe's progressive resizing; --no-progressive keeps it off:
+    off = with_overrides(with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path)), "train",
+                         budget_minutes=20.0, progressive=False)  # fmt: skip
+    off = auto.recipe_for_budget(check_request(off, log=lambda _: None), load_source(off.data),
+                                 {"train": np.arange(1000)}, measure=True, log=lambda _: None)  # fmt: skip
+    assert off.model.name == "resnet_small" and off.train.progressive is False
 
 
 def test_the_larger_recipe_is_the_one_in_recipes_fashion_large_yaml():
