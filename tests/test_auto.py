@@ -177,6 +177,27 @@ def test_a_long_budget_takes_the_larger_recipe_only_where_enough_epochs_fit(tmp_
     assert planned.decisions["model"] in said
 
 
+@pytest.mark.parametrize("progressive, expected", [(None, "resnet_small"), (False, "simple_cnn_bn")])
+def test_the_larger_recipe_counts_its_epochs_at_progressive_resizing_cost(tmp_path, monkeypatch, progressive,
+                                                                           expected):  # fmt: skip
+    """0.383 s per full-size step, 100 steps of 256 digits (8 px) plus a tenth for validation: 42.13 s per full-size
+    epoch, so 28 fit 20 minutes at full size (under the 30 needed). Progressively resized by thirds at 6/7/8 px
+    (0.602, 0.787 and 1 of a full-size epoch), 35 fit: 12 x 0.602 + 12 x 0.787 + 11 = 27.67 full-size epochs,
+    1,166 s; 36 would take 1,208 s. The choice counts epochs as the budget's plan will."""
+    monkeypatch.setattr(auto, "step_seconds", lambda *a: 0.383)
+    cfg = with_overrides(with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path)), "train",
+                         budget_minutes=20.0, progressive=progressive, batch_size=256)  # fmt: skip
+    lines: list[str] = []
+    cfg = auto.recipe_for_budget(check_request(cfg, log=lambda _: None), load_source(cfg.data),
+                                 {"train": np.arange(25_600)}, measure=True, log=lines.append)  # fmt: skip
+    assert cfg.model.name == expected
+    said = next(line for line in lines if line.startswith("model: "))
+    if expected == "resnet_small":
+        assert "35 epochs of resnet_small fit in 20 minutes" in said and "by thirds at 6/7/8 px" in said
+    else:
+        assert "only 28 epochs of resnet_small" in said
+
+
 def test_the_five_minute_budget_keeps_the_course_cnn_without_measuring(tmp_path, monkeypatch):
     monkeypatch.setattr(auto, "step_seconds", lambda *a: pytest.fail("a short budget measures nothing"))
     cfg = with_overrides(RunConfig(), "data", source="digits", root=str(tmp_path))

@@ -41,6 +41,7 @@ from cnnlab.runs import RunFile
 from cnnlab.train.budget import BudgetTooSmall
 from cnnlab.train.fit import EpochStats, accelerator_for, make_fabric
 from cnnlab.train.precision import step_seconds
+from cnnlab.train.progressive import epochs_that_fit, side_for
 from cnnlab.train.runner import build_model, decide_run_precision, train_model
 from cnnlab.train.transfer import resolve_strategy, transfer_defaults
 
@@ -60,7 +61,8 @@ MIN_SECONDS = 10  # left of the budget: below this a trained candidate is not st
 RESERVE = 0.3  # of the budget: kept for loading, the final head fit, evaluation and the report (measured: 25-35%)
 LARGE_BUDGET_MINUTES = 15.0  # a named dataset's budget from which the larger recipe is considered
 LARGE_MIN_EPOCHS = 30  # its epochs needed to pass the course CNN (Fashion-MNIST: 93.9% after 34, 94.15% after 38;
-# the course CNN 93.6-94.0% at any budget: stretched to 30 minutes it overfits, 93.56%)
+# the course CNN 93.6-94.0% at any budget: stretched to 30 minutes it overfits, 93.56%), counted as the budget plans
+# them (progressive resizing's smaller epochs at their cost)
 LARGE_MODEL = "resnet_small"
 LARGE_RECIPE = {  # recipes/fashion-large.yaml's training settings (a flag or config value the user gave wins)
     "optimizer": "sgd", "nesterov": True, "momentum": 0.9, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1,
@@ -155,8 +157,12 @@ def recipe_for_budget(config: RunConfig, source: Source, splits, *, measure: boo
     shape = (t.batch_size, source.channels, source.image_size, source.image_size)
     step = step_seconds(build_model(large, source), shape, len(source.class_names), t.precision)
     epoch_s = step * -(-len(splits["train"]) // t.batch_size) * (1 + VALID_SHARE)
-    epochs = int(budget * 60 // epoch_s)
-    measured = f"{epochs} epochs of {LARGE_MODEL} fit in {budget:g} minutes ({1000 * step:.0f} ms per step, measured)"
+    # counted as the budget's plan will count them: under progressive resizing most epochs cost less than this one
+    size = source.image_size if t.progressive else None
+    epochs = epochs_that_fit(budget * 60, epoch_s, progressive_size=size, fixed=VALID_SHARE / (1 + VALID_SHARE))
+    at = f", by thirds at {'/'.join(str(side_for(e, 3, source.image_size)) for e in (1, 2, 3))} px" if size else ""
+    measured = (f"{epochs} epochs of {LARGE_MODEL} fit in {budget:g} minutes ({1000 * step:.0f} ms per full-size step, "
+                f"measured{at})")  # fmt: skip
     if epochs >= LARGE_MIN_EPOCHS:
         for line in said:
             log(line)
