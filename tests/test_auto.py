@@ -3,6 +3,7 @@ small grey images the from-scratch CNN, few small images a measured choice; a na
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,6 +102,39 @@ def test_a_budget_too_small_for_fine_tuning_skips_it_and_says_why(tmp_path):
     with pytest.raises(CnnlabError, match="nothing to resume"):
         resume(result.run_dir, log=lines.append)
     assert not any("model: auto" in line for line in lines)
+
+
+def test_the_search_is_spent_from_the_command_start_and_keeps_back_what_follows_training(tmp_path):
+    """The folder search bounds the whole command: a trained candidate keeps back the work after training that
+    `after` estimates for it (scoring, explaining for the report; here 10,000 validation passes, more than the
+    budget holds), so fine-tuning is skipped and says what was kept; and what the command spent before the search
+    (loading: here a start 10 minutes back) comes off the budget too."""
+    folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=30, size=112)
+    for i in range(0, 30, 3):  # every third image swapped to the other label: no frozen candidate reaches 100% on
+        a, b = folder / "digit0" / f"{i:03d}.png", folder / "digit1" / f"{i:03d}.png"  # validation (that alone
+        a.rename(folder / "swap.png")  # would skip fine-tuning)
+        b.rename(a)
+        (folder / "swap.png").rename(b)
+    cfg = check_request(with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=2.0),
+                        log=lambda _: None)  # fmt: skip
+    source, asked = load_source(cfg.data), []
+
+    def after(config: RunConfig, splits) -> tuple[float, float]:
+        asked.append((config.model.strategy, len(splits["valid"])))
+        return 1e4, 0.0
+
+    def fine_tune_row(**budget) -> tuple[dict, int]:
+        plan = plan_run(cfg, source, measure=True, audit=False, log=lambda _: None, **budget)
+        (row,) = [r for r in plan.config.model.strategy_candidates if "fine-tuned" in r["candidate"]]
+        assert plan.config.model.strategy in ("feature-extract", "truncate") and plan.trained is None
+        return row, len(plan.splits["valid"])
+
+    kept, n_valid = fine_tune_row(after=after)
+    assert asked == [("fine-tune", n_valid)] and kept["valid_accuracy"] is None
+    assert kept["status"].startswith("skipped: 3 epochs need about") and "kept for evaluation and the report" in \
+        kept["status"]  # fmt: skip
+    late, _ = fine_tune_row(budget_start=time.perf_counter() - 600)
+    assert late["status"].startswith("skipped: the budget is spent")
 
 
 def test_budget_probe_refuses_a_candidate_that_cannot_run_its_least_epochs():

@@ -163,18 +163,21 @@ def test_the_budget_is_the_whole_commands(tmp_path, monkeypatch):
     assert seen["seconds"] < 3  # loading and planning were spent from the 3 s
     assert any(line.startswith("budget 0.05 min:") and "kept for evaluation" in line for line in lines)
     undecided = with_overrides(RunConfig(), "data", flips=None)  # a folder: flips measured while training
-    plan = SimpleNamespace(splits={"valid": [0] * 100, "test": [0] * 50}, config=undecided)
+    splits = {"valid": [0] * 100, "test": [0] * 50}
     small = SimpleNamespace(image_size=28)
-    assert pipeline._after_training(plan, small, report=True, explain=True) == (
+    assert pipeline._after_training(undecided, splits, source=small, report=True, explain=True) == (
         (300 + EXPLAIN_SMALL_IMAGES) / 100, EXPLAIN_SECONDS,
     )  # fmt: skip
-    assert pipeline._after_training(plan, small, report=False, explain=True) == (3.0, 0.0)
+    assert pipeline._after_training(undecided, splits, source=small, report=False, explain=True) == (3.0, 0.0)
     # a backbone computes at 224 px whatever the images' size: explain takes fewer, larger images
-    backbone = SimpleNamespace(splits=plan.splits, config=with_overrides(undecided, "model", name="efficientnet_lite0"))
-    assert pipeline._after_training(backbone, small, report=True, explain=True)[0] == (300 + EXPLAIN_LARGE_IMAGES) / 100
-    asked = with_overrides(backbone.config, "model", options={"input_size": 48})  # --image-size 48: explained as small
-    assert pipeline._after_training(SimpleNamespace(splits=plan.splits, config=asked), small, report=True,
-                                    explain=True)[0] == (300 + EXPLAIN_SMALL_IMAGES) / 100  # fmt: skip
+    backbone = with_overrides(undecided, "model", name="efficientnet_lite0")
+    assert pipeline._after_training(backbone, splits, source=small, report=True, explain=True)[0] == (
+        (300 + EXPLAIN_LARGE_IMAGES) / 100
+    )  # fmt: skip
+    asked = with_overrides(backbone, "model", options={"input_size": 48})  # --image-size 48: explained as small
+    assert pipeline._after_training(asked, splits, source=small, report=True, explain=True)[0] == (
+        (300 + EXPLAIN_SMALL_IMAGES) / 100
+    )  # fmt: skip
 
 
 def test_the_budget_clock_fits_the_epochs_left_and_always_ends_the_schedule():

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,16 @@ def train(
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)
-    plan = plan_run(config, source, measure=not dry_run and launcher is None, audit=not dry_run, log=log)
+    after = partial(_after_training, source=source, report=report, explain=explain)
+    plan = plan_run(config, source, measure=not dry_run and launcher is None, audit=not dry_run, log=log,
+                    budget_start=started, after=after)  # fmt: skip
     if dry_run:
         return _dry_run(plan, source, log)
     fabric = launcher or make_fabric(plan.config.train)
     try:
         run_dir = claim_shared_run_dir(fabric, runs_dir, name or default_run_name(plan.config), force=force)
-        after = _after_training(plan, source, report=report, explain=explain)
-        config, history = _fit_new(plan, fabric, source, run_dir, budget_start=started, after=after, log=log)
+        config, history = _fit_new(plan, fabric, source, run_dir, budget_start=started,
+                                   after=after(plan.config, plan.splits), log=log)  # fmt: skip
     finally:
         if plan.trained is not None:  # moved into the run folder, or (on an error) not wanted
             plan.trained.discard()
@@ -183,13 +186,13 @@ def _fit_new(
         return config, history
 
 
-def _after_training(plan: Plan, source: Source, *, report: bool, explain: bool) -> tuple[float, float]:
-    """What the command does after training (what a budget keeps back), as (validation passes of the model, seconds
-    besides): the validation and test splits scored, twice where test-time flips may be on, and explaining."""
-    valid, test = len(plan.splits["valid"]), len(plan.splits["test"])
-    images, seconds = (1 if plan.config.data.flips is False else 2) * (valid + test), 0.0
+def _after_training(config: RunConfig, splits, *, source: Source, report: bool, explain: bool) -> tuple[float, float]:
+    """What the command does after training `config` (what a budget keeps back), as (validation passes of the model,
+    seconds besides): the validation and test splits scored, twice where test-time flips may be on, and explaining."""
+    valid, test = len(splits["valid"]), len(splits["test"])
+    images, seconds = (1 if config.data.flips is False else 2) * (valid + test), 0.0
     if report and explain:
-        explained, seconds = explain_work(_computed_side(plan.config.model, source.image_size))
+        explained, seconds = explain_work(_computed_side(config.model, source.image_size))
         images += explained
     return images / max(valid, 1), seconds
 

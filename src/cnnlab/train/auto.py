@@ -14,8 +14,11 @@ first, on the validation split (the test split is never touched):
    folders of a few hundred images it scored 62.5% where the frozen head scored 85%);
 3. fine-tuning the backbone (head first on the frozen features, then all but its first quarter with layer-wise
    learning rates, batch-norm statistics kept, augmentation and the measured flips, best epoch by validation), for
-   photos, if at least FINE_TUNE_EPOCHS[0] epochs fit in what is left of the budget: its cost is measured on a few
-   steps first. On small images upscaled to 224 px it lost on both folders measured and cost minutes: skipped.
+   photos, if at least FINE_TUNE_EPOCHS[0] epochs fit in what is left of the budget once the work after training
+   (scoring, explaining for the report) is kept back: its cost is measured on a few steps first. On small images
+   upscaled to 224 px it lost on both folders measured and cost minutes: skipped.
+
+The budget (`--budget-minutes`, default BUDGET_MINUTES) is the whole command's: it runs from the command's start.
 
 The best validation accuracy wins (accuracy also with --positive, whose AUC ranks the frozen candidates among
 themselves: the families' trained runs report accuracy). Scores closer than TIE are a tie, which goes to the
@@ -58,7 +61,7 @@ SMALL_IMAGES_NO_FINE_TUNE = (
     "Fashion-MNIST at 100 per class, and took most of the budget: bench/RESULTS.md)"
 )
 MIN_SECONDS = 10  # left of the budget: below this a trained candidate is not started
-RESERVE = 0.3  # of the budget: kept for loading, the final head fit, evaluation and the report (measured: 25-35%)
+TAIL_SECONDS = 10  # kept after the search: the chosen frozen head refit, its checkpoint, the run folder (2-5 s here)
 LARGE_BUDGET_MINUTES = 15.0  # a named dataset's budget from which the larger recipe is considered
 LARGE_MIN_EPOCHS = 30  # its epochs needed to pass the course CNN (Fashion-MNIST: 93.9% after 34, 94.15% after 38;
 # the course CNN 93.6-94.0% at any budget: stretched to 30 minutes it overfits, 93.56%), counted as the budget plans
@@ -178,11 +181,19 @@ def _large_train(t: TrainConfig, default_batch: int) -> TrainConfig:
     return replace(t, **{k: v for k, v in LARGE_RECIPE.items() if getattr(t, k) == getattr(defaults, k)})
 
 
+AfterWork = Callable[[RunConfig, dict], tuple[float, float]]  # (config, splits) -> the command's work after training
+
+
 def search_models(
-    config: RunConfig, source: Source, splits, *, measure: bool, log: Callable[[str], None]
+    config: RunConfig, source: Source, splits, *, measure: bool, log: Callable[[str], None],
+    budget_start: float | None = None, after: AfterWork | None = None,
 ) -> tuple[RunConfig, Trained | None]:  # fmt: skip
     """The portfolio measured on validation within the budget; returns the winner's config (the table under
-    `model.strategy_candidates`) and, when the winner was trained here, its training."""
+    `model.strategy_candidates`) and, when the winner was trained here, its training. The budget runs from
+    `budget_start` (the command's start: loading and the audit are spent from it; default now); a trained candidate
+    keeps back `after(its config, splits)`, the command's work once training ends (validation passes of the model at
+    the speed its probe measures, seconds besides: scoring, explaining for the report), so the whole command ends
+    within the budget whichever candidate wins (a frozen winner's work after training is about the same)."""
     if not config.data.source.startswith("folder:"):
         return recipe_for_budget(config, source, splits, measure=measure, log=log), None
     small_images = source.image_size < PHOTO_SIDE
@@ -194,7 +205,10 @@ def search_models(
         return with_decisions(frozen, model=f"photos, {why}: {BACKBONE}"), None
     rows: list[Row] = []
     try:
-        winner = _measure(config, source, splits, rows, small_images, log)
+        end = (time.perf_counter() if budget_start is None else budget_start) + 60 * (
+            config.train.budget_minutes or BUDGET_MINUTES
+        )
+        winner = _measure(config, source, splits, rows, small_images, end, after or _nothing_after, log)
     except BaseException as exc:  # nothing of the search is left behind; Ctrl-C stops the whole run
         for row in rows:
             if row.trained is not None:
@@ -215,22 +229,25 @@ def search_models(
     return with_decisions(replace(winner.config, model=model), model=why), winner.trained
 
 
-def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_images: bool, log) -> Row:
-    """Append the candidates' rows to `rows`, cheapest first, within the budget; the winner's row (the losers'
-    trained folders are removed)."""
+def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_images: bool, end: float,
+             after: AfterWork, log) -> Row:  # fmt: skip
+    """Append the candidates' rows to `rows`, cheapest first, within the budget ending at `end` (perf_counter); the
+    winner's row (the losers' trained folders are removed)."""
     minutes = config.train.budget_minutes or BUDGET_MINUTES
-    deadline = time.perf_counter() + minutes * 60 * (1 - RESERVE)
+    deadline = end - TAIL_SECONDS
     log(f"model: auto, measuring candidates on {len(splits['valid'])} validation images within {minutes:g} min")
     rows += _frozen_rows(config, source, splits, _indented(log))
     if small_images:
         budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
-        rows.append(_trained_row(_named(config, DEFAULT_MODEL), "scratch", source, splits, budget, None, log))
+        scratch = _named(config, DEFAULT_MODEL)
+        rows.append(_trained_row(scratch, "scratch", source, splits, budget, None, after(scratch, splits), log))
     if small_images:
         rows.append(Row(f"{BACKBONE} fine-tuned", "fine-tune", status=SMALL_IMAGES_NO_FINE_TUNE))
     else:
         perfect = max(r.valid_accuracy or 0.0 for r in rows) >= 1 - TIE
-        rows.append(_trained_row(_fine_tune_recipe(config), "fine-tune", source, splits,
-                                 deadline - time.perf_counter(), FINE_TUNE_EPOCHS, log, pointless=perfect))  # fmt: skip
+        tuned = _fine_tune_recipe(config)
+        rows.append(_trained_row(tuned, "fine-tune", source, splits, deadline - time.perf_counter(), FINE_TUNE_EPOCHS,
+                                 after(tuned, splits), log, pointless=perfect))  # fmt: skip
     winner = _pick(rows)
     for row in rows:
         if row.trained is not None and row is not winner:
@@ -267,11 +284,12 @@ def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
 
 
 def _trained_row(
-    config: RunConfig, family: str, source: Source, splits, seconds_left: float, epoch_limits, log,
-    pointless: bool = False,
+    config: RunConfig, family: str, source: Source, splits, seconds_left: float, epoch_limits,
+    after: tuple[float, float], log, pointless: bool = False,
 ) -> Row:  # fmt: skip
-    """Train one candidate into a temporary folder within `seconds_left`; a row with its best validation epoch.
-    `pointless`: another candidate already scores 100% on validation, so this one could only tie."""
+    """Train one candidate into a temporary folder within `seconds_left`, keeping back `after` (validation passes,
+    seconds); a row with its best validation epoch. `pointless`: another candidate already scores 100% on
+    validation, so this one could only tie."""
     label = {"scratch": f"{DEFAULT_MODEL} (from scratch)", "fine-tune": f"{BACKBONE} fine-tuned"}[family]
     if seconds_left < MIN_SECONDS:
         return Row(label, family, status=f"skipped: the budget is spent ({max(seconds_left, 0):.0f} s left)")
@@ -281,12 +299,12 @@ def _trained_row(
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-candidate-"))
     log(f"candidate: {label}, up to {seconds_left:.0f} s")
     config = decide_run_precision(config, source, measure=True, log=log)
-    minutes = max(seconds_left - (time.perf_counter() - started), 1.0) / 60
-    config = replace(config, train=replace(config.train, budget_minutes=minutes))
+    # spent from `seconds_left` from here on: the precision's timing, fine-tuning's head fit first, the probe
+    config = replace(config, train=replace(config.train, budget_minutes=seconds_left / 60))
     try:
         trained_config, history = train_model(
             config, make_fabric(config.train), source, splits, folder, epoch_limits=epoch_limits or
-            (1, config.train.epochs), log=_indented(log),
+            (1, config.train.epochs), budget_start=started, after=after, log=_indented(log),
         )  # fmt: skip
     except BudgetTooSmall as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -327,6 +345,10 @@ def _chosen(config: RunConfig, name: str, why: str, log: Callable[[str], None] |
     if log is not None:
         log(f"model: {name} (auto: {why})")
     return with_decisions(_named(config, name), model=why)
+
+
+def _nothing_after(config: RunConfig, splits) -> tuple[float, float]:
+    return 0.0, 0.0
 
 
 def _indented(log: Callable[[str], None]) -> Callable[[str], None]:

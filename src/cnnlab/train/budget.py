@@ -81,10 +81,11 @@ def plan_budget(
     if epoch_limits is not None:
         least, most = epoch_limits
         if epochs < least:
-            raise BudgetTooSmall(
-                f"{least} epochs need about {least * epoch_s + compile_s:.0f} s ({epoch_s:.1f} s/epoch measured), "
-                f"{seconds:.0f} s left of the budget"
-            )  # fmt: skip
+            left = f"{seconds - kept_s:.0f} s left of the budget"
+            if kept_s:
+                left += f" ({kept_s:.0f} s more kept for evaluation and the report)"
+            need = f"{least} epochs need about {least * epoch_s + compile_s:.0f} s ({epoch_s:.1f} s/epoch measured)"
+            raise BudgetTooSmall(f"{need}, {left}")
         epochs = min(epochs, most)
     log(f"budget {t.budget_minutes:g} min: about {epoch_s:.1f} s/epoch measured{extra} -> {epochs} epochs")
     return BudgetPlan(replace(t, epochs=epochs), kept_s, fixed)

@@ -20,7 +20,7 @@ from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
-from cnnlab.train.auto import AUTO, Trained, model_before_data, search_models
+from cnnlab.train.auto import AUTO, AfterWork, Trained, model_before_data, search_models
 from cnnlab.train.fit import accelerator_for
 from cnnlab.train.runner import decide_run_precision
 from cnnlab.train.transfer import resolve_strategy, transfer_defaults
@@ -49,9 +49,13 @@ def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunC
     return config
 
 
-def plan_run(config: RunConfig, source: Source, *, measure: bool, audit: bool, log: Callable[[str], None]) -> Plan:
+def plan_run(
+    config: RunConfig, source: Source, *, measure: bool, audit: bool, log: Callable[[str], None],
+    budget_start: float | None = None, after: AfterWork | None = None,
+) -> Plan:  # fmt: skip
     """Splits, the audit gate, then the decisions read off the data and the machine. `measure` False (a dry run,
-    several processes) skips what costs measurement: the strategy search and the precision timing."""
+    several processes) skips what costs measurement: the strategy search and the precision timing. A folder's model
+    search is bounded from `budget_start` (when the command began), keeping back `after` (see `search_models`)."""
     positive = config.evaluation.positive
     if positive is not None and positive not in source.class_names:
         raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
@@ -68,7 +72,8 @@ def plan_run(config: RunConfig, source: Source, *, measure: bool, audit: bool, l
     config = data_decisions(config, source, len(splits["train"]), log)
     trained = None
     if config.model.name == AUTO:
-        config, trained = search_models(config, source, splits, measure=measure, log=log)
+        config, trained = search_models(config, source, splits, measure=measure, log=log, budget_start=budget_start,
+                                         after=after)  # fmt: skip
     config = resolve_strategy(config, source, splits, positive=positive, measure=measure, log=log)
     config = decide_run_precision(config, source, measure=measure, log=log)
     return Plan(config, splits, found, dropped, trained)
