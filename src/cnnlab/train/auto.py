@@ -72,6 +72,7 @@ LARGE_RECIPE = {  # recipes/fashion-large.yaml's training settings (a flag or co
     "batch_size": 256, "progressive": True,
 }  # fmt: skip
 VALID_SHARE = 0.1  # an epoch's validation pass, as a share of its training time (the budget planner measures it)
+AfterWork = Callable[[RunConfig, dict], tuple[float, float]]  # (config, splits) -> the command's work after training
 
 
 @dataclass
@@ -179,9 +180,6 @@ def _large_train(t: TrainConfig, default_batch: int) -> TrainConfig:
     already set to the data's default, `default_batch`)."""
     defaults = replace(TrainConfig(), batch_size=default_batch)
     return replace(t, **{k: v for k, v in LARGE_RECIPE.items() if getattr(t, k) == getattr(defaults, k)})
-
-
-AfterWork = Callable[[RunConfig, dict], tuple[float, float]]  # (config, splits) -> the command's work after training
 
 
 def search_models(
