@@ -44,7 +44,7 @@ from cnnlab.runs import RunFile
 from cnnlab.train.budget import BudgetTooSmall
 from cnnlab.train.fit import EpochStats, accelerator_for, make_fabric
 from cnnlab.train.precision import step_seconds
-from cnnlab.train.progressive import epochs_that_fit, side_for
+from cnnlab.train.progressive import epochs_that_fit, sides_text
 from cnnlab.train.runner import build_model, decide_run_precision, train_model
 from cnnlab.train.transfer import resolve_strategy, transfer_defaults
 
@@ -164,7 +164,7 @@ def recipe_for_budget(config: RunConfig, source: Source, splits, *, measure: boo
     # counted as the budget's plan will count them: under progressive resizing most epochs cost less than this one
     size = source.image_size if t.progressive else None
     epochs = epochs_that_fit(budget * 60, epoch_s, progressive_size=size, fixed=VALID_SHARE / (1 + VALID_SHARE))
-    at = f", by thirds at {'/'.join(str(side_for(e, 3, source.image_size)) for e in (1, 2, 3))} px" if size else ""
+    at = f", by thirds at {sides_text(size)} px" if size else ""
     measured = (f"{epochs} epochs of {LARGE_MODEL} fit in {budget:g} minutes ({1000 * step:.0f} ms per full-size step, "
                 f"measured{at})")  # fmt: skip
     if epochs >= LARGE_MIN_EPOCHS:

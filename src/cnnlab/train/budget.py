@@ -13,7 +13,7 @@ import torch
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.train.fit import build_optimizer, evaluate_loss
-from cnnlab.train.progressive import epochs_that_fit, side_for
+from cnnlab.train.progressive import epochs_that_fit, sides_text
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
 
@@ -77,7 +77,7 @@ def plan_budget(
     if kept_s:
         extra += f", {kept_s:.0f} s kept for evaluation and the report"
     if size is not None:
-        extra += f", by thirds at {'/'.join(str(side_for(e, 3, size)) for e in (1, 2, 3))} px"
+        extra += f", by thirds at {sides_text(size)} px"
     if epoch_limits is not None:
         least, most = epoch_limits
         if epochs < least:

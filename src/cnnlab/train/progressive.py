@@ -29,6 +29,11 @@ def smallest_side(image_size: int) -> int:
     return max(1, round(image_size * SIDE_FRACTIONS[0]))
 
 
+def sides_text(image_size: int) -> str:
+    """The sides by thirds, as the logs say them: '20/24/28' for 28-px images."""
+    return "/".join(str(side_for(e, len(SIDE_FRACTIONS), image_size)) for e in range(1, len(SIDE_FRACTIONS) + 1))
+
+
 def epoch_cost(epoch: int, epochs: int, image_size: int | None, fixed: float = 0.0) -> float:
     """Epoch `epoch` of `epochs`' cost in full-size epochs, `fixed` of which does not shrink with the side (1
     without progressive resizing: `image_size` None)."""

@@ -11,7 +11,7 @@ import torch
 
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
-from cnnlab.data.batches import run_batches
+from cnnlab.data.batches import Normalization, run_batches
 from cnnlab.data.sources import Source
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
@@ -58,7 +58,7 @@ def train_model(
         if is_pretrained_name(config.model.name) and config.model.strategy == "fine-tune" and resume is None:
             warm_start_head(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
         if t.progressive:
-            _check_progressive(model, config.model.name, source)
+            _check_progressive(model, config.model.name, source, norm)
         policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
         train_batches, valid_batches = run_batches(
             fabric.to_device(source.images), fabric.to_device(source.labels), splits, batch_size=t.batch_size,
@@ -92,15 +92,16 @@ def train_model(
     return config, history
 
 
-def _check_progressive(model: torch.nn.Module, name: str, source: Source) -> None:
+def _check_progressive(model: torch.nn.Module, name: str, source: Source, norm: Normalization) -> None:
     """A model whose layers are sized for its input (a flatten into a linear layer) cannot train on smaller
-    images: said before any epoch runs."""
+    images: said before any epoch runs, on a batch made as the training batches are (normalised: grey images
+    meet a backbone's RGB statistics as three channels)."""
     side = smallest_side(source.image_size)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(2, 3 if is_pretrained_name(name) else source.channels, side, side))
+            model(norm.apply(torch.zeros(2, source.channels, side, side, dtype=torch.uint8)))
     except (RuntimeError, ValueError) as exc:
         raise CnnlabError(
             f"--progressive trains on {side}-px images, but {name} only takes {source.image_size} px ({exc}); "
