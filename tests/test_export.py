@@ -119,11 +119,12 @@ def test_an_onnx_file_without_cnnlab_metadata_is_a_clear_error(tmp_path, cli):
 
 def test_int8_is_calibrated_on_validation_images_only_and_keeps_accuracy(digits_cnn_run, tmp_path, cli):
     from cnnlab.data.splits import load_splits
+    from cnnlab.predict.infer import open_trained_run
 
     out = tmp_path / "digits.int8.onnx"
     result = E.export_run(digits_cnn_run, output=out, int8=True, calibration=100, log=lambda _: None)
     q = result["int8"]
-    splits = load_splits(digits_cnn_run / "splits.json")
+    splits = load_splits(digits_cnn_run / "splits.json", open_trained_run(digits_cnn_run).source)
     used = set(q["calibration_indices"])
     assert len(used) == 100 and used <= set(splits["valid"].tolist()) and not used & set(splits["test"].tolist())
     assert q["accuracy_delta"] >= -Q.INT8_MAX_DROP and q["accuracy_int8"] >= 0.85
@@ -149,7 +150,8 @@ def test_int8_output_layer_is_refitted_on_training_images_towards_the_fp32_logit
 
     fp32 = tmp_path / "fp32.onnx"
     E.export_run(digits_cnn_run, output=fp32, tta=True, log=lambda _: None)
-    run, splits = open_trained_run(digits_cnn_run), load_splits(digits_cnn_run / "splits.json")
+    run = open_trained_run(digits_cnn_run)
+    splits = load_splits(digits_cnn_run / "splits.json", run.source)
     norm = run.checkpoint.preprocessing.normalization()
     int8 = Q.quantized(fp32, E._normalised(run.source.images, splits["valid"][:100], norm), {"quantization": "int8"})
     held_out = E._normalised(run.source.images, np.concatenate([splits["valid"], splits["test"]]), norm)

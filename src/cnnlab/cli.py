@@ -112,6 +112,10 @@ def train(
     drop_degenerate: Optional[bool] = typer.Option(
         None, "--drop-degenerate/--keep-degenerate", help="Drop blank, striped, flat or blurred images (audit)."
     ),
+    group_by: Optional[str] = typer.Option(
+        None, help="Folders: REGEX finding each file's group (a patient) in its path; no group spans two splits."
+    ),
+    groups: Optional[str] = typer.Option(None, help="Folders: a CSV of file,group rows (instead of --group-by)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Train and score one batch; write nothing."),
 ) -> None:
     """Train a model, keep the best epoch by validation loss, and evaluate it on the test split."""
@@ -147,13 +151,19 @@ def evaluate(
     threshold_rule: Optional[str] = typer.Option(None, help=RULE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Score one batch; write nothing."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
+    skip_changed: bool = typer.Option(
+        False,
+        "--skip-changed",
+        help="Score the recorded files still unchanged (else a gone/changed one is an error).",
+    ),
 ) -> None:
-    """Score a run's best checkpoint on its test split; write predictions.csv and eval.json."""
+    """Score a run's best checkpoint on its test split (the files recorded at training); write predictions.csv and
+    eval.json."""
     from cnnlab.evaluate.evaluate import evaluate_run
 
     evaluate_run(
         run, checkpoint=checkpoint, positive=positive, rule=threshold_rule, dry_run=dry_run, backend=backend,
-        log=_log,
+        skip_changed=skip_changed, log=_log,
     )  # fmt: skip
 
 
@@ -318,6 +328,8 @@ def audit_command(
     valid_fraction: Optional[float] = typer.Option(None, help="As for train: the splits audited."),
     test_fraction: Optional[float] = typer.Option(None, help="As for train: the splits audited."),
     seed: Optional[int] = typer.Option(None, help="As for train: the splits audited."),
+    group_by: Optional[str] = typer.Option(None, help="As for train: each file's group (REGEX on its path)."),
+    groups: Optional[str] = typer.Option(None, help="As for train: a CSV of file,group rows."),
     data_root: Optional[str] = typer.Option(None, help="Where datasets and caches live (default data/)."),
 ) -> None:
     """Duplicates and leakage across train/valid/test, likely label errors, outliers and class balance: a ranked
@@ -328,7 +340,8 @@ def audit_command(
     cfg = None
     if data is not None:
         cfg = with_overrides(RunConfig(), "data", source=data, image_size=image_size, valid_fraction=valid_fraction,
-                             test_fraction=test_fraction, root=data_root)  # fmt: skip
+                             test_fraction=test_fraction, root=data_root, group_by=group_by,
+                             groups=groups)  # fmt: skip
         cfg = with_overrides(cfg, "train", seed=seed)
     run_audit(run, cfg, output=output, force=force, labels=labels, log=_log)
 

@@ -84,6 +84,8 @@ class DataConfig:
     audit: Literal["auto", "on", "off"] = "auto"  # duplicates/leakage before training; auto: up to 30,000 images
     dedupe: bool = False  # drop valid/test images that duplicate a training image (the folder is not touched)
     drop_degenerate: bool = False  # drop blank, striped, flat and blurred images from every split (audit/degenerate.py)
+    group_by: str | None = None  # folders: a regex whose first group (or match) in each relative path is its group
+    groups: str | None = None  # folders: a CSV of file,group rows; no group is split across train/valid/test
 
     def __post_init__(self) -> None:
         _check_fraction("valid_fraction", self.valid_fraction)
@@ -96,6 +98,8 @@ class DataConfig:
             raise CnnlabError(f"crop_pct must be in (0, 1], got {self.crop_pct} (0.875 = resize 256, crop 224)")
         if self.train_limit is not None and self.train_limit < 1:
             raise CnnlabError(f"train_limit must be >= 1 image, got {self.train_limit}")
+        if self.group_by is not None and self.groups is not None:
+            raise CnnlabError("give group_by (--group-by REGEX) or groups (--groups FILE.csv), not both")
 
 
 Strategy = Literal["auto", "feature-extract", "truncate", "fine-tune", "retrain"]

@@ -20,7 +20,7 @@ from cnnlab.audit.checks import all_restored, rows
 from cnnlab.audit.gate import write_audit
 from cnnlab.config import ModelConfig, RunConfig, parse_rule
 from cnnlab.data.sources import Source, load_source
-from cnnlab.data.splits import load_splits, save_splits
+from cnnlab.data.splits import read_run_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
 from cnnlab.explain.run import explain_run, explain_work
@@ -109,7 +109,7 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
         return TrainResult(run_dir, [], evaluation)
     saved = f"after epoch {last.epoch}" if last is not None else "from the start (no epoch had been saved)"
     log(f"resuming {run_dir} {saved} of {config.train.epochs}")
-    splits = load_splits(run_dir / RunFile.SPLITS)
+    splits = read_run_splits(run_dir / RunFile.SPLITS, source, log=log).splits  # the recorded files, none added
     config = replace(config, train=replace(config.train, devices=1, num_nodes=1))  # resume runs in one process
     config, history = train_model(config, make_fabric(config.train), source, splits, run_dir, resume=last, log=log)
     write_run_config(run_dir, config)
@@ -157,7 +157,7 @@ def _dry_run(plan: Plan, source: Source, log) -> TrainResult:
         run_dir = Path(tmp) / "dry-run"
         run_dir.mkdir()
         write_run_config(run_dir, config)
-        save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=config.train.seed)
+        save_splits(plan.splits, run_dir / RunFile.SPLITS, source=source, seed=config.train.seed, groups=plan.groups)
         _, history = train_model(
             config, make_fabric(config.train), source, plan.splits, run_dir, max_batches=1, log=log
         )
@@ -174,7 +174,8 @@ def _fit_new(
         return train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
     with creating_run_dir(run_dir):
         write_run_config(run_dir, plan.config)
-        save_splits(plan.splits, run_dir / RunFile.SPLITS, seed=plan.config.train.seed, dropped=plan.dropped)
+        save_splits(plan.splits, run_dir / RunFile.SPLITS, source=source, seed=plan.config.train.seed,
+                    dropped=plan.dropped, groups=plan.groups)  # fmt: skip
         if plan.audit is not None:  # the table is about the data as it is (dropped images included)
             write_audit(run_dir, plan.audit, rows(plan.audit, source, all_restored(plan.splits, plan.dropped)))
         if plan.trained is not None:  # the model search trained the winner already

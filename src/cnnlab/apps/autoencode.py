@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import yaml
 
 from cnnlab.config import DataConfig
-from cnnlab.data.sources import SOURCE_NAMES, load_source
+from cnnlab.data.sources import SOURCE_NAMES, Source, load_source
 from cnnlab.data.splits import make_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.metrics import roc_auc
@@ -72,6 +72,7 @@ class Data:
     labels: np.ndarray
     class_names: list[str]
     splits: dict[str, np.ndarray]
+    source: Source  # what splits.json records the splits' images by
     outliers: torch.Tensor | None = None  # another source's images, for --anomaly DATASET
 
 
@@ -93,7 +94,7 @@ def autoencode(options: AutoencodeOptions, *, runs_dir: Path = Path("runs"), nam
         + (f"; denoising, noise {options.noise}" if options.noise else ""))  # fmt: skip
     with creating_run_dir(run_dir):
         _write_yaml(run_dir / RunFile.CONFIG, {"kind": KIND, **asdict(options)})
-        save_splits(data.splits, run_dir / RunFile.SPLITS, seed=options.seed)
+        save_splits(data.splits, run_dir / RunFile.SPLITS, source=data.source, seed=options.seed)
         _fit(model, data, options, run_dir, log)
     result = evaluate(run_dir, data=data, log=log)
     log(f"run folder: {run_dir}")
@@ -121,7 +122,7 @@ def _load(options: AutoencodeOptions, log) -> Data:
     labels = source.labels.numpy()
     splits = make_splits(labels, source.partitions, valid_fraction=0.2, test_fraction=0.2, seed=options.seed,
                          train_limit=options.train_limit)  # fmt: skip
-    data = Data(source.images, labels, source.class_names, splits)
+    data = Data(source.images, labels, source.class_names, splits, source)
     if options.anomaly is None:
         return data
     if options.anomaly in source.class_names:  # normal = every other class; the test split keeps all

@@ -94,9 +94,12 @@ def split_names(n: int, splits: dict[str, np.ndarray]) -> np.ndarray:
     return names
 
 
-def find_duplicates(images: torch.Tensor, splits: dict[str, np.ndarray], *, block: int = 1024) -> list[Finding]:
-    """Exact and near-duplicate pairs among uint8 `images` [N, C, H, W]; pairs across splits are leakage."""
-    where = split_names(len(images), splits)
+Pair = tuple[int, int, float, bool]  # (image, other image, similarity, same pixels)
+
+
+def duplicate_pairs(images: torch.Tensor, *, block: int = 1024) -> list[Pair]:
+    """Exact and near-duplicate pairs among uint8 `images` [N, C, H, W], whatever their splits: what training
+    keeps together when it splits (data/groups.py), and what the audit classifies."""
     groups = _exact_groups(images)
     pairs: dict[tuple[int, int], tuple[float, bool]] = {}
     for members in groups.values():
@@ -110,8 +113,19 @@ def find_duplicates(images: torch.Tensor, splits: dict[str, np.ndarray], *, bloc
     for i in np.flatnonzero(((s1 >= FLOOR) & (ratio < RATIO)).numpy()):
         a, b = sorted((int(i), int(best[i])))
         pairs.setdefault((a, b), (round(float(s1[i]), 4), False))
+    return [(a, b, sim, exact) for (a, b), (sim, exact) in pairs.items()]
+
+
+def find_duplicates(
+    images: torch.Tensor, splits: dict[str, np.ndarray], *, pairs: list[Pair] | None = None, block: int = 1024
+) -> list[Finding]:
+    """Duplicate pairs (found here, or `pairs` found before splitting) as findings: a pair across splits is
+    leakage."""
+    where = split_names(len(images), splits)
     findings = []
-    for (a, b), (sim, exact) in pairs.items():
+    for a, b, sim, exact in duplicate_pairs(images, block=block) if pairs is None else pairs:
+        if where[a] == "" or where[b] == "":
+            continue  # an image in no split (--train-limit): nothing to leak into
         if where[a] != where[b]:  # keep the training image as `other`: the held-out one is what leaked
             a, b = (b, a) if where[a] == "train" else (a, b)
         issue = "leakage" if where[a] != where[b] else "duplicate"
@@ -319,15 +333,18 @@ def class_counts(labels: np.ndarray, splits: dict[str, np.ndarray], class_names:
 
 
 def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cache_dir: Path | None, seed: int = 0,
+          pairs: list[Pair] | None = None, groups: np.ndarray | None = None,
           log: Callable[[str], None] = print) -> Audit:  # fmt: skip
     """Every check on a loaded source and its splits. `labels_too`: also the embedding-based label and outlier
-    checks, which cost one backbone pass over the images (cached); "cached": only if that pass is cached."""
+    checks, which cost one backbone pass over the images (cached); "cached": only if that pass is cached. `pairs`:
+    the duplicates found before splitting (else found here); `groups`: one group id per image, whose groups that
+    cross splits are counted (a patient in train/ and test/)."""
     labels = source.labels.numpy()
     if len(source.class_names) < 2 or len(np.unique(labels)) < 2:
         raise CnnlabError(f"{source.name} has a single class; an audit (and a classifier) needs two or more")
     result, cost = Audit(), {}
     start = time.perf_counter()
-    found = find_duplicates(source.images, splits)
+    found = find_duplicates(source.images, splits, pairs=pairs)
     result.findings += [f for f in found if f.issue == "leakage"] + find_degenerate(source.images)
     result.findings += [f for f in found if f.issue != "leakage"]
     cost["duplicates_s"] = round(time.perf_counter() - start, 1)
@@ -351,6 +368,7 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         "degenerate_kinds": dict(Counter(f.reason.split(":")[0] for f in result.of("degenerate"))),
         "leaked_held_out_images": _leaked(result, split_names(len(labels), splits)),
         "class_balance": class_counts(labels, splits, source.class_names),
+        "groups_across_splits": groups_across_splits(groups, splits) if groups is not None else None,
         "checks": ["duplicates"] + (["labels", "outliers"] if features is not None else []),
         "method": {"thumbnail_px": THUMB, "crop": CROP, "floor": FLOOR, "ratio": RATIO,
                    "labels": f"logistic regression (C={LABEL_C}) on Lite0 features of every level (standardised, "
@@ -362,6 +380,21 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         "seconds": cost,
     }  # fmt: skip
     return result
+
+
+def groups_across_splits(groups: np.ndarray, splits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Groups with images in more than one split, and the valid/test images of a group that also has training
+    images (their scores are not independent of training)."""
+    where = split_names(len(groups), splits)
+    seen: dict[str, set[str]] = {}
+    for g, s in zip(groups.tolist(), where.tolist(), strict=True):
+        if s:
+            seen.setdefault(str(g), set()).add(s)
+    crossing = sorted(g for g, s in seen.items() if len(s) > 1)
+    trained = {g for g, s in seen.items() if "train" in s}
+    held = {s: int(sum(1 for g, w in zip(groups.tolist(), where.tolist(), strict=True) if w == s and str(g) in trained))
+            for s in ("valid", "test")}  # fmt: skip
+    return {"groups": len(seen), "crossing": len(crossing), "examples": crossing[:10], "held_out_images": held}
 
 
 def find_degenerate(images: torch.Tensor) -> list[Finding]:

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import torch
 
 from cnnlab.audit import checks as A
 from cnnlab.config import DataConfig, RunConfig
-from cnnlab.data.sources import PHOTO_SIDE, load_source, scan_folder
-from cnnlab.data.splits import load_splits, make_splits
+from cnnlab.data.groups import identical_files, merge_groups, user_groups
+from cnnlab.data.sources import PHOTO_SIDE, Source, load_source, scan_folder
+from cnnlab.data.splits import DROPPED, make_splits, read_run_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.figures import figure_png_base64, new_figure
 from cnnlab.files import write_text_atomic
@@ -26,7 +28,6 @@ from cnnlab.models.pretrained import DEFAULT_BACKBONE, backbone_decoding
 from cnnlab.runs import RunFile, open_run, refuse_existing, source_slug
 
 FILES = (RunFile.AUDIT_CSV, RunFile.AUDIT_JSON)
-DROPPED = ("deduplicated", "degenerate")  # what training may leave out, as splits.json records it
 SHOWN = 15  # table rows printed
 AUTO_MAX_IMAGES = 30_000  # `--audit auto` checks duplicates up to this many images (about 5 s on 2 cores)
 SECONDS_PER_PAIR = 5e-9  # the duplicate pass's cost per image pair, measured on 2 Zen 4 cores (70,000: 24 s)
@@ -38,11 +39,54 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
     is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
     source = load_source(audited_data(config.data, log), log=log)
     _check_source(source)
+    config = replace(config, data=replace(config.data, audit="on"))  # the command is the audit: whatever the size
+    groups, pairs = split_groups(config, source, log)
     splits = make_splits(
         source.labels.numpy(), source.partitions, valid_fraction=config.data.valid_fraction,
         test_fraction=config.data.test_fraction, seed=config.train.seed, train_limit=config.data.train_limit,
+        groups=groups,
     )  # fmt: skip
-    return _audit_and_write(source, splits, config, output, force=force, labels=labels, log=log)
+    return _audit_and_write(source, splits, config, output, force=force, labels=labels, pairs=pairs, groups=groups,
+                            log=log)  # fmt: skip
+
+
+def split_groups(
+    config, source: Source, log: Callable[[str], None], *, near: bool = True
+) -> tuple[np.ndarray | None, list[A.Pair] | None]:
+    """What a split must keep together, found before splitting: the user's groups (--group-by, --groups) and every
+    cluster of duplicates, so a random split never puts a copy on both sides. Identical files are known from their
+    fingerprints at no cost; near duplicates (resized, re-encoded copies) from the audit's thumbnail pass, where the
+    audit gate runs it (and `near`: a dry run skips it). Returns (one group id per image or None, the duplicate
+    pairs or None when not searched)."""
+    n = len(source.labels)
+    users = user_groups(source, group_by=config.data.group_by, groups_file=config.data.groups)
+    pairs = None if not near or _skip_reason(config, source) else A.duplicate_pairs(source.images)
+    linked = [(a, b) for a, b, *_ in pairs or []] + identical_files(source.fingerprints)
+    groups = merge_groups(n, users, linked)
+    if groups is None:
+        return None, pairs
+    sizes = np.unique(groups, return_counts=True)[1]
+    what = []
+    if users is not None:
+        what.append(f"{len(np.unique(users)):,} groups from --{'group-by' if config.data.group_by else 'groups'}")
+    if linked:
+        what.append(f"{len({tuple(sorted(p)) for p in linked}):,} duplicate pair(s)")
+    log(f"splits: {' and '.join(what)} kept whole: {int((sizes > 1).sum()):,} group(s) of 2-{int(sizes.max())} "
+        "images never span two splits")  # fmt: skip
+    return groups, pairs
+
+
+def _skip_reason(config, source: Source) -> str | None:
+    """Why the audit gate does not look for duplicates here, or None when it does."""
+    n = len(source.labels)
+    if config.data.audit == "off":
+        return "--audit off"
+    if config.data.audit == "auto" and n > AUTO_MAX_IMAGES and not config.data.dedupe:
+        return (f"skipped for {n:,} images (about {SECONDS_PER_PAIR * n * n:.0f} s here; --audit on runs it, "
+                f"or cnnlab audit --data {config.data.source})")  # fmt: skip
+    if not isinstance(source.images, torch.Tensor):
+        return "skipped (the audit needs the images in memory: drop --stream, or audit a smaller folder)"
+    return None
 
 
 def audited_data(data: DataConfig, log: Callable[[str], None]) -> DataConfig:
@@ -70,11 +114,12 @@ def audit_run(
     config = open_run(run_dir)
     source = load_source(config.data, log=log)
     _check_source(source)
-    path = Path(run_dir) / RunFile.SPLITS
-    splits = _undeduplicated(load_splits(path), path)
+    recorded = read_run_splits(Path(run_dir) / RunFile.SPLITS, source, needed=(), log=log)
+    splits = A.all_restored(recorded.splits, recorded.dropped)  # the data as it is: dropped images back in
+    groups = recorded.group_ids(source, np.arange(len(source.labels))) if recorded.groups else None
     into_run = output is None
     return _audit_and_write(source, splits, config, Path(run_dir) if into_run else Path(output),
-                            force=force or into_run, labels=labels, log=log)  # fmt: skip
+                            force=force or into_run, labels=labels, groups=groups, log=log)  # fmt: skip
 
 
 def _check_source(source) -> None:
@@ -82,18 +127,14 @@ def _check_source(source) -> None:
         raise CnnlabError("the audit needs the images in memory (drop --stream, or audit a smaller folder)")
 
 
-def _undeduplicated(splits: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
-    """A deduplicated run's splits with the dropped images back in: the audit looks at the data as it is."""
-    saved = json.loads(path.read_text())
-    return A.all_restored(splits, {key: saved.get(key) or {} for key in DROPPED})
-
-
-def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log) -> dict[str, Any]:
+def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log,
+                     pairs=None, groups=None) -> dict[str, Any]:  # fmt: skip
     out = Path(output) if output is not None else Path("runs") / f"audit-{source_slug(source.name)}"
     for name in FILES:
         refuse_existing(out / name, force=force)
     cache_dir = Path(config.data.root) / "cache"
-    found = A.audit(source, splits, labels_too=labels, cache_dir=cache_dir, seed=config.train.seed, log=log)
+    found = A.audit(source, splits, labels_too=labels, cache_dir=cache_dir, seed=config.train.seed, pairs=pairs,
+                    groups=groups, log=log)  # fmt: skip
     table = A.rows(found, source, splits)
     log(format_audit(found, table))
     write_audit(out, found, table)
@@ -125,6 +166,12 @@ def format_audit(found: A.Audit, table: list[dict[str, Any]], *, shown: int = SH
     lines.append(f"  degenerate images: {c.get('degenerate', 0)}" + (f" ({kinds}): nothing to learn from them" if kinds
                                                                       else ""))  # fmt: skip
     lines.append(f"  duplicates within a split: {c['duplicate']}")
+    crossing = s.get("groups_across_splits")
+    if crossing:
+        held = crossing["held_out_images"]
+        lines.append(f"  groups across splits: {crossing['crossing']} of {crossing['groups']} ({held['test']} test and "
+                     f"{held['valid']} valid image(s) share a group with training images"
+                     + (f"; e.g. {', '.join(crossing['examples'][:3])})" if crossing["examples"] else ")"))  # fmt: skip
     if "labels" in s["checks"]:
         lines.append(f"  likely label errors: {c['label']} ({c.get('possible label', 0)} more possible, in audit.csv); "
                      f"outlier candidates: {c['outlier']}")  # fmt: skip
@@ -150,25 +197,19 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
-def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Callable[[str], None]):
+def audit_for_training(config, source, splits: dict[str, np.ndarray], log: Callable[[str], None], *,
+                       pairs: list[A.Pair] | None = None, groups: np.ndarray | None = None):  # fmt: skip
     """The audit `cnnlab train` runs before training: duplicates and leakage (a thumbnail comparison whose cost
-    grows with the number of pairs: `auto` runs it up to AUTO_MAX_IMAGES, `on` always), and label issues and
-    outliers only when the backbone's features are already cached (by `cnnlab audit`). Returns (splits, audit
-    or None, dropped per split)."""
-    n = len(source.labels)
-    if config.data.audit == "off":
-        return splits, None, {}
-    if config.data.audit == "auto" and n > AUTO_MAX_IMAGES and not config.data.dedupe:
-        log(f"audit: skipped for {n:,} images (about {SECONDS_PER_PAIR * n * n:.0f} s here; --audit on runs it, "
-            f"or cnnlab audit --data {config.data.source})")  # fmt: skip
-        return splits, None, {}
-    try:
-        _check_source(source)
-    except CnnlabError as exc:
-        log(f"audit: skipped ({exc})")
+    grows with the number of pairs: `auto` runs it up to AUTO_MAX_IMAGES, `on` always; `pairs` when
+    `split_groups` found them already), and label issues and outliers only when the backbone's features are already
+    cached (by `cnnlab audit`). Returns (splits, audit or None, dropped per split)."""
+    skip = _skip_reason(config, source)
+    if skip is not None:
+        if config.data.audit != "off":
+            log(f"audit: {skip}")
         return splits, None, {}
     found = A.audit(source, splits, labels_too="cached", cache_dir=Path(config.data.root) / "cache",
-                    seed=config.train.seed, log=log)  # fmt: skip
+                    seed=config.train.seed, pairs=pairs, groups=groups, log=log)  # fmt: skip
     s = found.summary
     leaked = s["leaked_held_out_images"]
     log(f"audit: {s['counts']['leakage']} leaked pair(s), {s['counts']['degenerate']} degenerate image(s), "

@@ -23,6 +23,7 @@ from sklearn.datasets import load_digits
 
 from cnnlab.config import DataConfig
 from cnnlab.data.cache import cache_key, load_or_compute
+from cnnlab.data.identity import dataset_checksum, fingerprints, relative_key
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
 from cnnlab.data.lazy import LazyImages
@@ -51,6 +52,13 @@ class Source:
     flip_invariant: bool | None  # a horizontal flip keeps the label (false for digits; None: unknown, folders)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
     size_reason: str | None = None  # folders without --image-size: how the size was chosen from the images
+    keys: list[str] = field(default_factory=list)  # each image's identity key: a folder's relative path, or the id
+    fingerprints: list[str] | None = None  # folders: each file's `<size>:<digest>` (data/identity.py)
+    checksum: str | None = None  # named datasets: the digest of their pixels and labels (data/identity.py)
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            self.keys = list(self.ids)
 
     @property
     def channels(self) -> int:
@@ -82,6 +90,7 @@ def _load_source(config: DataConfig) -> Source:
     if name not in loaders:
         raise unknown_choice("data source", name, SOURCE_NAMES)
     source = loaders[name](Path(config.root))
+    source.checksum = dataset_checksum(source.images, source.labels)  # before any resize: the files' identity
     if config.image_size is not None and config.image_size != source.image_size:
         source.images = _resize_uint8(source.images, config.image_size)
     return source
@@ -212,6 +221,9 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
     else:
         source = _decode_folder_cached(path, files, class_names, size, config, stats)
     source.size_reason = reason
+    kept = [Path(i) for i in source.ids]
+    source.keys = [relative_key(path, p) for p in kept]
+    source.fingerprints = fingerprints(path, kept, cache_dir=Path(config.root) / "cache")
     return source
 
 

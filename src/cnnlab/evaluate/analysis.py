@@ -113,9 +113,11 @@ def binary_summary(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """`positive` vs the rest: AUC with a bootstrap 95% CI, and test metrics at a threshold chosen by
-    `rule` on the validation predictions (frozen before the test set is looked at)."""
+    """`positive` vs the rest: AUC with a bootstrap 95% CI (resampling `groups` of test images, when given), and
+    test metrics at a threshold chosen by `rule` on the validation predictions (frozen before the test set is
+    looked at)."""
     k = test.class_index(positive)
     y_test, s_test = test.labels == k, test.probs[:, k]
     source = "validation"
@@ -131,7 +133,7 @@ def binary_summary(
         at_valid = binary_metrics(y_valid, s_valid, threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", M.DegenerateMetricWarning)
-        block = binary_block(y_test, s_test, threshold, positive=positive, n_boot=n_boot, seed=seed)
+        block = binary_block(y_test, s_test, threshold, positive=positive, n_boot=n_boot, seed=seed, groups=groups)
         _, _, ap = M.precision_recall(y_test, s_test)
     return {
         **block, "average_precision": ap, "threshold_rule": str(rule), "threshold_chosen_on": source,
@@ -139,11 +141,14 @@ def binary_summary(
     }  # fmt: skip
 
 
-def binary_block(y, score, threshold: float, *, positive: str, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def binary_block(
+    y, score, threshold: float, *, positive: str, n_boot: int = 1000, seed: int = 0, groups=None
+) -> dict[str, Any]:
     """The binary result every route reports (evaluate, report, score): the positive class, AUC with its
-    bootstrap 95% CI, the threshold and the confusion counts and rates at it."""
+    bootstrap 95% CI (by `groups` when given), the threshold and the confusion counts and rates at it."""
     return {
         "positive": positive, "auc": M.roc_auc(y, score),
-        "auc_ci95": list(M.bootstrap_auc_ci(y, score, n_boot=n_boot, seed=seed)), "threshold": threshold,
+        "auc_ci95": list(M.bootstrap_auc_ci(y, score, n_boot=n_boot, seed=seed, groups=groups)),
+        "auc_ci_resamples": "cases" if groups is None else "groups", "threshold": threshold,
         **binary_metrics(y, score, threshold),
     }  # fmt: skip

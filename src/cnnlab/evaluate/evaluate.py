@@ -14,7 +14,7 @@ from cnnlab.audit.gate import evaluation_note
 from cnnlab.config import with_overrides
 from cnnlab.data.lazy import select
 from cnnlab.data.sources import Source, load_source
-from cnnlab.data.splits import load_splits
+from cnnlab.data.splits import RunSplits, read_run_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.analysis import PredictionTable, binary_summary, multiclass_summary, read_predictions
 from cnnlab.files import read_json, write_csv_atomic, write_json_atomic
@@ -48,9 +48,15 @@ def evaluate_run(
     rule: str | None = None,
     dry_run: bool = False,
     backend: str = "auto",
+    skip_changed: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `run_dir`'s best.pt (or `checkpoint`) on its test split; write the result files.
+
+    The test and validation images are the files splits.json recorded at training: a file added to the folder
+    since joins no split, and one gone or changed is an error, or with `skip_changed` left out (counted in
+    eval.json). Where the test split holds copies of training images or shares groups with training (a folder's
+    own train/ and test/), the score on the rest is reported beside the whole one (`leak_free`).
 
     Writes predictions.csv (test), valid_predictions.csv (for threshold choice later) and eval.json,
     each atomically. With a positive class (the run's `evaluation.positive`, or `positive` for this
@@ -62,11 +68,13 @@ def evaluate_run(
     config = open_run(run_dir)
     wanted = with_overrides(config, "evaluation", positive=positive, threshold_rule=rule).evaluation  # validated
     positive, rule = wanted.positive, wanted.rule
-    splits = load_splits(run_dir / RunFile.SPLITS)
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / RunFile.BEST
     ckpt = load_checkpoint(ckpt_path)
     source = source or load_source(config.data)
     check_compatible(ckpt, model_name=config.model.name, class_names=source.class_names, path=ckpt_path)
+    recorded = read_run_splits(run_dir / RunFile.SPLITS, source, needed=("valid", "test"), skip_changed=skip_changed,
+                               log=log)  # fmt: skip
+    splits = recorded.splits
     model = model_from_checkpoint(ckpt, ckpt_path)
     norm = ckpt.preprocessing.normalization()
     max_batches = 1 if dry_run else None
@@ -101,11 +109,20 @@ def evaluate_run(
         "backend": {"name": chosen.name, "why": chosen.why},
         **multiclass_summary(tables["test"]),
     }
+    groups = _test_groups(recorded, source, idx)
+    if groups is not None:
+        result["test_groups"] = groups.tolist()  # rescoring later resamples the same groups
     if positive is not None:
-        result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed)
+        result["binary"] = binary_summary(tables["test"], tables["valid"], positive, rule, seed=config.train.seed,
+                                          groups=groups)  # fmt: skip
+    if recorded.changes:
+        result["folder_changes"] = recorded.changes
     note = None if dry_run else evaluation_note(run_dir)
     if note is not None:  # the score says whether its test set held copies of training images, or had them dropped
         result["data_audit"] = note
+    leak_free = _leak_free(run_dir, recorded, source, idx, tables["test"], note)
+    if leak_free is not None:
+        result["leak_free"] = leak_free
     if dry_run:
         log(f"dry run ok: scored {len(idx)} test images (nothing written)")
         if "binary" in result:
@@ -117,6 +134,8 @@ def evaluate_run(
         write_predictions(run_dir / name, source, *outputs[split])
     write_json_atomic(run_dir / RunFile.EVAL, result)
     log(format_accuracy_table(result))
+    if "leak_free" in result:
+        log(format_leak_free(result["leak_free"]))
     if "binary" in result:
         log(format_binary(result["binary"]))
     return result
@@ -169,9 +188,51 @@ def rescore_binary(run_dir: Path, *, positive: str | None, rule: str | None) -> 
     test = read_predictions(run_dir / RunFile.PREDICTIONS)
     valid_path = run_dir / RunFile.VALID_PREDICTIONS
     valid = read_predictions(valid_path) if valid_path.is_file() else None
-    result["binary"] = binary_summary(test, valid, wanted.positive, wanted.rule, seed=config.train.seed)
+    groups = result.get("test_groups")
+    result["binary"] = binary_summary(test, valid, wanted.positive, wanted.rule, seed=config.train.seed,
+                                      groups=None if groups is None else np.asarray(groups))  # fmt: skip
     write_json_atomic(path, result)
     return result
+
+
+def _test_groups(recorded: RunSplits, source: Source, idx: np.ndarray) -> np.ndarray | None:
+    """The recorded group of each test image, when some test images share one (else None: images are cases)."""
+    if not recorded.groups:
+        return None
+    groups = recorded.group_ids(source, idx)
+    return groups if len(np.unique(groups)) < len(groups) else None
+
+
+def _leak_free(run_dir: Path, recorded: RunSplits, source: Source, idx: np.ndarray, test: PredictionTable,
+               note: dict[str, Any] | None) -> dict[str, Any] | None:  # fmt: skip
+    """The score on the test images that neither duplicate a training image (the audit's leakage) nor share a group
+    with one, when some do: a folder's own train/ and test/ can hold both, and a headline on them is inflated."""
+    leaked = set()
+    if note is not None and note["leaked_held_out_images"]["test"]:
+        findings = read_json(run_dir / RunFile.AUDIT_JSON, missing="")["findings"]
+        leaked |= {r["image"] for r in findings if r["issue"].startswith("leakage") and r["split"] == "test"}
+    if recorded.groups:
+        trained = set(recorded.group_ids(source, recorded.splits["train"]).tolist())
+        groups = recorded.group_ids(source, idx)
+        leaked |= {source.ids[int(i)] for i, g in zip(idx, groups, strict=True) if g in trained}
+    if not leaked:
+        return None
+    keep = np.asarray([i not in leaked for i in test.ids])
+    if not keep.any():
+        return {"n_test": 0, "accuracy": None, "left_out": int(len(keep))}
+    correct = test.probs[keep].argmax(1) == test.labels[keep]
+    return {"n_test": int(keep.sum()), "correct": int(correct.sum()), "accuracy": float(correct.mean()),
+            "left_out": int((~keep).sum()),
+            "why": "test images that duplicate a training image (audit.json) or share a group with one"}  # fmt: skip
+
+
+def format_leak_free(leak_free: dict[str, Any]) -> str:
+    """One line under the headline: the score without the test images that leaked from training."""
+    if leak_free["accuracy"] is None:
+        return f"Test Accuracy (leak-free): none left ({leak_free['left_out']} test images leaked from training)"
+    return (f"Test Accuracy (leak-free):  {100 * leak_free['accuracy']:.2f}% ({leak_free['correct']}/"
+            f"{leak_free['n_test']}; {leak_free['left_out']} test image(s) that duplicate a training image or share "
+            "its group left out)")  # fmt: skip
 
 
 def _table(source: Source, indices: np.ndarray, logits: torch.Tensor) -> PredictionTable:

@@ -116,9 +116,10 @@ def precision_recall(y_true_binary, score) -> tuple[np.ndarray, np.ndarray, floa
 
 
 def bootstrap_auc_ci(
-    y_true_binary, score, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    y_true_binary, score, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95, groups=None
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval for ROC AUC (resampling cases with replacement).
+    """Percentile bootstrap confidence interval for ROC AUC (resampling cases with replacement; with `groups`, one
+    id per case, resampling whole groups: several images of one patient are not independent cases).
 
     Resamples that miss a class are skipped; if fewer than half survive, returns NaNs with a warning.
     """
@@ -127,17 +128,32 @@ def bootstrap_auc_ci(
     if y.all() or not y.any():
         return _nan("AUC confidence interval needs both classes"), float("nan")
     rng = np.random.default_rng(seed)
-    aucs = []
-    for start in range(0, n_boot, 100):  # chunks bound the memory of the [boots, n] index matrix
-        idx = rng.integers(0, len(y), (min(100, n_boot - start), len(y)))
-        aucs.append(rank_auc(y[idx], s[idx]))
-    aucs = np.concatenate(aucs)
+    if groups is not None:
+        aucs = _group_bootstrap_aucs(y, s, np.asarray(groups), n_boot, rng)
+    else:
+        aucs = []
+        for start in range(0, n_boot, 100):  # chunks bound the memory of the [boots, n] index matrix
+            idx = rng.integers(0, len(y), (min(100, n_boot - start), len(y)))
+            aucs.append(rank_auc(y[idx], s[idx]))
+        aucs = np.concatenate(aucs)
     aucs = aucs[np.isfinite(aucs)]  # resamples that miss a class
     if len(aucs) < n_boot / 2:
         return _nan("too few bootstrap resamples hold both classes"), float("nan")
     alpha = (1 - level) / 2
     lo, hi = np.quantile(aucs, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def _group_bootstrap_aucs(y: np.ndarray, s: np.ndarray, groups: np.ndarray, n_boot: int, rng) -> np.ndarray:
+    """AUC of `n_boot` cluster-bootstrap resamples: as many groups as there are, drawn with replacement."""
+    _, member = np.unique(groups, return_inverse=True)
+    order = np.argsort(member, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(member[order])) + 1)
+    aucs = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        aucs[b] = rank_auc(y[idx][None], s[idx][None])[0]
+    return aucs
 
 
 def rank_auc(y: np.ndarray, s: np.ndarray) -> np.ndarray:

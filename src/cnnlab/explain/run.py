@@ -20,7 +20,7 @@ import torch
 
 from cnnlab.data.images import decode_files
 from cnnlab.data.lazy import select
-from cnnlab.data.splits import load_splits
+from cnnlab.data.splits import read_run_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.explain import attributions as A
 from cnnlab.explain import embedding as E
@@ -78,7 +78,9 @@ def explain_run(
     # what a forward pass costs: a pretrained backbone resizes every input to its own size (224 px)
     work_size = max(size, getattr(model, "input_size", 0) or 0)
     n_deletion = 1 if dry_run else (options.deletion_images or (200 if work_size <= SMALL_SIDE else 24))
-    sample = _sample(run_dir, source, ckpt, images, n_deletion, seed=config.train.seed)
+    test = None if images else read_run_splits(run_dir / RunFile.SPLITS, source, needed=("test",), log=log)
+    test = None if test is None else test.splits["test"]
+    sample = _sample(test, source, ckpt, images, n_deletion, seed=config.train.seed)
     x = norm.apply(torch.from_numpy(sample.images)).float()
     layers = L.trace_layers(model, x[:1])
     if list_layers:
@@ -123,7 +125,7 @@ def explain_run(
     result["pictures"] = [sample.names[i] for i, _ in rows]
     if images is None and not dry_run:
         result["embedding"], figures["embedding.png"], embedding_rows = _embedding(
-            run_dir, model, ckpt, source, config, options
+            test, model, ckpt, source, config, options
         )
     else:
         embedding_rows = None
@@ -152,14 +154,13 @@ def _load(run_dir: Path):
     return L.explainable(run.model), run.checkpoint, run.source, run.config
 
 
-def _sample(run_dir: Path, source, ckpt, images: list[Path] | None, n: int, *, seed: int) -> Sample:
-    """User images (decoded as training was), or `n` test images drawn with the run's seed."""
+def _sample(test: np.ndarray | None, source, ckpt, images: list[Path] | None, n: int, *, seed: int) -> Sample:
+    """User images (decoded as training was), or `n` of the run's `test` images drawn with the run's seed."""
     prep = ckpt.preprocessing
     if images:
         arrays, kept = decode_files(images, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct,
                                     limit=n)  # fmt: skip
         return Sample(arrays, None, [str(p) for p in kept])
-    test = np.asarray(load_splits(run_dir / RunFile.SPLITS)["test"])
     idx = np.sort(np.random.default_rng(seed).choice(test, size=min(n, len(test)), replace=False))
     chosen = select(source.images, idx)[: len(idx)]  # a tensor, also from a streamed source
     return Sample(chosen.numpy(), source.labels[torch.as_tensor(idx)].numpy(), [str(int(i)) for i in idx])
@@ -228,8 +229,7 @@ def _attribution_picture(model, x, sample: Sample, rows, predicted, probs, class
     return _pictures().attributions_figure(sample.images[pos], maps, titles, correct)
 
 
-def _embedding(run_dir: Path, model, ckpt, source, config, options: ExplainOptions):
-    test = np.asarray(load_splits(run_dir / RunFile.SPLITS)["test"])
+def _embedding(test: np.ndarray, model, ckpt, source, config, options: ExplainOptions):
     labels = source.labels[torch.as_tensor(test)].numpy()
     pick = E.stratified_sample(labels, options.embed_samples, seed=config.train.seed)
     idx, labels = test[pick], labels[pick]

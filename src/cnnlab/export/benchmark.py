@@ -83,7 +83,7 @@ def _measure_all(run_dir, model, sample, threads, latency_budget_ms, log) -> dic
 def _model_and_images(run_dir: Path) -> tuple[nn.Module, torch.Tensor]:
     """The run's model and THROUGHPUT_BATCH of its test images, normalised as in training."""
     run = open_trained_run(run_dir)
-    idx = load_splits(run_dir / RunFile.SPLITS)["test"][:THROUGHPUT_BATCH]
+    idx = load_splits(run_dir / RunFile.SPLITS, run.source)["test"][:THROUGHPUT_BATCH]
     images = run.checkpoint.preprocessing.normalization().apply(select(run.source.images, idx)[: len(idx)])
     return run.model, images.float()
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cnnlab.data.lazy import select
-from cnnlab.data.splits import load_splits
+from cnnlab.data.splits import read_run_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.export.int8 import REFIT_IMAGES, agreement, checked, match_output_layer, quantized, seeded_sample
 from cnnlab.files import staging_dir, write_text_atomic
@@ -70,7 +70,7 @@ def export_run(
     run = open_trained_run(run_dir)
     config, ckpt, source, model = run.config, run.checkpoint, run.source, run.model
     norm = ckpt.preprocessing.normalization()
-    splits = load_splits(run_dir / RunFile.SPLITS)
+    splits = read_run_splits(run_dir / RunFile.SPLITS, source, needed=("valid", "test"), log=log).splits
     run_tta = bool(recorded_tta(run_dir))
     tta = run_tta if tta is None else tta
     test_idx = splits["test"][:parity_images]

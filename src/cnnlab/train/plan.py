@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cnnlab.audit.checks import Audit
-from cnnlab.audit.gate import audit_for_training
+from cnnlab.audit.gate import audit_for_training, split_groups
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.batches import default_batch_size
 from cnnlab.data.sources import Source
@@ -35,6 +35,7 @@ class Plan:
     audit: Audit | None  # what the audit gate found (None: not run)
     dropped: dict[str, dict[str, list[int]]]  # why (deduplicated, degenerate) -> split -> images left out
     trained: Trained | None = None  # the model search's winner, already trained (adopted, not trained again)
+    groups: np.ndarray | None = None  # one group id per image (user groups joined with duplicate clusters)
 
 
 def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunConfig:
@@ -60,15 +61,16 @@ def plan_run(
     if positive is not None and positive not in source.class_names:
         raise CnnlabError(f"unknown positive class '{positive}' (classes: {', '.join(source.class_names)})")
     d = config.data
+    groups, pairs = split_groups(config, source, log, near=audit)
     splits = make_splits(
         source.labels.numpy(), source.partitions, valid_fraction=d.valid_fraction, test_fraction=d.test_fraction,
-        seed=config.train.seed, train_limit=d.train_limit,
+        seed=config.train.seed, train_limit=d.train_limit, groups=groups,
     )  # fmt: skip
     log(f"data: {source.name}, {len(source.class_names)} classes, {source.channels}x{source.image_size}px; "
         f"train {len(splits['train'])} / valid {len(splits['valid'])} / test {len(splits['test'])}")  # fmt: skip
     found, dropped = None, {}
     if audit:
-        splits, found, dropped = audit_for_training(config, source, splits, log)
+        splits, found, dropped = audit_for_training(config, source, splits, log, pairs=pairs, groups=groups)
     config = data_decisions(config, source, len(splits["train"]), log)
     trained = None
     if config.model.name == AUTO:
@@ -76,7 +78,7 @@ def plan_run(
                                          after=after)  # fmt: skip
     config = resolve_strategy(config, source, splits, positive=positive, measure=measure, log=log)
     config = decide_run_precision(config, source, measure=measure, log=log)
-    return Plan(config, splits, found, dropped, trained)
+    return Plan(config, splits, found, dropped, trained, groups)
 
 
 def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunConfig:
