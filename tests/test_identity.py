@@ -321,3 +321,22 @@ def test_a_recorded_folder_run_refuses_a_named_dataset(folder_run):
     digits = load_source(RunConfig().data.__class__(source="digits"))
     with pytest.raises(CnnlabError, match="is not a folder"):
         read_run_splits(run / "splits.json", digits)
+
+
+def test_evaluate_data_scores_another_folder_into_its_own_folder(copied, tmp_path, cli):
+    folder, run = copied
+    before = (run / "eval.json").read_bytes()
+    new = _folder(tmp_path / "new", per_class=10, start=100)
+    shutil.rmtree(new / "digit2")  # a new folder may hold only some of the run's classes
+    code, out, err = cli("evaluate", run, "--data", f"folder:{new}", "--output", tmp_path / "scored")
+    assert code == 0, err
+    result = json.loads((tmp_path / "scored" / "eval.json").read_text())
+    assert result["n_test"] == 20 and result["per_class"]["digit2"]["total"] == 0
+    rows = (tmp_path / "scored" / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 20 and {r.split(",")[1] for r in rows} == {"digit0", "digit1"}
+    assert (run / "eval.json").read_bytes() == before  # the run's own evaluation is untouched
+    (new / "cat").mkdir()
+    _digit(0).save(new / "cat" / "x.png")
+    code, _, err = cli("evaluate", run, "--data", f"folder:{new}", "--output", tmp_path / "other")
+    assert code == 2 and "class folder(s) cat the run was not trained on" in err
+    assert not (tmp_path / "other").exists()

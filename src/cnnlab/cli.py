@@ -152,15 +152,25 @@ def evaluate(
     dry_run: bool = typer.Option(False, "--dry-run", help="Score one batch; write nothing."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     skip_changed: bool = typer.Option(
-        False,
-        "--skip-changed",
-        help="Score the recorded files still unchanged (else a gone/changed one is an error).",
+        False, "--skip-changed", help="Score the recorded files still unchanged (else a gone/changed one is an error)."
     ),
+    data: Optional[str] = typer.Option(
+        None, help="Score every image of another labelled source (folder:NEW) instead of the run's test split."
+    ),
+    output: Optional[Path] = typer.Option(None, help="With --data: where results go (default RUN/eval-<name>/)."),
+    force: bool = typer.Option(False, "--force", help="With --data: replace results already in --output."),
 ) -> None:
     """Score a run's best checkpoint on its test split (the files recorded at training); write predictions.csv and
-    eval.json."""
-    from cnnlab.evaluate.evaluate import evaluate_run
+    eval.json. With --data, score another labelled folder into its own folder instead."""
+    from cnnlab.evaluate.evaluate import evaluate_other_data, evaluate_run
 
+    if data is not None:
+        if checkpoint or positive or threshold_rule or dry_run or skip_changed:
+            raise CnnlabError("--data scores best.pt as the run was evaluated; drop the other options")
+        evaluate_other_data(run, data, output=output, force=force, backend=backend, log=_log)
+        return
+    if output is not None or force:
+        raise CnnlabError("--output and --force go with --data (the run's own evaluation is written into RUN)")
     evaluate_run(
         run, checkpoint=checkpoint, positive=positive, rule=threshold_rule, dry_run=dry_run, backend=backend,
         skip_changed=skip_changed, log=_log,

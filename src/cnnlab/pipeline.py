@@ -123,7 +123,8 @@ def report_run(
     explain: bool = True, dry_run: bool = False, log: Callable[[str], None] = print,
 ) -> Path | None:  # fmt: skip
     """`cnnlab report`: eval.json's binary block recomputed first for another `positive` class or `rule` (from
-    the saved predictions), `cnnlab explain` run once if asked for and not there yet, then RUN/report.html."""
+    the saved predictions), `cnnlab explain` run once if asked for and not there yet, then RUN/report.html. A folder
+    changed since training is named in one line (the report shows what the evaluation scored)."""
     if rule is not None:
         parse_rule(rule)  # an invalid rule fails before anything is read
     if dry_run:
@@ -134,7 +135,9 @@ def report_run(
         return None
     if positive is not None or rule is not None:
         rescore_binary(run_dir, positive=positive, rule=rule)
-    return _report(Path(run_dir), readers=readers, explain=explain, log=log)
+    source = load_source(open_run(Path(run_dir)).data, log=log)
+    read_run_splits(Path(run_dir) / RunFile.SPLITS, source, needed=(), log=log)  # says if the folder changed since
+    return _report(Path(run_dir), source=source, readers=readers, explain=explain, log=log)
 
 
 def _silent(_: str) -> None:

@@ -19,7 +19,7 @@ class RunFile:
     """The name of every file cnnlab keeps in a run folder; code refers to these, never to the strings."""
 
     CONFIG = "config.yaml"  # the resolved config: every `auto` replaced by what was decided
-    SPLITS = "splits.json"  # train/valid/test indices
+    SPLITS = "splits.json"  # each split's files by identity (data/splits.py)
     METRICS = "metrics.csv"  # one row per epoch
     HEAD = "head.json"  # a frozen head's regularisation path (the L2 strengths tried, scored on validation)
     BEST = "best.pt"  # the lowest validation loss

@@ -5,7 +5,9 @@ fingerprint, `<size in bytes>:<blake2b-64 of the bytes>`. A content hash, not th
 or re-synced folder keeps its identities, and a file rewritten with the same bytes is not "modified". Digests are
 cached per folder under `<data root>/cache/fingerprints/`, keyed by each file's size and modification time (as
 git's index does; like git, a file modified within RACY_NS of the cache's writing is hashed again, since a rewrite
-in the same clock tick keeps its time), so a later command re-reads only the files that changed. Cost: MEASURE.
+in the same clock tick keeps its time), so a later command re-reads only the files that changed. Cost on
+bench/scale.py's 20,000 JPEGs (0.67 GB, page cache, 2 Zen 4 cores): 1.6 s the first time (1.6x just reading the
+bytes), 0.2 s from the cache (bench/identity.py).
 
 A named dataset keeps its fixed order; its identity is one checksum of its pixels and labels.
 """

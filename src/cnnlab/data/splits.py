@@ -146,8 +146,8 @@ def save_splits(
     else:
         payload["checksum"] = source.checksum
     if groups is not None:
-        shared = [i for i, n in enumerate(Counter(groups.tolist())[g] for g in groups.tolist()) if n > 1]
-        payload["groups"] = {str(keys[i]): str(groups[i]) for i in shared}
+        size = Counter(groups.tolist())
+        payload["groups"] = {str(keys[i]): str(g) for i, g in enumerate(groups.tolist()) if size[g] > 1}
     write_text_atomic(Path(path), json.dumps(payload))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from cnnlab.files import read_json, write_csv_atomic, write_json_atomic
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
 from cnnlab.predict.backends import Backend, choose_backend
 from cnnlab.predict.infer import mean_of_views, model_from_checkpoint, model_logits, predict_logits
-from cnnlab.runs import RunFile, open_run, recorded_tta
+from cnnlab.runs import RunFile, open_run, recorded_tta, refuse_existing, source_slug
 
 
 def format_accuracy_table(result: dict[str, Any]) -> str:
@@ -139,6 +140,62 @@ def evaluate_run(
     if "binary" in result:
         log(format_binary(result["binary"]))
     return result
+
+
+def evaluate_other_data(
+    run_dir: Path, data: str, *, output: Path | None = None, force: bool = False, backend: str = "auto",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:  # fmt: skip
+    """Score `run_dir`'s best.pt on every image of another labelled source (`cnnlab evaluate RUN --data
+    folder:NEW`): its class folders must be classes of the run. Test-time flips follow the run's evaluation, a
+    --positive threshold is the one the run chose on its own validation split. predictions.csv and eval.json go
+    into `output` (default RUN/eval-<name>/); the run's own evaluation is not touched."""
+    run_dir = Path(run_dir)
+    config = open_run(run_dir)
+    ckpt_path = run_dir / RunFile.BEST
+    ckpt = load_checkpoint(ckpt_path)
+    source = load_source(replace(config.data, source=data), log=log)
+    source = _as_run_classes(source, list(ckpt.class_names), data)
+    out = Path(output) if output is not None else run_dir / f"eval-{source_slug(data)}"
+    refuse_existing(out / RunFile.EVAL, force=force)
+    model = model_from_checkpoint(ckpt, ckpt_path)
+    norm = ckpt.preprocessing.normalization()
+    idx = np.arange(len(source.labels))
+    sample = select(source.images, idx[:64])[:64]
+    chosen = _backend(model, ckpt_path, sample, norm, wanted=backend, n_images=len(idx), run_dir=run_dir,
+                      dry_run=False, log=log)  # fmt: skip
+    tta = bool(recorded_tta(run_dir))
+    logits = model_logits(model, select(source.images, idx), norm, cache_dir=Path(config.data.root) / "cache",
+                          tta=tta, forward=chosen.forward)  # fmt: skip
+    table = _table(source, idx, logits)
+    result = {
+        "data": data, "run": str(run_dir), "n_test": int(len(idx)),
+        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(table.labels))), "checkpoint": str(ckpt_path),
+        "epoch": ckpt.epoch, "tta": tta, "tta_reason": "as the run was evaluated",
+        "backend": {"name": chosen.name, "why": chosen.why}, **multiclass_summary(table),
+    }  # fmt: skip
+    positive = config.evaluation.positive
+    if positive is not None:
+        valid = read_predictions(run_dir / RunFile.VALID_PREDICTIONS)
+        result["binary"] = binary_summary(table, valid, positive, config.evaluation.rule, seed=config.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / RunFile.PREDICTIONS, source, idx, logits)
+    write_json_atomic(out / RunFile.EVAL, result)
+    log(format_accuracy_table(result))
+    if "binary" in result:
+        log(format_binary(result["binary"]))
+    log(f"wrote {out / RunFile.PREDICTIONS} and {out / RunFile.EVAL}")
+    return result
+
+
+def _as_run_classes(source: Source, classes: list[str], data: str) -> Source:
+    """`source` with its labels renumbered as the run's classes (a new folder may hold only some of them)."""
+    unknown = [c for c in source.class_names if c not in classes]
+    if unknown:
+        raise CnnlabError(f"{data} has class folder(s) {', '.join(unknown)} the run was not trained on "
+                          f"(its classes: {', '.join(classes)}; remove or rename them)")  # fmt: skip
+    mapping = torch.as_tensor([classes.index(c) for c in source.class_names])
+    return replace(source, labels=mapping[source.labels], class_names=classes)
 
 
 def _backend(model, ckpt_path: Path, sample, norm, *, wanted: str, n_images: int, run_dir: Path, dry_run: bool, log):
