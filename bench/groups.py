@@ -35,6 +35,9 @@ from PIL import Image
 
 from cnnlab.machine import CpuInfo
 
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import random_view  # noqa: E402  (the crops bench/scale.py draws)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
 PATTERN = r"src(\d+)_"
@@ -45,16 +48,7 @@ def crop(job: tuple[int, int, Path, Path]) -> None:
     photo, k, path, dest = job
     rng = random.Random(photo * 1000 + k)
     with Image.open(path) as img:
-        img = img.convert("RGB")
-    w, h = img.size
-    area, aspect = rng.uniform(0.6, 1.0) * w * h, rng.uniform(3 / 4, 4 / 3)
-    cw, ch = min(w, round((area * aspect) ** 0.5)), min(h, round((area / aspect) ** 0.5))
-    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    img = img.crop((x, y, x + cw, y + ch))
-    scale = rng.randint(160, 400) / min(img.size)
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = random_view(img.convert("RGB"), rng, shortest=(160, 400))
     img.save(dest / f"src{photo:04d}_{k}.jpg", quality=90)
 
 

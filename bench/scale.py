@@ -59,20 +59,23 @@ def draw(job: tuple[int, str, str, Path]) -> None:
     seed, path, label, dest = job
     rng = random.Random(seed)
     with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = random_view(img.convert("RGB"), rng, shortest=(160, 640))
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.85, 1.15))
+    out = dest / label / f"{seed:06d}.jpg"
+    img.save(out, quality=90)
+
+
+def random_view(img: Image.Image, rng: random.Random, *, shortest: tuple[int, int]) -> Image.Image:
+    """A random crop of 60-100% of the area (aspect 3:4 to 4:3), resized to a random shorter side in `shortest`,
+    mirrored half the time."""
     w, h = img.size
     area, aspect = rng.uniform(0.6, 1.0) * w * h, rng.uniform(3 / 4, 4 / 3)
     cw, ch = min(w, round((area * aspect) ** 0.5)), min(h, round((area / aspect) ** 0.5))
     x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
     img = img.crop((x, y, x + cw, y + ch))
-    short = rng.randint(160, 640)
-    scale = short / min(img.size)
+    scale = rng.randint(*shortest) / min(img.size)
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.85, 1.15))
-    out = dest / label / f"{seed:06d}.jpg"
-    img.save(out, quality=90)
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
 def make_folder(dest: Path, n: int) -> float:
