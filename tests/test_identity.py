@@ -111,7 +111,7 @@ def test_a_removed_test_file_is_one_line_and_skip_changed_scores_the_rest(copied
     result = _eval(run)
     assert result["n_test"] == json.loads(before)["n_test"] - 1
     assert result["folder_changes"]["left_out"] == {"train": 0, "valid": 0, "test": 1}
-    assert "left out (--skip-changed): 1 test" in out
+    assert "left out as gone or changed: 1 test" in out
 
 
 def test_a_modified_test_file_is_named_and_a_touched_one_is_not(copied, cli):
@@ -143,6 +143,12 @@ def test_resume_on_a_changed_folder_trains_on_the_recorded_files_only(copied, mo
     pipeline.resume(run, log=lines.append)
     assert seen == {s: sorted(recorded[s]) for s in ("train", "valid", "test")}
     assert any(line.startswith("folder changed since training: +10 file(s) (digit2)") for line in lines)
+    for name in ("best.pt", "last.pt", "metrics.csv", "eval.json", "predictions.csv", "valid_predictions.csv"):
+        (run / name).unlink(missing_ok=True)
+    (folder / recorded["train"][0]).unlink()  # resume has nothing to skip with: restore, or train anew
+    with pytest.raises(CnnlabError, match=rf"^train file {recorded['train'][0]} was removed since training: restore "
+                       "it, or train a new run on the folder as it is$"):  # fmt: skip
+        pipeline.resume(run, log=lines.append)
 
 
 def test_an_old_positional_splits_file_still_evaluates_with_a_note(copied, cli):

@@ -171,13 +171,14 @@ class RunSplits:
 
 
 def read_run_splits(
-    path: Path, source, *, needed: tuple[str, ...] = SPLIT_NAMES, skip_changed: bool = False,
+    path: Path, source, *, needed: tuple[str, ...] = SPLIT_NAMES, skip_changed: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunSplits:  # fmt: skip
     """The run's recorded splits as indices into `source` (loaded now). Files added since training join no split
     and are named; a recorded file of a `needed` split that is gone or changed is an error naming it, unless
-    `skip_changed` (then it is left out and counted). An older run's positional record is used as it is, with a
-    note. `log` gets the one line about what changed."""
+    `skip_changed` (then it is left out and counted; None: the command has no --skip-changed to offer). Changed files
+    of the other splits are left out. An older run's positional record is used as it is, with a note. `log` gets
+    the one line about what changed."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (the run folder is incomplete; train it again)")
@@ -235,9 +236,10 @@ def _by_file(raw: dict, source, path: Path, *, needed, skip_changed: bool, log) 
         k = blocking[0]
         what = "was removed" if k in missing else "was changed"
         more = f" (and {len(blocking) - 1} more recorded file(s))" if len(blocking) > 1 else ""
+        skip = "" if skip_changed is None else "pass --skip-changed to use the unchanged rest, "
         raise CnnlabError(
-            f"{split_of[k]} file {k} {what} since training{more}: restore it, pass --skip-changed to use the "
-            f"unchanged rest, or train a new run on the folder as it is"
+            f"{split_of[k]} file {k} {what} since training{more}: restore it, {skip}or train a new run on the "
+            "folder as it is"
         )
     splits = {s: np.asarray([where[k] for k in raw[s] if k not in changed], dtype=np.int64) for s in SPLIT_NAMES}
     dropped = {
@@ -256,7 +258,7 @@ def _by_file(raw: dict, source, path: Path, *, needed, skip_changed: bool, log) 
                 + (" (new files join no split)" if added else ""))  # fmt: skip
         if changed:
             left = ", ".join(f"{n} {s}" for s, n in changes["left_out"].items() if n)
-            note += f"; left out (--skip-changed): {left or 'none of the splits used here'}"
+            note += f"; left out as gone or changed: {left or 'none of a split'}"
         if log is not None:
             log(note)
     return RunSplits(splits, dropped, raw.get("groups") or {}, changes, note)
