@@ -102,8 +102,9 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
     return out
 
 
-def sklearn_baseline(folder: Path, positive_first: bool) -> dict:
-    """LogisticRegression on the backbone's pooled features, preprocessing by timm (independent of cnnlab's)."""
+def sklearn_baseline(folder: Path, run: Path, positive_first: bool) -> dict:
+    """LogisticRegression on the backbone's pooled features, preprocessing by timm (independent of cnnlab's), on the
+    files of `run`'s own splits."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from timm.data import create_transform, resolve_data_config
@@ -115,7 +116,7 @@ def sklearn_baseline(folder: Path, positive_first: bool) -> dict:
     load_pretrained(model)
     model.eval()
     transform = create_transform(**resolve_data_config({}, model=model.backbone))
-    splits = _file_splits(folder)
+    splits = _file_splits(folder, run)
     classes = sorted({label for files in splits.values() for _, label in files})
     feats = {}
     for split, files in splits.items():
@@ -133,13 +134,14 @@ def sklearn_baseline(folder: Path, positive_first: bool) -> dict:
     return result
 
 
-def _file_splits(folder: Path) -> dict[str, list[tuple[Path, str]]]:
-    """train/valid/test file lists; a folder without split dirs gets cnnlab's own seeded split (same files)."""
+def _file_splits(folder: Path, run: Path) -> dict[str, list[tuple[Path, str]]]:
+    """train/valid/test file lists: the files `run` recorded in its splits.json (the default's split, duplicates
+    kept together), so that the baseline scores the same test images."""
     from cnnlab.data.sources import load_source
-    from cnnlab.data.splits import make_splits
+    from cnnlab.data.splits import load_splits
 
     source = load_source(DataConfig(source=f"folder:{folder}", root=str(Path(tempfile.mkdtemp()))))
-    splits = make_splits(source.labels.numpy(), source.partitions, valid_fraction=0.2, test_fraction=0.2, seed=0)
+    splits = load_splits(run / "splits.json", source)
     return {s: [(Path(source.ids[i]), source.class_names[int(source.labels[i])]) for i in splits[s]] for s in splits}
 
 
@@ -174,7 +176,9 @@ def main() -> None:
             positive = "face" if name == "lfw" else None
             r = results[name] = {
                 "default": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-default", None, positive),
-                "sklearn_logreg": sklearn_baseline(folder, positive_first=positive is not None),
+                "sklearn_logreg": sklearn_baseline(
+                    folder, tmp / "runs" / f"{name}-default", positive_first=positive is not None
+                ),
             }
             r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
             if not args.default_only:

@@ -45,7 +45,7 @@ def load_model(run: Path | None, tmp: Path):
         return model, norm, tmp / "init.pt", "init", source.images[source.partitions["test"]]
     ckpt = load_checkpoint(run / "best.pt")
     source = load_source(open_run(run).data)
-    images = select(source.images, load_splits(run / "splits.json")["test"])
+    images = select(source.images, load_splits(run / "splits.json", source)["test"])
     model = model_from_checkpoint(ckpt, run / "best.pt")
     return model, ckpt.preprocessing.normalization(), run / "best.pt", str(run), images
 
