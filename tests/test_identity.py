@@ -93,6 +93,9 @@ def test_files_added_after_training_join_no_split_and_the_score_is_the_original(
     assert after["folder_changes"]["added"] == 20
     ids = [r.split(",")[0] for r in (run / "predictions.csv").read_text().splitlines()[1:]]
     assert not any("000new" in i for i in ids) and len(ids) == before["n_test"]
+    code, out, err = cli("report", run, "--no-explain")
+    assert code == 0 and "folder changed since training: +20 file(s) (digit1)" in out, err
+    assert '<p id="folder-changes">The folder changed since training: +20 file(s)' in (run / "report.html").read_text()
 
 
 def test_a_removed_test_file_is_one_line_and_skip_changed_scores_the_rest(copied, cli):
