@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 
 import numpy as np
 import pytest
@@ -131,16 +132,28 @@ def test_feature_pass_on_the_measured_backend_matches_eager_pytorch(tmp_path, mo
     assert any(line.startswith("features on ") for line in lines)  # the choice and its measurement are said
 
 
-def test_folder_decode_cache_follows_file_changes(tmp_path, lfw):
+def test_folder_decode_cache_decodes_only_what_changed(tmp_path, lfw, monkeypatch):
+    """A second load decodes nothing; a changed and an added file are the only ones decoded again, and the images
+    equal a fresh decode of the folder as it is."""
+    from cnnlab.data import sources
+
     config = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
+    decoded = []
+    real = sources._decode_folder
+    monkeypatch.setattr(sources, "_decode_folder", lambda path, files, *a: decoded.append(len(files)) or real(
+        path, files, *a))  # fmt: skip
     first = load_source(config)
-    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 1
-    assert torch.equal(load_source(config).images, first.images)
+    shards = lambda: sorted((tmp_path / "cache" / "decoded").rglob("shard-*.npy"))  # noqa: E731
+    assert decoded == [len(first.labels)] and len(shards()) == 1
+    assert torch.equal(load_source(config).images, first.images) and decoded == [len(first.labels)]
     victim = sorted((lfw / "train" / "face").iterdir())[0]
-    Image.fromarray(np.zeros((25, 25), np.uint8)).save(victim)
+    Image.fromarray(np.arange(625, dtype=np.uint8).reshape(25, 25)).save(victim)  # new content (lfw holds a black one)
+    shutil.copy(sorted((lfw / "test" / "face").iterdir())[0], lfw / "train" / "face" / "added.png")
     changed = load_source(config)
-    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 2
+    assert decoded[1:] == [1] and len(shards()) == 2  # the added file copies a known one: its row is shared
     assert not torch.equal(changed.images, first.images)
+    fresh = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path / "other"), image_size=32))
+    assert torch.equal(changed.images, fresh.images) and torch.equal(changed.labels, fresh.labels)
 
 
 def test_every_frozen_variant_reads_one_all_level_pass():

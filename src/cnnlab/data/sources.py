@@ -23,6 +23,7 @@ from sklearn.datasets import load_digits
 
 from cnnlab.config import DataConfig
 from cnnlab.data.cache import cache_key, load_or_compute
+from cnnlab.data.decoded import DecodedCache
 from cnnlab.data.identity import dataset_checksum, fingerprints, relative_key
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
@@ -216,14 +217,15 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
     size, reason = (
         (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root), stats)
     )
+    fps = fingerprints(path, [f[1] for f in files], cache_dir=Path(config.root) / "cache")
     if config.stream:
         source = _stream_folder(path, files, class_names, size, config)
     else:
-        source = _decode_folder_cached(path, files, class_names, size, config, stats)
+        source = _decode_folder_cached(path, files, fps, class_names, size, config)
     source.size_reason = reason
-    kept = [Path(i) for i in source.ids]
-    source.keys = [relative_key(path, p) for p in kept]
-    source.fingerprints = fingerprints(path, kept, cache_dir=Path(config.root) / "cache")
+    kept = set(source.ids)  # the readable files, in the listing's order
+    source.keys = [relative_key(path, Path(i)) for i in source.ids]
+    source.fingerprints = [fp for f, fp in zip(files, fps, strict=True) if str(f[1]) in kept]
     return source
 
 
@@ -333,14 +335,19 @@ def _stream_folder(path: Path, files, class_names, size: int, config: DataConfig
     return _folder_source(path, files, class_names, entry, config.strict)
 
 
-def _decode_folder_cached(path: Path, files, class_names, size: int, config: DataConfig, stats) -> Source:
-    """Decode once; later epochs reuse the tensor in memory, later runs the copy in <root>/cache/decoded.
-    The key covers every file's path, size and modification time, the target size and the crop."""
-    key = cache_key("decoded-v1", stats, size, config.crop_pct)
-    entry, _ = load_or_compute(
-        Path(config.root) / "cache" / "decoded" / f"{key}.pt",
-        lambda: _decode_folder(path, files, size, config.crop_pct),
-    )
+def _decode_folder_cached(path: Path, files, fps: list[str], class_names, size: int, config: DataConfig) -> Source:
+    """Decode only what the decoded-image cache lacks (data/decoded.py, rows keyed by each file's fingerprint: a
+    grown folder decodes its new files only), then read every file's row from it; later epochs reuse the tensor in
+    memory."""
+    cache = DecodedCache(Path(config.root), size=size, crop_pct=config.crop_pct)
+    todo = cache.missing(fps)
+    unsaved = None
+    if todo:
+        decoded = _decode_folder(path, [files[i] for i in todo], size, config.crop_pct)
+        if not cache.add([fps[i] for i in todo], decoded):
+            unsaved = decoded["images"]
+        del decoded  # read back from the shard: the folder's pixels are held once at a time
+    entry = cache.entry(fps, unsaved=unsaved)
     return _folder_source(path, files, class_names, entry, config.strict)
 
 

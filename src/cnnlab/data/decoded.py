@@ -1,0 +1,120 @@
+"""Decoded images on disk, one row per file content: a folder is decoded once, and when it changes only the files
+added or changed since are decoded again (the whole-folder cache it replaces was keyed by every file, so one added
+photo re-decoded all 20,000).
+
+Each decode setting (side, crop) has its own folder under `<data root>/cache/decoded/`: shards of raw uint8 pixels
+[rows, 3, side, side] as NumPy `.npy` files, read with plain reads straight into the images' tensor, and
+`index.json` from each file's fingerprint (data/identity.py: size and a digest of the bytes) to its shard, row and
+grey flag, or to why it could not be read. A decode pass writes one shard, then the index (both atomically): a
+pass killed half-way costs only its own shard. Identical files share a row. Raw pixels, as the cache before: 150 KB
+a photo at 224 px (issue 41 weighs re-encoded shards against them).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.files import atomic_path, write_text_atomic
+
+INDEX = "index.json"
+
+
+class DecodedCache:
+    """The decoded rows of one (side, crop) setting, by fingerprint."""
+
+    def __init__(self, root: Path, *, size: int, crop_pct: float) -> None:
+        self.folder = Path(root) / "cache" / "decoded" / f"v2-{size}px-crop{crop_pct:g}"
+        self.size = size
+        self.rows: dict[str, dict[str, Any]] = {}
+        try:
+            rows = json.loads((self.folder / INDEX).read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: decode again
+            rows = {}
+        shards = {r["shard"] for r in rows.values() if "shard" in r}
+        present = {s for s in shards if (self.folder / s).is_file()}  # a deleted shard's rows are decoded again
+        self.rows = {fp: r for fp, r in rows.items() if "error" in r or r.get("shard") in present}
+
+    def missing(self, fingerprints: list[str]) -> list[int]:
+        """Positions of the files not decoded yet (the first of identical files only)."""
+        seen, out = set(), []
+        for i, fp in enumerate(fingerprints):
+            if fp not in self.rows and fp not in seen:
+                seen.add(fp)
+                out.append(i)
+        return out
+
+    def add(self, fingerprints: list[str], decoded: dict[str, Any]) -> bool:
+        """Keep a decode pass: `decoded` is {images of the readable files, their grey flags, one error per file
+        ("" when read)} for the files with `fingerprints`. Returns whether it was written: a cache that cannot be
+        written costs the reuse only (`entry` then needs the pass's images)."""
+        ok = [i for i, e in enumerate(decoded["errors"]) if not e]
+        name = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        fresh = {fingerprints[i]: {"error": e} for i, e in enumerate(decoded["errors"]) if e}
+        fresh |= {fingerprints[i]: {"shard": name, "row": row, "grey": bool(decoded["grey"][row])}
+                  for row, i in enumerate(ok)}  # fmt: skip
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if ok:
+                with atomic_path(self.folder / name) as tmp:
+                    np.save(tmp, decoded["images"].numpy())
+            self.rows |= fresh
+            write_text_atomic(self.folder / INDEX, json.dumps({"rows": self.rows}))
+            return True
+        except OSError as exc:
+            self.rows |= fresh  # this command still reads them, from the images it holds
+            warnings.warn(f"cannot write the decoded-image cache in {self.folder} ({exc}); it is redone next time",
+                          stacklevel=2)  # fmt: skip
+            return False
+
+    def entry(self, fingerprints: list[str], *, unsaved: torch.Tensor | None = None) -> dict[str, Any]:
+        """{images uint8 [n, 3, side, side] of the readable files, grey flags, one error per file} for `fingerprints`,
+        the rows copied out of the memory-mapped shards; `unsaved`: the images of the last pass, should its shard not
+        have been written."""
+        errors = [self.rows[fp].get("error", "") for fp in fingerprints]
+        ok = [i for i, e in enumerate(errors) if not e]
+        images = torch.empty(len(ok), 3, self.size, self.size, dtype=torch.uint8)
+        by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for pos, i in enumerate(ok):
+            row = self.rows[fingerprints[i]]
+            by_shard[row["shard"]].append((pos, row["row"]))
+        for shard, pairs in by_shard.items():
+            pos, rows = (np.asarray(v, dtype=np.int64) for v in zip(*pairs, strict=True))
+            path = self.folder / shard
+            if path.is_file():
+                _read_rows(path, pos, rows, images.numpy())
+            else:
+                images[torch.from_numpy(pos)] = unsaved[torch.from_numpy(rows)]
+        grey = torch.tensor([bool(self.rows[fingerprints[i]]["grey"]) for i in ok], dtype=torch.bool)
+        return {"images": images, "grey": grey, "errors": errors}
+
+
+RUN_ROWS = 2048  # rows per read: about 300 MB at 224 px (one read() moves at most 2 GB on Linux)
+
+
+def _read_rows(path: Path, pos: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[pos[k]] = row rows[k] of the .npy shard at `path`, by reads of consecutive runs into `out` itself. A
+    memory map would do it in one line, but every page it touches stays resident while mapped: loading the
+    20,000-photo folder through one peaked at 6.4 GB for 3 GB of pixels (bench/decode_cache.py)."""
+    order = np.lexsort((pos, rows))  # by row: a folder decoded in listing order reads in long runs
+    pos, rows = pos[order], rows[order]
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(pos) != 1)) + 1
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(f)
+        offset, row_bytes = f.tell(), int(np.prod(shape[1:])) * dtype.itemsize
+        for run_pos, run_rows in zip(np.split(pos, breaks), np.split(rows, breaks), strict=True):
+            for start in range(0, len(run_rows), RUN_ROWS):
+                first, n = int(run_rows[start]), min(RUN_ROWS, len(run_rows) - start)
+                target = memoryview(out[run_pos[start] : run_pos[start] + n]).cast("B")
+                f.seek(offset + first * row_bytes)
+                if f.readinto(target) != n * row_bytes:
+                    raise OSError(f"{path} is shorter than its header says")
