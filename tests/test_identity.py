@@ -349,3 +349,18 @@ def test_evaluate_data_scores_another_folder_into_its_own_folder(copied, tmp_pat
     code, _, err = cli("evaluate", run, "--data", f"folder:{new}", "--output", tmp_path / "other")
     assert code == 2 and "class folder(s) cat the run was not trained on" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_evaluate_and_group_options_that_do_not_go_together_are_one_line(copied, tmp_path, cli):
+    folder, run = copied
+    for args, message in (
+        (("evaluate", run, "--output", tmp_path / "o"), "--output and --force go with --data"),
+        (("evaluate", run, "--data", f"folder:{folder}", "--skip-changed"), "drop the other options"),
+        (("train", "--data", f"folder:{folder}", "--group-by", "x", "--groups", tmp_path / "g.csv", "--dry-run"),
+         "not both"),
+        (("train", "--data", f"folder:{folder}", "--groups", tmp_path / "absent.csv", "--dry-run"),
+         "--groups file not found"),
+    ):  # fmt: skip
+        code, _, err = cli(*args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

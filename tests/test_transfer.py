@@ -156,6 +156,24 @@ def test_folder_decode_cache_decodes_only_what_changed(tmp_path, lfw, monkeypatc
     assert torch.equal(changed.images, fresh.images) and torch.equal(changed.labels, fresh.labels)
 
 
+def test_a_cut_shard_is_decoded_again_and_an_unwritable_cache_costs_only_the_reuse(tmp_path, lfw, monkeypatch):
+    from cnnlab.data import decoded as D
+
+    config = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
+    first = load_source(config)
+    (shard,) = (tmp_path / "cache" / "decoded").rglob("shard-*.npy")
+    shard.write_bytes(shard.read_bytes()[:-100])  # a copy cut short (a full disk)
+    assert torch.equal(load_source(config).images, first.images)  # decoded again, not read past the end
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(D.np, "save", full_disk)
+    other = DataConfig(source=f"folder:{lfw}", root=str(tmp_path / "full"), image_size=32)
+    with pytest.warns(UserWarning, match="cannot write the decoded-image cache"):
+        assert torch.equal(load_source(other).images, first.images)
+
+
 def test_every_frozen_variant_reads_one_all_level_pass():
     images = Normalization((0.5,) * 3, (0.5,) * 3).apply(torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
     base = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=64, strategy="feature-extract")

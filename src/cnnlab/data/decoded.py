@@ -39,7 +39,7 @@ class DecodedCache:
         except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: decode again
             rows = {}
         shards = {r["shard"] for r in rows.values() if "shard" in r}
-        present = {s for s in shards if (self.folder / s).is_file()}  # a deleted shard's rows are decoded again
+        present = {s for s in shards if _whole(self.folder / s)}  # a deleted or cut shard's rows are decoded again
         self.rows = {fp: r for fp, r in rows.items() if "error" in r or r.get("shard") in present}
 
     def missing(self, fingerprints: list[str]) -> list[int]:
@@ -99,6 +99,24 @@ class DecodedCache:
 RUN_ROWS = 2048  # rows per read: about 300 MB at 224 px (one read() moves at most 2 GB on Linux)
 
 
+def _header(f) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of the .npy file open at its start."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return shape, dtype, f.tell()
+
+
+def _whole(path: Path) -> bool:
+    """The shard exists and holds every byte its header promises (a copy cut short by a full disk does not)."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype, offset = _header(f)
+        return path.stat().st_size >= offset + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError):
+        return False
+
+
 def _read_rows(path: Path, pos: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
     """out[pos[k]] = row rows[k] of the .npy shard at `path`, by reads of consecutive runs into `out` itself. A
     memory map would do it in one line, but every page it touches stays resident while mapped: loading the
@@ -107,10 +125,8 @@ def _read_rows(path: Path, pos: np.ndarray, rows: np.ndarray, out: np.ndarray) -
     pos, rows = pos[order], rows[order]
     breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(pos) != 1)) + 1
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = header(f)
-        offset, row_bytes = f.tell(), int(np.prod(shape[1:])) * dtype.itemsize
+        shape, dtype, offset = _header(f)
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
         for run_pos, run_rows in zip(np.split(pos, breaks), np.split(rows, breaks), strict=True):
             for start in range(0, len(run_rows), RUN_ROWS):
                 first, n = int(run_rows[start]), min(RUN_ROWS, len(run_rows) - start)

@@ -100,16 +100,8 @@ def evaluate_run(
     if positive is not None:
         tables["test"].class_index(positive)  # an unknown class fails before anything is written
     idx, logits = outputs["test"]
-    result = {
-        "n_test": int(len(idx)),
-        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(tables["test"].labels))),
-        "checkpoint": str(ckpt_path),
-        "epoch": ckpt.epoch,
-        "tta": tta,
-        "tta_reason": why or ("--tta" if tta else "off: flips change the labels, or --no-tta"),
-        "backend": {"name": chosen.name, "why": chosen.why},
-        **multiclass_summary(tables["test"]),
-    }
+    why_tta = why or ("--tta" if tta else "off: flips change the labels, or --no-tta")
+    result = _scores(tables["test"], logits, ckpt, ckpt_path, tta=tta, why_tta=why_tta, backend=chosen)
     groups = _test_groups(recorded, source, idx)
     if groups is not None:
         result["test_groups"] = groups.tolist()  # rescoring later resamples the same groups
@@ -169,11 +161,10 @@ def evaluate_other_data(
                           tta=tta, forward=chosen.forward)  # fmt: skip
     table = _table(source, idx, logits)
     result = {
-        "data": data, "run": str(run_dir), "n_test": int(len(idx)),
-        "test_loss": float(F.cross_entropy(logits, torch.as_tensor(table.labels))), "checkpoint": str(ckpt_path),
-        "epoch": ckpt.epoch, "tta": tta, "tta_reason": "as the run was evaluated",
-        "backend": {"name": chosen.name, "why": chosen.why}, **multiclass_summary(table),
-    }  # fmt: skip
+        "data": data,
+        "run": str(run_dir),
+        **_scores(table, logits, ckpt, ckpt_path, tta=tta, why_tta="as the run was evaluated", backend=chosen),
+    }
     positive = config.evaluation.positive
     if positive is not None:
         valid = read_predictions(run_dir / RunFile.VALID_PREDICTIONS)
@@ -186,6 +177,16 @@ def evaluate_other_data(
         log(format_binary(result["binary"]))
     log(f"wrote {out / RunFile.PREDICTIONS} and {out / RunFile.EVAL}")
     return result
+
+
+def _scores(table: PredictionTable, logits: torch.Tensor, ckpt, ckpt_path: Path, *, tta: bool, why_tta: str,
+            backend: Backend) -> dict[str, Any]:  # fmt: skip
+    """eval.json's common part: the test loss, what ran, and the multi-class summary."""
+    return {
+        "n_test": len(table.labels), "test_loss": float(F.cross_entropy(logits, torch.as_tensor(table.labels))),
+        "checkpoint": str(ckpt_path), "epoch": ckpt.epoch, "tta": tta, "tta_reason": why_tta,
+        "backend": {"name": backend.name, "why": backend.why}, **multiclass_summary(table),
+    }  # fmt: skip
 
 
 def _as_run_classes(source: Source, classes: list[str], data: str) -> Source:
