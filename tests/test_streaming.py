@@ -1,18 +1,28 @@
-"""The streamed path (`--stream`): folders decoded batch by batch give what the in-memory path gives."""
+"""The streamed path (a folder too large for memory, or `--stream`): batches read from the decoded-image cache on disk
+through a DataLoader give what the in-memory path gives; the choice between them follows the memory available."""
 
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data.batches import Normalization
+from cnnlab.data import sources
+from cnnlab.data.augment import AugmentPolicy
+from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.cache import tensor_digest
 from cnnlab.data.images import decode_files, decoded_chunks
-from cnnlab.data.lazy import ImageRows, LazyImages, row_view, select
+from cnnlab.data.lazy import CachedImages, ImageRows, LazyImages, row_view, select
+from cnnlab.data.memory import choose_stream
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
 
@@ -24,15 +34,92 @@ def lfw(tmp_path_factory):
     return root
 
 
-def test_streamed_images_equal_the_in_memory_ones(lfw, tmp_path):
-    memory = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32))
-    stream = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32, stream=True))
-    assert isinstance(stream.images, LazyImages) and stream.images.shape == tuple(memory.images.shape)
+@pytest.mark.parametrize("cache_writable", [True, False])
+def test_streamed_images_equal_the_in_memory_ones(lfw, tmp_path, cache_writable):
+    """Read from the decoded cache, or (a cache that cannot be written) decoded from the files batch by batch."""
+    memory = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path / "a"), image_size=32))
+    root = tmp_path / "b"
+    if not cache_writable:
+        root.mkdir()
+        (root / "cache").write_text("a file where the cache folder would go")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unwritable cache's warning
+        stream = load_source(DataConfig(source=f"folder:{lfw}", root=str(root), image_size=32, stream=True))
+    assert isinstance(stream.images, CachedImages if cache_writable else LazyImages)
+    assert stream.images.shape == tuple(memory.images.shape)
     assert stream.ids == memory.ids and torch.equal(stream.labels, memory.labels)
     idx = torch.tensor([5, 0, 150])
     assert torch.equal(stream.images[idx], memory.images[idx]) and torch.equal(stream.images[3:7], memory.images[3:7])
     train = memory.partitions["train"]
     assert Normalization.from_images(select(stream.images, train)) == Normalization.from_images(memory.images[train])
+
+
+def test_the_path_follows_the_memory_available(lfw, tmp_path, monkeypatch):
+    """In memory while the decoded pixels take at most a quarter of the free memory, streamed above; a forced
+    choice is kept without a reason to record."""
+    gb = 10**9
+    assert choose_stream(None, n_images=10_000, side=224, available=8 * gb)[0] is False  # 1.5 GB of 8
+    streamed, why = choose_stream(None, n_images=100_000, side=224, available=24 * gb)  # 15 GB of 24
+    assert streamed and "15.05 GB decoded" in why and "--in-memory" in why
+    assert choose_stream(False, n_images=100_000, side=224, available=gb) == (False, None)
+    # the lfw folder at 32 px is 200 x 3 KB: streamed on a machine with 1 MB free, recorded as a decision
+    monkeypatch.setattr(sources, "memory_available", lambda: 10**6)
+    source = load_source(DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32))
+    assert isinstance(source.images, CachedImages) and "over 25% of the 0.0 GB available" in source.stream_reason
+
+
+def test_a_changed_file_is_decoded_again_on_the_streamed_path(lfw, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(lfw, copy)
+    cfg = DataConfig(source=f"folder:{copy}", root=str(tmp_path / "root"), image_size=32, stream=True)
+    first = load_source(cfg)
+    a, b = sorted((copy / "train" / "face").iterdir())[:2]
+    shutil.copyfile(b, a)  # a's content is now b's
+    again = load_source(cfg)
+    ia, ib = again.ids.index(str(a)), again.ids.index(str(b))
+    assert torch.equal(again.images[ia], first.images[ib]) and not torch.equal(again.images[ia], first.images[ia])
+
+
+@pytest.mark.parametrize(("batch", "steps", "per_rank"), [(60, 1, 51), (8, 6, 48)])
+def test_ddp_ranks_take_the_same_number_of_steps_and_cover_the_split(batch, steps, per_rank):
+    """101 training images over 2 ranks, a split the world size does not divide. Too small to drop a ragged batch
+    (60 per rank): each rank takes 51 images, the order padded by wrapping round as DistributedSampler does, and
+    together they cover every image; larger (8 per rank): the ragged batch is dropped, the same on both ranks."""
+    images = torch.arange(120, dtype=torch.uint8).view(120, 1, 1, 1).expand(120, 1, 4, 4).contiguous()
+    labels = torch.zeros(120, dtype=torch.int64)
+    norm = Normalization((0.0,), (1 / 255,))  # x back as the image's value
+    seen, counts = set(), []
+    for rank in (0, 1):
+        batches = InMemoryBatches(images, labels, np.arange(101), batch_size=batch, norm=norm, shuffle=True, seed=3,
+                                  drop_last=True, rank=rank, world=2, policy=AugmentPolicy())  # fmt: skip
+        batches.set_epoch(1)
+        got = [x[:, 0, 0, 0] for x, _ in batches]
+        counts.append(len(got))
+        seen |= {round(float(v)) for b in got for v in b}
+        assert sum(len(b) for b in got) == per_rank
+    assert counts == [steps, steps] and seen <= set(range(101))
+    assert len(seen) == (101 if per_rank * 2 > 101 else per_rank * 2)
+
+
+def test_streamed_batches_come_through_dataloader_workers(lfw, tmp_path):
+    """The streamed path's batches equal the in-memory ones (same seed: same order, same augmentation draws), read
+    by a worker process."""
+    cfg = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
+    memory, stream = load_source(cfg), load_source(DataConfig(**{**cfg.__dict__, "stream": True}))
+    train = memory.partitions["train"]
+    norm = Normalization.from_images(memory.images[train])
+    made = {}
+    for name, images in (("memory", memory.images), ("stream", stream.images)):
+        batches = InMemoryBatches(images, memory.labels, train, batch_size=16, norm=norm, shuffle=True, seed=1,
+                                  drop_last=True, policy=AugmentPolicy(flip=True, max_shift=0.1))  # fmt: skip
+        made[name] = [(x, y) for x, y in batches]
+        if name == "stream":
+            assert batches.reader is not None and batches.reader.loader.num_workers >= 1
+    assert len(made["memory"]) == len(made["stream"]) > 1
+    for (xm, ym), (xs, ys) in zip(made["memory"], made["stream"], strict=True):
+        assert torch.equal(xm, xs) and torch.equal(ym, ys)
 
 
 def test_a_row_view_cuts_the_batches_and_keeps_the_cache_key_of_the_copy(lfw, tmp_path):
@@ -86,3 +173,70 @@ def test_predicting_in_chunks_gives_the_whole_array_and_one_warning(lfw, tmp_pat
         chunks = list(decoded_chunks([folder], size=16, channels=3, crop_pct=1.0, chunk=3))
     assert len(chunks) == 3 and max(len(c) for c, _ in chunks) <= 3 and sum(len(c) for c, _ in chunks) == 7
     assert np.array_equal(np.concatenate([c for c, _ in chunks]), whole) and [p for _, k in chunks for p in k] == kept
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_a_streamed_folder_decodes_half_each_and_matches_one_process(lfw, tmp_path):
+    """`--devices 2 --stream` (gloo): each process decodes every other file into the shared decoded cache and reads
+    the rest from it; the losses match one process within the DDP test's tolerance (tests/test_training.py: no
+    dropout, no batch norm, fp32), and the ragged split (120 training images at 16 per rank) takes the same steps
+    on both ranks."""
+    cnnlab = str(Path(sys.executable).parent / "cnnlab")
+    common = [
+        "train",
+        "--data",
+        f"folder:{lfw}",
+        "--stream",
+        "--model",
+        "cnn",
+        "--model-option",
+        "dropout=0",
+        "--model-option",
+        "batch_norm=false",
+        "--epochs",
+        "3",
+        "--augment",
+        "none",
+        "--precision",
+        "32-true",
+        "--no-report",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--audit",
+        "off",
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    losses = {}
+    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+        root = tmp_path / f"data-{name}"
+        done = subprocess.run([cnnlab, *common, *extra, "--name", name, "--data-root", str(root)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        with (tmp_path / name / "metrics.csv").open() as fh:
+            losses[name] = [float(r[c]) for r in csv.DictReader(fh) for c in ("train_loss", "valid_loss")]
+        writers = Counter()
+        for part in root.glob("cache/decoded/*/shard-*.json"):
+            index = json.loads(part.read_text())
+            writers[index["written_by"]["rank"]] += len(index["rows"])
+        if name == "two":
+            assert writers == {0: 100, 1: 100}, writers  # 200 files, half each
+    assert losses["one"] == pytest.approx(losses["two"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_with_the_default_model_search_and_a_budget(lfw, tmp_path):
+    """`--devices 2 --budget-minutes 1` with `--model auto` (the default): rank 0 measures the candidates and plans
+    the budget, both processes follow; the table is printed once and the run is evaluated."""
+    cnnlab = str(Path(sys.executable).parent / "cnnlab")
+    done = subprocess.run(
+        [cnnlab, "train", "--data", f"folder:{lfw}", "--devices", "2", "--budget-minutes", "1", "--no-report",
+         "--runs-dir", str(tmp_path), "--name", "auto", "--data-root", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model: auto, measuring candidates") == 1, done.stdout
+    assert "Test Accuracy (Overall)" in done.stdout and (tmp_path / "auto" / "eval.json").is_file()
+    assert "model:" in (tmp_path / "auto" / "config.yaml").read_text().split("decisions:")[1]

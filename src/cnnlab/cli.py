@@ -87,7 +87,11 @@ def train(
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
     data_root: Optional[str] = typer.Option(None, help="Where datasets are found/downloaded (default data/)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
-    stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="Folders: decode from disk per batch."),
+    stream: Optional[bool] = typer.Option(
+        None,
+        "--stream/--in-memory",
+        help="Folders: read batches from the decoded cache on disk, or hold the images in memory (default: by size).",
+    ),
     precision: Optional[str] = typer.Option(None, help="auto (bf16 if measured faster) | 32-true | bf16-mixed."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (GPUs)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda."),

@@ -80,7 +80,7 @@ class DataConfig:
     flips: bool | None = None  # horizontal flips in augmentation; None = from the data (folders: measured)
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
     strict: bool = False  # fail on an unreadable image instead of skipping it
-    stream: bool = False  # folders: decode batch by batch from disk instead of once into memory (larger than RAM)
+    stream: bool | None = None  # folders: read batches from the decoded cache on disk; None: by size (data/memory.py)
     audit: Literal["auto", "on", "off"] = "auto"  # duplicates/leakage before training; auto: up to 30,000 images
     dedupe: bool = False  # drop valid/test images that duplicate a training image (the folder is not touched)
     drop_degenerate: bool = False  # drop blank, striped, flat and blurred images from every split (audit/degenerate.py)
@@ -169,10 +169,6 @@ class TrainConfig:
             )
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise CnnlabError(f"budget_minutes must be > 0, got {self.budget_minutes} (e.g. --budget-minutes 5)")
-        if self.budget_minutes is not None and self.devices * self.num_nodes > 1:
-            raise CnnlabError(
-                "--budget-minutes plans single-process runs only (drop --devices/--num-nodes or --epochs)"
-            )
         if self.patience is not None and self.patience < 1:
             raise CnnlabError(f"patience must be >= 1 epoch, got {self.patience}")
         _check_choice("optimizer", self.optimizer, Optimizer)

@@ -62,8 +62,8 @@ def train(
     log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)
     after = partial(_after_training, source=source, report=report, explain=explain)
-    plan = plan_run(config, source, measure=not dry_run and launcher is None, audit=not dry_run, log=log,
-                    budget_start=started, after=after)  # fmt: skip
+    plan = _shared_plan(launcher, lambda: plan_run(config, source, measure=not dry_run, audit=not dry_run, log=log,
+                                                   budget_start=started, after=after))  # fmt: skip
     if dry_run:
         return _dry_run(plan, source, log)
     fabric = launcher or make_fabric(plan.config.train)
@@ -72,7 +72,7 @@ def train(
         config, history = _fit_new(plan, fabric, source, run_dir, budget_start=started,
                                    after=after(plan.config, plan.splits), log=log)  # fmt: skip
     finally:
-        if plan.trained is not None:  # moved into the run folder, or (on an error) not wanted
+        if plan.trained is not None and fabric.is_global_zero:  # moved into the run folder, or not wanted
             plan.trained.discard()
     if not fabric.is_global_zero:
         return TrainResult(run_dir, history, {})  # rank 0 evaluates and reports
@@ -153,6 +153,14 @@ def _launch(config: RunConfig, dry_run: bool):
     return launcher
 
 
+def _shared_plan(launcher, make: Callable[[], Plan]) -> Plan:
+    """The plan, made once: in this process, or under DDP by rank 0 (it measures the model search, the precision
+    and the budget's probe in one process while the others wait) and sent to every process."""
+    if launcher is None:
+        return make()
+    return launcher.broadcast(make() if launcher.is_global_zero else None, src=0)
+
+
 def _dry_run(plan: Plan, source: Source, log) -> TrainResult:
     """One batch through fit and evaluation in a temporary folder: every step runs, nothing is kept."""
     config = replace(plan.config, train=replace(plan.config.train, epochs=1, devices=1, num_nodes=1))
@@ -174,7 +182,10 @@ def _fit_new(
     """A new run folder (rank 0): the plan, splits and audit first, then training; config.yaml again with
     what training decided."""
     if not fabric.is_global_zero:
-        return train_model(plan.config, fabric, source, plan.splits, run_dir, log=log)
+        if plan.trained is not None:  # rank 0's search trained the winner: nothing to train together
+            return plan.config, plan.trained.history
+        return train_model(plan.config, fabric, source, plan.splits, run_dir, budget_start=budget_start, after=after,
+                           log=log)  # fmt: skip
     with creating_run_dir(run_dir):
         write_run_config(run_dir, plan.config)
         save_splits(plan.splits, run_dir / RunFile.SPLITS, source=source, seed=plan.config.train.seed,

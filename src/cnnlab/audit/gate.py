@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlab.audit import checks as A
 from cnnlab.config import DataConfig, RunConfig
@@ -39,7 +38,6 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
     """Audit the source and the splits `cnnlab train` would make from `config` (a RunConfig), or, when `output`
     is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
     source = load_source(audited_data(config.data, log), log=log)
-    _check_source(source)
     config = replace(config, data=replace(config.data, audit="on"))  # the command is the audit: whatever the size
     groups, pairs = split_groups(config, source, log)
     splits = make_splits(
@@ -92,8 +90,6 @@ def _skip_reason(config, source: Source) -> str | None:
     if config.data.audit == "auto" and n > AUTO_MAX_IMAGES and not config.data.dedupe:
         return (f"skipped for {n:,} images (about {SECONDS_PER_PAIR * n * n:.0f} s here; --audit on runs it, "
                 f"or cnnlab audit --data {config.data.source})")  # fmt: skip
-    if not isinstance(source.images, torch.Tensor):
-        return "skipped (the audit needs the images in memory: drop --stream, or audit a smaller folder)"
     return None
 
 
@@ -121,18 +117,12 @@ def audit_run(
     own earlier audit is replaced), or into `output`."""
     config = open_run(run_dir)
     source = load_source(config.data, log=log)
-    _check_source(source)
     recorded = read_run_splits(Path(run_dir) / RunFile.SPLITS, source, needed=(), log=log)
     splits = A.all_restored(recorded.splits, recorded.dropped)  # the data as it is: dropped images back in
     groups = _users(config, recorded.group_ids(source, np.arange(len(source.labels))) if recorded.groups else None)
     into_run = output is None
     return _audit_and_write(source, splits, config, Path(run_dir) if into_run else Path(output),
                             force=force or into_run, labels=labels, groups=groups, log=log)  # fmt: skip
-
-
-def _check_source(source) -> None:
-    if not isinstance(source.images, torch.Tensor):
-        raise CnnlabError("the audit needs the images in memory (drop --stream, or audit a smaller folder)")
 
 
 def _audit_and_write(source, splits, config, output: Path | None, *, force: bool, labels: bool, log,

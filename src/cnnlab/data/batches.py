@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data.augment import AugmentPolicy, augment_batch
+from cnnlab.data.loader import BatchReader
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class InMemoryBatches:
         self.drop_last = drop_last and len(self.indices) // world > batch_size
         self.epoch = 0
         self.side: int | None = None  # None: the images' own size
+        self.reader: BatchReader | None = None  # streamed images: made at the first epoch, kept for the next
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,26 +100,55 @@ class InMemoryBatches:
         """Scale the batches to `side` x `side` px (progressive resizing, train/progressive.py); None: as they are."""
         self.side = side
 
+    def _share(self) -> int:
+        """Images this rank takes per epoch: under DDP the same on every rank (training pads the epoch's order by
+        wrapping around, as DistributedSampler does), so every rank takes the same number of steps."""
+        n = len(self.indices)
+        if self.world == 1:
+            return n
+        if self.drop_last or self.shuffle:
+            return n // self.world if self.drop_last else -(-n // self.world)
+        return len(self.indices[self.rank :: self.world])  # evaluation: no padding, no collective per batch
+
     def __len__(self) -> int:
-        n = len(self.indices) // self.world if self.drop_last else len(self.indices[self.rank :: self.world])
+        n = self._share()
         full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return min(full, self.max_batches) if self.max_batches else full
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _order(self) -> tuple[torch.Tensor, torch.Generator]:
+        """This epoch's image order for this rank, and the generator of its augmentation draws."""
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self.indices[torch.randperm(len(self.indices), generator=gen)] if self.shuffle else self.indices
         if self.world > 1:  # the same order on every rank, then this rank's share; its own augmentation draws
-            order = order[self.rank :: self.world]
+            share = self._share()
+            if self.shuffle and not self.drop_last and share * self.world > len(order):
+                order = torch.cat([order, order[: share * self.world - len(order)]])
+            order = order[self.rank :: self.world][:share]
             gen = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size].to(self.images.device)
-            x = self.images[idx].to(self.labels.device)  # a no-op in memory; streamed batches arrive on the CPU
+        return order, gen
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, gen = self._order()
+        batches = [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
+        for idx, x in self._read(batches):
+            x = x.to(self.labels.device, non_blocking=True)  # a no-op in memory; streamed batches arrive on the CPU
             if self.policy.active:  # on the 0..1 scale, so padding is black as in RandomCrop(padding)
                 x = augment_batch(x.float() * (1 / 255), self.policy, gen)
             x = self.norm.apply(x)
             if self.side is not None and self.side != x.shape[-1]:  # after augmenting: shifts stay whole pixels
                 x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True)
-            yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]
+            yield x.contiguous(memory_format=torch.channels_last), self.labels[idx.to(self.labels.device)]
+
+    def _read(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, uint8 images) of each batch: index slices of the tensor in memory, or streamed images read
+        ahead by DataLoader worker processes (data/loader.py)."""
+        if isinstance(self.images, torch.Tensor):
+            for idx in batches:
+                yield idx, self.images[idx.to(self.images.device)]
+            return
+        if self.reader is None:
+            self.reader = BatchReader(self.images, pin=self.labels.device.type == "cuda")
+        yield from zip(batches, self.reader(batches), strict=True)
 
 
 def run_batches(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,24 +143,38 @@ def decoded_chunks(
     inputs: list[Path], *, size: int, channels: int, crop_pct: float, limit: int | None = None, chunk: int = 512
 ) -> Iterator[tuple[np.ndarray, list[Path]]]:
     """`decode_files` a `chunk` of images at a time, so that a job over many photos holds one chunk decoded
-    (20,000 photos at 224 px are 3 GB as one array). Same errors and warning, the warning at the end."""
+    (20,000 photos at 224 px are 3 GB as one array); the next chunk is decoded on a thread (Pillow releases the GIL)
+    while the caller works on this one (prediction: the model). Same errors and warning, the warning at the end."""
     named = {p for p in inputs if not p.is_dir()}
     files = collect_images(inputs)[:limit]
+    starts = range(0, len(files), chunk)
+    decode = {"size": size, "channels": channels, "crop_pct": crop_pct}
     skipped, any_kept = [], False
-    for start in range(0, len(files), chunk):
-        arrays, kept = [], []
-        for path in files[start : start + chunk]:
-            try:
-                arrays.append(decode_array(path, size=size, channels=channels, crop_pct=crop_pct)[0])
-                kept.append(path)
-            except UnreadableImage as exc:
-                if path in named:
-                    raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
-                skipped.append(path)
-        if arrays:
-            any_kept = True
-            yield np.stack(arrays), kept
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = ahead.submit(_decode_chunk, files[:chunk], named, decode) if files else None
+        for start in starts:
+            arrays, kept, bad = pending.result()
+            nxt = start + chunk
+            pending = ahead.submit(_decode_chunk, files[nxt : nxt + chunk], named, decode) if nxt < len(files) else None
+            skipped += bad
+            if kept:
+                any_kept = True
+                yield arrays, kept
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=3)
     if not any_kept:
         raise CnnlabError("no readable images to predict (pass image files or folders of images)")
+
+
+def _decode_chunk(files: list[Path], named: set[Path], decode: dict) -> tuple[np.ndarray | None, list[Path], list]:
+    """(uint8 images, their paths, unreadable paths) of `files`; an unreadable file named directly is an error."""
+    arrays, kept, skipped = [], [], []
+    for path in files:
+        try:
+            arrays.append(decode_array(path, **decode)[0])
+            kept.append(path)
+        except UnreadableImage as exc:
+            if path in named:
+                raise CnnlabError(f"cannot read image {path}: {exc} (pass a valid image file)") from exc
+            skipped.append(path)
+    return (np.stack(arrays) if arrays else None), kept, skipped

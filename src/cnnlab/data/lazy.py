@@ -1,8 +1,11 @@
-"""The streamed path: image files decoded batch by batch instead of once into memory (`--stream`).
+"""The streamed path: images read batch by batch instead of held in memory (a folder larger than memory, or
+`--stream`).
 
-`LazyImages` looks like the uint8 [N, C, H, W] tensor of the in-memory path wherever batches are cut
-(`images[idx]`, `images[a:b]` decode just those files, on a thread pool) and `select` makes a subset
-without decoding, so a folder larger than memory trains, evaluates and predicts through the same code.
+`CachedImages` (the streamed path) and `LazyImages` (its fallback where the decoded-image cache cannot be written:
+each batch decoded from its files) look like the uint8 [N, C, H, W] tensor of the in-memory path wherever batches
+are cut (`images[idx]`, `images[a:b]` read just those rows) and `select` makes a subset without reading, so a folder
+larger than memory trains, evaluates and predicts through the same code (batches through a DataLoader:
+data/loader.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,47 @@ import numpy as np
 import torch
 
 from cnnlab.data.cache import cache_key, chunks_digest
+from cnnlab.data.decoded import DecodedCache
 from cnnlab.data.images import decode_image
+
+
+class CachedImages:
+    """Rows of the decoded-image cache (data/decoded.py) read on demand: memory holds a batch, never the folder."""
+
+    device = torch.device("cpu")
+    dtype = torch.uint8
+
+    def __init__(self, cache: DecodedCache, fingerprints: list[str], *, channels: int) -> None:
+        self.cache, self.fingerprints, self.channels = cache, list(fingerprints), channels
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.fingerprints), self.channels, self.cache.size, self.cache.size)
+
+    def __len__(self) -> int:
+        return len(self.fingerprints)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """The images at `idx` (int, slice or index array) as a uint8 tensor, read from the cache's shards."""
+        out = self.cache.read([self.fingerprints[i] for i in _positions(idx, len(self))])
+        out = out[:, : self.channels] if self.channels < 3 else out
+        return out[0] if isinstance(idx, int) else out
+
+    def select(self, idx) -> CachedImages:
+        return CachedImages(self.cache, [self.fingerprints[i] for i in _positions(idx, len(self))],
+                            channels=self.channels)  # fmt: skip
+
+    def digest(self) -> str:
+        """Identity for caches: the files' contents (fingerprints) and the decode setting."""
+        return cache_key("cached-v1", self.fingerprints, str(self.cache.folder.name), self.channels)
+
+
+def _positions(idx, n: int) -> list[int]:
+    if isinstance(idx, slice):
+        return list(range(n))[idx]
+    if isinstance(idx, int):
+        return [idx]
+    return [int(i) for i in np.asarray(torch.as_tensor(idx).cpu()).reshape(-1)]
 
 
 class LazyImages:
@@ -34,11 +77,15 @@ class LazyImages:
         return len(self.paths)
 
     def _positions(self, idx) -> list[int]:
-        if isinstance(idx, slice):
-            return list(range(len(self.paths)))[idx]
-        if isinstance(idx, int):
-            return [idx]
-        return [int(i) for i in np.asarray(torch.as_tensor(idx).cpu())]
+        return _positions(idx, len(self.paths))
+
+    def __getstate__(self) -> dict:
+        """For a DataLoader worker: everything but the thread pool (each process starts its own)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
 
     def __getitem__(self, idx) -> torch.Tensor:
         """Decode the images at `idx` (int, slice or index array) into a uint8 tensor."""
@@ -86,11 +133,21 @@ class ImageRows:
         return chunks_digest(self.shape, (self[a : a + 256] for a in range(0, len(self), 256)))
 
 
+def is_streamed(images) -> bool:
+    """Whether `images` are read batch by batch (not one tensor in memory)."""
+    return not isinstance(images, torch.Tensor) and hasattr(images, "select")  # CachedImages, LazyImages, a Dataset's
+
+
 def row_view(images, idx):
-    """`images[idx]` for a batch-by-batch pass: lazy images select their files, a tensor is not copied."""
-    return images.select(idx) if isinstance(images, LazyImages) else ImageRows(images, idx)
+    """`images[idx]` for a batch-by-batch pass: streamed images select their rows, a tensor is not copied."""
+    return images.select(idx) if is_streamed(images) else ImageRows(images, idx)
 
 
 def select(images, idx):
-    """`images[idx]` without decoding anything when `images` is lazy."""
-    return images.select(idx) if isinstance(images, LazyImages) else images[torch.as_tensor(idx)]
+    """`images[idx]` without reading anything when `images` are streamed (the subset is read batch by batch)."""
+    return images.select(idx) if is_streamed(images) else images[torch.as_tensor(idx)]
+
+
+def take(images, idx) -> torch.Tensor:
+    """`images[idx]` as a tensor in memory, streamed or not: for the few images a probe or a picture needs."""
+    return images[torch.as_tensor(idx, dtype=torch.long)]

@@ -22,12 +22,15 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from cnnlab.config import DataConfig
+from cnnlab.data import user_dataset
 from cnnlab.data.cache import cache_key, load_or_compute
 from cnnlab.data.decoded import DecodedCache
 from cnnlab.data.identity import dataset_checksum, fingerprints, relative_key
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
-from cnnlab.data.lazy import LazyImages
+from cnnlab.data.lazy import CachedImages, LazyImages
+from cnnlab.data.loader import BatchReader
+from cnnlab.data.memory import choose_stream, memory_available
 from cnnlab.errors import CnnlabError, unknown_choice
 
 FASHION_CLASSES = [
@@ -37,7 +40,7 @@ FASHION_CLASSES = [
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEFAULT_FOLDER_SIZE = 64  # pixels; a from-scratch CNN's usual input for small photo datasets
 MAX_NATIVE_SIZE = 96  # pixels; folders whose images share a size up to this keep it (28 px digits stay 28 px)
-SOURCE_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "folder:PATH")
+SOURCE_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "folder:PATH", "dataset:NAME")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Source:
     keys: list[str] = field(default_factory=list)  # each image's identity key: a folder's relative path, or the id
     fingerprints: list[str] | None = None  # folders: each file's `<size>:<digest>` (data/identity.py)
     checksum: str | None = None  # named datasets: the digest of their pixels and labels (data/identity.py)
+    stream_reason: str | None = None  # folders: why they are streamed or held in memory, when cnnlab chose
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -87,6 +91,8 @@ def _load_source(config: DataConfig) -> Source:
     name = config.source
     if name.startswith("folder:"):
         return _load_folder(Path(name[len("folder:") :]).expanduser(), config)
+    if name.startswith(user_dataset.PREFIX):
+        return _load_user_dataset(name.removeprefix(user_dataset.PREFIX), config)
     loaders = {"digits": _load_digits, "fashion-mnist": _load_fashion, "mnist": _load_mnist, "cifar10": _load_cifar}
     if name not in loaders:
         raise unknown_choice("data source", name, SOURCE_NAMES)
@@ -199,6 +205,32 @@ def _cifar_present(root: Path) -> bool:
     return (root / "cifar-10-batches-py" / "test_batch").is_file()
 
 
+def _load_user_dataset(name: str, config: DataConfig) -> Source:
+    """A Dataset registered with `register_dataset` (data/user_dataset.py): labels from its `targets` (or one pass),
+    images at --image-size or item 0's shorter side, held in memory or streamed as a folder's are."""
+    dataset, class_names = user_dataset.registered(name)
+    labels = user_dataset.labels_of(dataset)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(class_names)):
+        raise CnnlabError(f"dataset:{name} has labels {int(labels.min())}..{int(labels.max())} for "
+                          f"{len(class_names)} class names (labels must be 0..{len(class_names) - 1})")  # fmt: skip
+    channels, w, h = user_dataset.first_image(dataset)
+    size, reason = (config.image_size, None) if config.image_size else (min(w, h), f"item 0 is {w}x{h}")
+    images = user_dataset.DatasetImages(dataset, list(range(len(labels))), size=size, channels=channels, name=name)
+    stream, stream_reason = choose_stream(config.stream, n_images=len(labels), side=size, available=memory_available())
+    if not stream:  # read once, a batch at a time, by a worker process
+        batches = [torch.arange(a, min(a + 256, len(labels))) for a in range(0, len(labels), 256)]
+        images = torch.cat(list(BatchReader(images)(batches))) if batches else images[[]]
+    ids = [f"{name}/{i}" for i in range(len(labels))]
+    source = Source(f"dataset:{name}", images, labels, class_names, ids, {"train": np.arange(len(labels))}, None)
+    source.checksum = (
+        dataset_checksum(images, labels)
+        if isinstance(images, torch.Tensor)
+        else cache_key("dataset-labels", name, labels.tolist())
+    )  # streamed: not every pixel read
+    source.size_reason, source.stream_reason = reason, stream_reason
+    return source
+
+
 # ---- folders ---------------------------------------------------------------------------------------
 
 _SPLIT_DIRS = ("train", "valid", "test")
@@ -218,11 +250,16 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
         (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root), stats)
     )
     fps = fingerprints(path, [f[1] for f in files], cache_dir=Path(config.root) / "cache")
-    if config.stream:
+    stream, stream_reason = choose_stream(config.stream, n_images=len(files), side=size, available=memory_available())
+    cache = DecodedCache(Path(config.root), size=size, crop_pct=config.crop_pct)
+    written = _fill_cache(cache, path, files, fps, size, config.crop_pct, hold=not stream)
+    if stream and written:
+        source = _folder_source(path, files, class_names, _cached_entry(cache, fps), config.strict)
+    elif stream:  # the cache could not be written: each batch is decoded from its files
         source = _stream_folder(path, files, class_names, size, config)
     else:
-        source = _decode_folder_cached(path, files, fps, class_names, size, config)
-    source.size_reason = reason
+        source = _folder_source(path, files, class_names, cache.entry(fps), config.strict)
+    source.size_reason, source.stream_reason = reason, stream_reason
     kept = set(source.ids)  # the readable files, in the listing's order
     source.keys = [relative_key(path, Path(i)) for i in source.ids]
     source.fingerprints = [fp for f, fp in zip(files, fps, strict=True) if str(f[1]) in kept]
@@ -335,20 +372,52 @@ def _stream_folder(path: Path, files, class_names, size: int, config: DataConfig
     return _folder_source(path, files, class_names, entry, config.strict)
 
 
-def _decode_folder_cached(path: Path, files, fps: list[str], class_names, size: int, config: DataConfig) -> Source:
-    """Decode only what the decoded-image cache lacks (data/decoded.py, rows keyed by each file's fingerprint: a
-    grown folder decodes its new files only), then read every file's row from it; later epochs reuse the tensor in
-    memory."""
-    cache = DecodedCache(Path(config.root), size=size, crop_pct=config.crop_pct)
+DECODE_CHUNK = 1024  # files decoded per pass into one shard of the cache: about 150 MB at 224 px, the most held
+
+
+def _fill_cache(cache: DecodedCache, path: Path, files, fps: list[str], size: int, crop_pct: float, *,
+                hold: bool) -> bool:  # fmt: skip
+    """Decode what the decoded-image cache lacks (rows keyed by each file's fingerprint, data/decoded.py: a grown
+    folder decodes its new files only), DECODE_CHUNK files at a time so memory holds one chunk; returns whether all
+    of it was written. Under DDP each process decodes its share (every world-th file) and reads the others' from
+    the cache. Where the cache cannot be written, `hold` keeps the rows in memory for this command (the in-memory
+    path); otherwise decoding stops at once (the streamed path then decodes each batch from its files)."""
     todo = cache.missing(fps)
-    unsaved = None
-    if todo:
-        decoded = _decode_folder(path, [files[i] for i in todo], size, config.crop_pct)
-        if not cache.add([fps[i] for i in todo], decoded):
-            unsaved = decoded["images"]
-        del decoded  # read back from the shard: the folder's pixels are held once at a time
-    entry = cache.entry(fps, unsaved=unsaved)
-    return _folder_source(path, files, class_names, entry, config.strict)
+    rank, world = process_share()
+    written = _decode_into(cache, path, files, fps, todo[rank::world], size, crop_pct, hold=hold or world > 1)
+    if world > 1:
+        torch.distributed.barrier()  # every share written (or held) before any process reads the others'
+        cache.reload()
+        written = _decode_into(cache, path, files, fps, cache.missing(fps), size, crop_pct, hold=hold) and written
+    return written
+
+
+def _decode_into(cache: DecodedCache, path: Path, files, fps, todo: list[int], size: int, crop_pct: float, *,
+                 hold: bool) -> bool:  # fmt: skip
+    written = True
+    for start in range(0, len(todo), DECODE_CHUNK):
+        chunk = todo[start : start + DECODE_CHUNK]
+        decoded = _decode_folder(path, [files[i] for i in chunk], size, crop_pct)
+        written = cache.add([fps[i] for i in chunk], decoded, rank=process_share()[0]) and written
+        if not written and not hold:
+            return False
+    return written
+
+
+def process_share() -> tuple[int, int]:
+    """(rank, world size) of this process under DDP (torch.distributed set up by the launcher), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _cached_entry(cache: DecodedCache, fps: list[str]) -> dict:
+    """The streamed images of a folder whose rows are all in the cache (grey when every file is a grey mode)."""
+    errors = cache.errors(fps)
+    kept = [fp for fp, e in zip(fps, errors, strict=True) if not e]
+    grey = torch.tensor([bool(cache.rows[fp]["grey"]) for fp in kept], dtype=torch.bool)
+    channels = 1 if len(grey) and bool(grey.all()) else 3
+    return {"images": CachedImages(cache, kept, channels=channels), "grey": grey, "errors": errors}
 
 
 def _stat(p: Path) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from torch import nn
 from cnnlab.data.batches import Normalization
 from cnnlab.data.images import collect_images, decoded_chunks
 from cnnlab.data.sources import load_source
+from cnnlab.data.user_dataset import DatasetImages
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.base import Classifier
@@ -176,6 +177,20 @@ def predict_images(
     chosen = {"checkpoint": Path(checkpoint_path), "wanted": backend, "log": log,
               "cache_dir": run_dir / "cache" if (run_dir / RunFile.CONFIG).is_file() else None}  # fmt: skip
     return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta, backend=chosen)
+
+
+def predict_dataset(run_dir: Path, dataset) -> tuple[list[str], np.ndarray]:
+    """(class names, probabilities [N, classes]) for every item of a user's Dataset of (image, label) (labels
+    unused), converted as the run's training images were: the Python API's predict for data that is not files."""
+    path = Path(run_dir) / RunFile.BEST
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing (train the run first)")
+    ckpt = load_checkpoint(path)
+    prep = ckpt.preprocessing
+    images = DatasetImages(dataset, list(range(len(dataset))), size=prep.image_size, channels=prep.channels,
+                           name="predict")  # fmt: skip
+    logits = predict_logits(model_from_checkpoint(ckpt, path), images, prep.normalization())
+    return list(ckpt.class_names), torch.softmax(logits, dim=1).numpy()
 
 
 def imagenet_classifier(backbone: str, weights: str | None = None) -> tuple[nn.Module, InputSpec]:

@@ -301,7 +301,7 @@ def _trained_row(
     config = replace(config, train=replace(config.train, budget_minutes=seconds_left / 60))
     try:
         trained_config, history = train_model(
-            config, make_fabric(config.train), source, splits, folder, epoch_limits=epoch_limits or
+            config, make_fabric(_one_process(config.train)), source, splits, folder, epoch_limits=epoch_limits or
             (1, config.train.epochs), budget_start=started, after=after, log=_indented(log),
         )  # fmt: skip
     except BudgetTooSmall as exc:
@@ -321,6 +321,11 @@ def _trained_row(
         config=trained_config,
         trained=Trained(folder, history),
     )
+
+
+def _one_process(t: TrainConfig) -> TrainConfig:
+    """A candidate trains in the process measuring it (under DDP, rank 0 searches while the others wait)."""
+    return replace(t, devices=1, num_nodes=1)
 
 
 def _pick(rows: list[Row]) -> Row:

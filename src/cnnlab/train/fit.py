@@ -223,6 +223,13 @@ def evaluate_loss(model, batches: Iterable, fabric=None, *, mirror: bool = False
     return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
+def _agreed(fabric, epochs: int, clock: BudgetClock) -> int:
+    """Under DDP every process follows rank 0's re-plan (their clocks differ by a little; their steps may not)."""
+    if fabric.world_size > 1:
+        clock.epochs = epochs = int(fabric.broadcast(epochs, src=0))
+    return epochs
+
+
 def fit(
     fabric,
     model: Classifier,
@@ -286,8 +293,8 @@ def fit(
                 train_batches.set_flips(flip_check.decide(epoch, stats.valid_acc, mirrored))
             walls.append((time.perf_counter() - since) / cost)
             since = time.perf_counter()
-            if clock is not None and clock.replan(epoch, walls) != config.epochs:  # before the checkpoints: they
-                config, scheduler = _replanned(config, clock, optimizer, len(train_batches), epoch, log)  # carry it
+            if clock is not None and _agreed(fabric, clock.replan(epoch, walls), clock) != config.epochs:  # before
+                config, scheduler = _replanned(config, clock, optimizer, len(train_batches), epoch, log)  # the ckpts
                 meta.config["train"]["epochs"] = config.epochs
             improved = tracker.update(epoch, stats.valid_loss)
             history.append(stats)

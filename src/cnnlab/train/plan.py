@@ -16,6 +16,7 @@ from cnnlab.audit.checks import Audit
 from cnnlab.audit.gate import audit_for_training, split_groups
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.batches import default_batch_size
+from cnnlab.data.lazy import is_streamed
 from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
@@ -88,6 +89,10 @@ def data_decisions(config: RunConfig, source: Source, n_train: int, log) -> RunC
         log(f"image size: {source.image_size} px ({source.size_reason})")
         config = replace(config, data=replace(config.data, image_size=source.image_size))
         config = with_decisions(config, image_size=source.size_reason)
+    if source.stream_reason is not None:
+        log(f"data path: {source.stream_reason}")
+        config = replace(config, data=replace(config.data, stream=is_streamed(source.images)))
+        config = with_decisions(config, stream=source.stream_reason)
     if config.data.flips is None and source.flip_invariant is not None:
         config = replace(config, data=replace(config.data, flips=source.flip_invariant))
     if config.train.batch_size is None:

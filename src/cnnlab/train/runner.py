@@ -66,11 +66,13 @@ def train_model(
             world=fabric.world_size,
         )  # fmt: skip
         clock = None
-        if t.budget_minutes is not None and resume is None and max_batches is None and fabric.world_size == 1:
+        if t.budget_minutes is not None and resume is None and max_batches is None:
             start = time.perf_counter() if budget_start is None else budget_start
             deadline = start + t.budget_minutes * 60  # the probe is spent from the budget too
             plan = plan_budget(t, fabric, model, train_batches, valid_batches, log, epoch_limits=epoch_limits,
                                seconds=deadline - time.perf_counter(), after=after)  # fmt: skip
+            if fabric.world_size > 1:  # every process follows rank 0's measured plan
+                plan = fabric.broadcast(plan, src=0)
             config = replace(config, train=plan.train)
             t, meta.config = config.train, config.to_dict()
             clock = BudgetClock(deadline - plan.kept_s, t.epochs, most=epoch_limits[1] if epoch_limits else None,

@@ -33,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
 from cnnlab.data.batches import Normalization
-from cnnlab.data.lazy import row_view, select
+from cnnlab.data.lazy import row_view, select, take
 from cnnlab.data.sources import Source
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.metrics import roc_auc
@@ -193,7 +193,7 @@ def choose_strategy(
     per_class = len(train_labels) / max(n_classes, 1)
     small = per_class < SMALL_PER_CLASS
     grey = source.channels == 1
-    sample = select(source.images, train_idx[_sample(train_labels, seed)])
+    sample = take(source.images, train_idx[_sample(train_labels, seed)])
     confidence = imagenet_confidence(name, sample, norm, weights=weights)
     similar = not grey and (confidence is None or confidence >= SIMILAR_CONFIDENCE)
     prior = MATRIX[(small, similar)]

@@ -1,0 +1,78 @@
+"""Whether a folder's decoded images are held in memory (the fast path) or streamed from the decoded-image cache on
+disk, decided from their decoded size against the memory this machine (or container) has free.
+
+A run holds more than the pixels: the in-memory path's feature pass, the search's candidates and a model's
+activations came to 2-4x the decoded size here (bench/RESULTS.md, issue 41), so the pixels may take at most
+IN_MEMORY_SHARE of the memory available. 10,000 photos at 224 px (1.5 GB) stay in memory on a 24 GB machine; 100,000
+(15 GB) are streamed. `--stream` / `--in-memory` force either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+IN_MEMORY_SHARE = 0.25  # of the memory available: the most the decoded pixels may take to be held in memory
+GB = 1e9
+
+
+def decoded_bytes(n_images: int, side: int, channels: int = 3) -> int:
+    """Bytes of `n_images` decoded as uint8 at `side` x `side` px."""
+    return n_images * channels * side * side
+
+
+def memory_available() -> int | None:
+    """Bytes a new allocation can take without swapping: the kernel's MemAvailable, less where a cgroup (a
+    container's limit) allows less; None where neither can be read (not Linux)."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = _cgroup_room()
+    if limit is not None:
+        found.append(limit)
+    return min(found) if found else None
+
+
+def _cgroup_room() -> int | None:
+    """A cgroup v2 memory limit less its usage (None when unlimited or unreadable)."""
+    folder = Path("/sys/fs/cgroup")
+    try:
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(int(limit) - int((folder / "memory.current").read_text()), 0)
+    except (OSError, ValueError):
+        return None
+
+
+def choose_stream(
+    requested: bool | None, *, n_images: int, side: int, available: int | None
+) -> tuple[bool, str | None]:  # fmt: skip
+    """(stream, why): the user's --stream / --in-memory as given (why None), else in memory when the decoded pixels
+    take at most IN_MEMORY_SHARE of `available` bytes (unknown: in memory up to 2 GB).
+
+    >>> choose_stream(None, n_images=100_000, side=224, available=24 * 10**9)[0]
+    True
+    >>> choose_stream(None, n_images=10_000, side=224, available=24 * 10**9)[0]
+    False
+    """
+    if requested is not None:
+        return requested, None
+    size = decoded_bytes(n_images, side)
+    room = IN_MEMORY_SHARE * (available if available is not None else 8 * GB)
+    what = f"{n_images:,} images at {side} px are {size / GB:.2f} GB decoded"
+    free = f"{available / GB:.1f} GB available" if available is not None else "8 GB assumed (free memory unknown)"
+    if size <= room:
+        return False, f"in memory: {what}, within {IN_MEMORY_SHARE:.0%} of the {free} (--stream to stream)"
+    return True, (f"streamed from the decoded-image cache on disk: {what}, over {IN_MEMORY_SHARE:.0%} of the {free} "
+                  "(--in-memory to hold them)")  # fmt: skip
+
+
+def loader_workers() -> int:
+    """DataLoader worker processes for streamed batches: reading cached rows is light, so one per two cores beyond
+    the first (the model's threads keep the rest), at least one so reading overlaps the step."""
+    return max(1, min(4, ((os.cpu_count() or 2) - 1) // 2))
