@@ -175,12 +175,20 @@ def test_predicting_in_chunks_gives_the_whole_array_and_one_warning(lfw, tmp_pat
     assert np.array_equal(np.concatenate([c for c, _ in chunks]), whole) and [p for _, k in chunks for p in k] == kept
 
 
+def _torchrun_node(rank: int, args: list[str], cwd: Path) -> subprocess.Popen:
+    """One node of `torchrun --nnodes 2 --nproc-per-node 1` (static rendezvous on this machine) running cnnlab."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    launch = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr",
+              "127.0.0.1", "--master-port", "29517"]  # fmt: skip
+    return subprocess.Popen([*launch, str(Path(sys.executable).parent / "cnnlab"), *args, "--num-nodes", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)  # fmt: skip
+
+
 @pytest.mark.slow
-def test_two_process_ddp_on_a_streamed_folder_decodes_half_each_and_matches_one_process(lfw, tmp_path):
-    """`--devices 2 --stream` (gloo): each process decodes every other file into the shared decoded cache and reads
-    the rest from it; the losses match one process within the DDP test's tolerance (tests/test_training.py: no
-    dropout, no batch norm, fp32), and the ragged split (120 training images at 16 per rank) takes the same steps
-    on both ranks."""
+def test_ddp_on_a_streamed_folder_decodes_half_each_and_matches_one_process(lfw, tmp_path):
+    """`--devices 2 --stream` and `torchrun --nnodes 2` (gloo): each process decodes every other file into the shared
+    decoded cache and reads the rest from it; the losses match one process within the DDP test's tolerance
+    (tests/test_training.py: no dropout, no batch norm, fp32)."""
     cnnlab = str(Path(sys.executable).parent / "cnnlab")
     common = [
         "train",
@@ -210,20 +218,26 @@ def test_two_process_ddp_on_a_streamed_folder_decodes_half_each_and_matches_one_
         str(tmp_path),
     ]
     losses = {}
-    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+    for name in ("one", "two", "nodes"):
         root = tmp_path / f"data-{name}"
-        done = subprocess.run([cnnlab, *common, *extra, "--name", name, "--data-root", str(root)],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
+        args = [*common, "--name", name, "--data-root", str(root)]
+        if name == "nodes":
+            nodes = [_torchrun_node(rank, args, tmp_path) for rank in (1, 0)]
+            outcomes = [node.communicate(timeout=300) for node in nodes]
+            assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outcomes]
+        else:
+            extra = ["--devices", "2"] if name == "two" else []
+            done = subprocess.run([cnnlab, *args, *extra], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
         with (tmp_path / name / "metrics.csv").open() as fh:
             losses[name] = [float(r[c]) for r in csv.DictReader(fh) for c in ("train_loss", "valid_loss")]
         writers = Counter()
         for part in root.glob("cache/decoded/*/shard-*.json"):
             index = json.loads(part.read_text())
             writers[index["written_by"]["rank"]] += len(index["rows"])
-        if name == "two":
-            assert writers == {0: 100, 1: 100}, writers  # 200 files, half each
+        assert writers == ({0: 200} if name == "one" else {0: 100, 1: 100}), (name, writers)  # 200 files
     assert losses["one"] == pytest.approx(losses["two"], rel=1e-4)
+    assert losses["one"] == pytest.approx(losses["nodes"], rel=1e-4)
 
 
 @pytest.mark.slow
