@@ -16,9 +16,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import backbone_preprocessing, load_pretrained
 from cnnlab.predict.features import backbone_features
+from cnnlab.train import head as head_module
 from cnnlab.train.flips import FlipCheck
 from cnnlab.train.head import fit_linear_head
 from cnnlab.train.plan import default_batch_size
+from cnnlab.train.transfer import SEARCH_ROWS, _search_rows
 from helpers import needs_fashion
 
 
@@ -39,10 +41,13 @@ def _write_digits(root, size: int | None = None):
     return root
 
 
-def test_head_is_at_least_as_accurate_as_sklearn_logistic_regression(tmp_path):
-    """Real digits through the offline ImageNet backbone: cnnlab's head vs LogisticRegression, same features."""
+@pytest.mark.parametrize("exact_values", [head_module.EXACT_VALUES, 0])
+def test_head_is_at_least_as_accurate_as_sklearn_logistic_regression(tmp_path, monkeypatch, exact_values):
+    """Real digits through the offline ImageNet backbone: cnnlab's head vs LogisticRegression, same features; in
+    float64, and in float32 as large feature sets are fit, the L2 path stopped once past its minimum."""
     from sklearn.linear_model import LogisticRegression
 
+    monkeypatch.setattr(head_module, "EXACT_VALUES", exact_values)
     source = load_source(DataConfig(source="digits"))
     model = create_model(
         "efficientnet_lite0", num_classes=10, in_channels=1, image_size=8, strategy="feature-extract",
@@ -62,6 +67,8 @@ def test_head_is_at_least_as_accurate_as_sklearn_logistic_regression(tmp_path):
     assert ours >= baseline - 0.01, (ours, baseline)
     assert ours > 0.85  # real features of real digits, not chance
     assert len(head.path) > 1 and head.l2 in [p["l2"] for p in head.path]
+    best = [p["l2"] for p in head.path].index(head.l2)
+    assert len(head.path) - 1 - best <= head_module.PATH_PATIENCE  # stopped past the minimum (or at the grid's end)
 
 
 def test_digits_folder_trains_like_the_builtin_digits_at_native_size_without_flips(cli, tmp_path):
@@ -156,3 +163,14 @@ def test_config_decisions_must_be_a_mapping(tmp_path):
         load_config(path)
     path.write_text("decisions: {flips: measured}\n")
     assert load_config(path).decisions == {"flips": "measured"}
+
+
+def test_frozen_candidates_are_ranked_on_a_stratified_sample_of_a_large_train_split():
+    """Above SEARCH_ROWS training images the candidates' heads are fit on a seeded sample that keeps every class's
+    share (a class of 1% keeps its 1%); at or below it, on all of them."""
+    labels = torch.tensor([0] * 9000 + [1] * 2880 + [2] * 120)
+    rows = _search_rows(labels, seed=0)
+    counts = torch.bincount(labels[rows]).tolist()
+    assert abs(sum(counts) - SEARCH_ROWS) <= 2 and counts == [round(SEARCH_ROWS * n / 12000) for n in (9000, 2880, 120)]
+    assert torch.equal(rows, _search_rows(labels, seed=0)) and not torch.equal(rows, _search_rows(labels, seed=1))
+    assert _search_rows(labels[:SEARCH_ROWS], seed=0) is None

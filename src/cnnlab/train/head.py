@@ -26,6 +26,8 @@ from cnnlab.train.fit import EpochStats, append_metrics
 # strong to weak, each start warm from the previous solution. l2 = 1 / (C * N) in scikit-learn's terms.
 L2_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
 MAX_ITER = 300  # L-BFGS iterations per L2 value; typically converges in tens with a warm start
+PATH_PATIENCE = 2  # weaker strengths tried after the validation loss last improved; the weakest cost the most
+EXACT_VALUES = 4_000_000  # feature values up to which the fit runs in float64 (above: float32, twice as fast)
 
 
 @dataclass
@@ -55,8 +57,10 @@ def fit_linear_head(
     *, l2_grid: tuple[float, ...] = L2_GRID, max_iter: int = MAX_ITER,
 ) -> HeadFit:  # fmt: skip
     """Fit `num_classes`-way logistic regression on features [N, D]; returns the head with the lowest validation
-    cross-entropy over `l2_grid`, expressed on the raw features (centring and scale folded in)."""
-    dtype = torch.float64 if train_x.numel() <= 20_000_000 else torch.float32  # small: exact; large: memory
+    cross-entropy over `l2_grid`, expressed on the raw features (centring and scale folded in). The path stops
+    PATH_PATIENCE strengths after the validation loss last improved (it is U-shaped along the path, and the weakest
+    strengths take the most iterations: 10,000 photos' frozen head took 5 minutes on the whole grid)."""
+    dtype = torch.float64 if train_x.numel() <= EXACT_VALUES else torch.float32  # small: exact; large: speed
     mean = train_x.to(dtype).mean(0)
     # one scale for all features, not per feature: per-feature standardisation inflates the many near-constant
     # (noisy) backbone features and cost 1-2 points against LogisticRegression on the raw features
@@ -76,6 +80,8 @@ def fit_linear_head(
         path.append({"l2": l2, "valid_loss": valid_loss, "valid_acc": valid_acc, "iterations": iterations})
         if best is None or valid_loss < best[1]:
             best = (l2, valid_loss, w.detach().clone(), b.detach().clone())
+        elif len(path) - next(i for i, p in enumerate(path) if p["l2"] == best[0]) > PATH_PATIENCE:
+            break  # past the minimum: weaker strengths only overfit more, slower
     l2, _, w_best, b_best = best
     # z = (x - mean) / std  =>  W z + b = (W / std) x + (b - (W / std) mean)
     weight = (w_best if basis is None else w_best @ basis.T) / std

@@ -58,6 +58,7 @@ SCORE_TIE = 0.005  # validation accuracy (or AUC): candidates closer than this t
 # margin comes from the scores' own noise (`tie_margin`: one standard error, Breiman's rule)
 CV_MIN_VALID, CV_MIN_PER_CLASS = 100, 20  # fewer validation images (in all, per class): candidates are cross-validated
 CV_FOLDS = 5
+SEARCH_ROWS = 5000  # training images the frozen candidates' heads are fit on when ranking them (all, up to this)
 CV_L2_GRID = (1.0, 0.1, 0.01, 1e-3, 1e-4)  # every other strength of the head's grid: the folds rank, not tune
 
 MATRIX = {
@@ -270,11 +271,17 @@ def measure_frozen_candidates(
     )
     y_train, y_valid = (source.labels[torch.as_tensor(splits[s])] for s in ("train", "valid"))
     n_classes = len(source.class_names)
+    rows = _search_rows(y_train, config.train.seed)
+    if rows is not None:
+        log(f"frozen candidates: each head fit on {len(rows):,} of the {len(y_train):,} training images (a stratified "
+            "sample: the candidates are ranked, the chosen one is then fit on all of them)")  # fmt: skip
+        y_train = y_train[rows]
     out = []
     for levels in candidate_levels(len(model.backbone.feature_info)):
         strategy = "feature-extract" if FINAL in levels else "truncate"
         columns = level_columns(model.level_widths(), model.all_levels(), levels)
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
+        x_train = x_train if rows is None else x_train[rows]
         head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
         correct = head.logits(x_valid).argmax(1) == y_valid if positive_index is None else None  # tie_margin pairs
         score = float(correct.double().mean()) if correct is not None else _head_score(head, x_valid, y_valid,
@@ -286,6 +293,18 @@ def measure_frozen_candidates(
             score, spread = float(np.mean(scores)), float(np.std(scores))
         out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread, correct))
     return out
+
+
+def _search_rows(labels: torch.Tensor, seed: int) -> torch.Tensor | None:
+    """A stratified, seeded sample of SEARCH_ROWS training rows for ranking the frozen candidates, or None (all of
+    them) on smaller splits: the heads' cost grows with the rows, their ranking hardly (10,000 photos: 5 candidates'
+    heads took minutes of a 5-minute budget)."""
+    if len(labels) <= SEARCH_ROWS:
+        return None
+    rng, share = np.random.default_rng(seed), SEARCH_ROWS / len(labels)
+    keep = [rng.permutation(np.flatnonzero(labels.numpy() == c))[: max(1, round(share * int((labels == c).sum())))]
+            for c in np.unique(labels.numpy())]  # fmt: skip
+    return torch.as_tensor(np.sort(np.concatenate(keep)))
 
 
 def _head_score(head, x: torch.Tensor, y: torch.Tensor, positive_index: int | None) -> float:
