@@ -14,29 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import scale  # bench/scale.py: the folder maker
 from cnnlab.machine import CpuInfo
 
-CNNLAB = str(Path(sys.executable).with_name("cnnlab"))
 
-
-def timed(name: str, args: list[str], log: Path) -> dict:
-    """One command under GNU time: wall seconds, peak RSS, and the lines that say what it decided."""
-    start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", CNNLAB, *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    log.write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        sys.exit(f"bench/large_data.py: {name} failed (exit {done.returncode}); see {log}")
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    said = [line for line in done.stdout.splitlines() if line.startswith(("data path:", "model:", "Test Accuracy (O"))]
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(rss_kb / 2**20, 2), "said": said}
+def timed(name: str, args: list[str], n: int, log: Path) -> dict:
+    """One command under GNU time (bench/scale.py's stage): wall seconds, peak RSS, and the lines that say what it
+    decided."""
+    out = scale.stage(name, args, n, log)
+    said = [
+        line for line in log.read_text().splitlines() if line.startswith(("data path:", "model:", "Test Accuracy (O"))
+    ]
+    return {**out, "said": said}
 
 
 def main() -> None:
@@ -61,7 +52,7 @@ def main() -> None:
         "audit": ["audit", "--data", f"folder:{folder}", "--output", str(work / "audit"), "--data-root", str(root),
                   "--force"],
     }  # fmt: skip
-    stages = {s: timed(s, commands[s], work / f"{s}.log") for s in args.stages.split(",")}
+    stages = {s: timed(s, commands[s], n, work / f"{s}.log") for s in args.stages.split(",")}
     decoded_gb = n * 3 * 224 * 224 / 2**30
     cpu = CpuInfo.here()
     print(json.dumps({
