@@ -19,7 +19,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.pipeline import resume, train
 from cnnlab.runs import open_run
-from cnnlab.train import auto
+from cnnlab.train import auto, transfer
 from cnnlab.train.budget import BudgetTooSmall, plan_budget
 from cnnlab.train.fit import make_fabric
 from cnnlab.train.plan import check_request, plan_run
@@ -167,6 +167,21 @@ def test_the_default_on_a_real_photo_folder_beats_the_old_scratch_default(tmp_pa
     assert saved.model.name == "efficientnet_lite0" and result.evaluation["accuracy"] > 0.9
     (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
     assert "efficientnet_lite0" in chosen["candidate"]
+
+
+@pytest.mark.slow
+@needs_photos
+def test_the_search_on_large_data_measures_the_frozen_candidates(tmp_path, monkeypatch):
+    """Large data (here: caltech12 with the threshold lowered to 10 photos per class) takes the matrix's fine-tune
+    prior when the strategy is resolved alone; the search measures the frozen candidates anyway (a 100,000-photo
+    folder crashed on an empty candidate table when fine-tuning did not fit the budget)."""
+    monkeypatch.setattr(transfer, "SMALL_PER_CLASS", 10)
+    cfg = with_overrides(_folder(SHARED / "caltech12", tmp_path / "root"), "train", budget_minutes=1.0)
+    result = train(cfg, runs_dir=tmp_path / "runs", name="c", report=False, log=lambda _: None)
+    saved = open_run(result.run_dir)
+    frozen = [row for row in saved.model.strategy_candidates if "frozen" in row["candidate"]]
+    assert len(frozen) >= 3 and all(row["valid_accuracy"] is not None for row in frozen)
+    assert result.evaluation["accuracy"] > 0.9
 
 
 def test_ctrl_c_during_the_search_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -242,7 +242,7 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     if small_images:
         rows.append(Row(f"{BACKBONE} fine-tuned", "fine-tune", status=SMALL_IMAGES_NO_FINE_TUNE))
     else:
-        perfect = max(r.valid_accuracy or 0.0 for r in rows) >= 1 - TIE
+        perfect = max((r.valid_accuracy or 0.0 for r in rows), default=0.0) >= 1 - TIE
         tuned = _fine_tune_recipe(config)
         rows.append(_trained_row(tuned, "fine-tune", source, splits, deadline - time.perf_counter(), FINE_TUNE_EPOCHS,
                                  after(tuned, splits), log, pointless=perfect))  # fmt: skip
@@ -266,7 +266,8 @@ def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
     """The backbone's frozen candidates, one row each (the one transfer.py would choose marked)."""
     started = time.perf_counter()
     frozen = resolve_strategy(
-        _named(config, BACKBONE), source, splits, positive=config.evaluation.positive, measure=True, log=log
+        _named(config, BACKBONE), source, splits, positive=config.evaluation.positive, measure=True, log=log,
+        measure_large=True,  # on large data too: the search compares them with the trained candidates
     )  # fmt: skip
     seconds = time.perf_counter() - started
     rows = []

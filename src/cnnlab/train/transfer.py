@@ -149,9 +149,18 @@ def training_normalization(config: RunConfig, images, train_idx) -> Normalizatio
 
 
 def resolve_strategy(
-    config: RunConfig, source: Source, splits, *, positive: str | None, measure: bool, log: Callable[[str], None]
+    config: RunConfig,
+    source: Source,
+    splits,
+    *,
+    positive: str | None,
+    measure: bool,
+    log: Callable[[str], None],
+    measure_large: bool = False,
 ) -> RunConfig:
-    """Turn strategy=auto into a concrete strategy (and frozen levels), say why, and record it in the config."""
+    """Turn strategy=auto into a concrete strategy (and frozen levels), say why, and record it in the config.
+    `measure_large`: measure the frozen candidates on large data too (the model search compares them with trained
+    candidates; alone, the size x similarity matrix decides large data)."""
     if config.model.strategy != "auto":
         if is_pretrained_name(config.model.name):
             why = f"auto: {config.model.strategy_reason}" if config.model.strategy_reason else "chosen by you"
@@ -159,7 +168,7 @@ def resolve_strategy(
         return config
     choice = choose_strategy(
         config, source, splits, positive=positive, measure=measure,
-        cache_dir=Path(config.data.root) / "cache" if measure else None, log=log,
+        cache_dir=Path(config.data.root) / "cache" if measure else None, log=log, measure_large=measure_large,
     )  # fmt: skip
     log(f"strategy: {choice.strategy} (auto: {choice.reason})")
     for row in choice.table():
@@ -183,9 +192,10 @@ def _chosen_label(choice: StrategyChoice) -> str | None:
 
 def choose_strategy(
     config: RunConfig, source: Source, splits, *, positive: str | None = None, measure: bool = True,
-    cache_dir: Path | None = None, log: Callable[[str], None] = print,
+    cache_dir: Path | None = None, log: Callable[[str], None] = print, measure_large: bool = False,
 ) -> StrategyChoice:  # fmt: skip
-    """The matrix's prior; on small data, the frozen candidates measured on validation decide."""
+    """The matrix's prior; on small data (or any, with `measure_large`), the frozen candidates measured on validation
+    decide."""
     name, weights, seed = config.model.name, config.model.weights, config.train.seed
     train_idx = torch.as_tensor(splits["train"])
     train_labels = source.labels[train_idx]
@@ -209,7 +219,7 @@ def choose_strategy(
             f"{min(SAMPLE, len(train_labels))} images, threshold {SIMILAR_CONFIDENCE})"
         )
     prior_text = f"{size}, {sim}: the size x similarity matrix says {prior}"
-    if not small or not measure or len(splits["valid"]) == 0:
+    if (not small and not measure_large) or not measure or len(splits["valid"]) == 0:
         why = "large data: measuring needs full training runs" if not small else "not measured (dry run)"
         return StrategyChoice(prior, f"{prior_text} ({why})", prior)
     positive_index = source.class_names.index(positive) if positive is not None else None
