@@ -1,10 +1,11 @@
 """Whether a folder's decoded images are held in memory (the fast path) or streamed from the decoded-image cache on
 disk, decided from their decoded size against the memory this machine (or container) has free.
 
-A run holds more than the pixels: the in-memory path's feature pass, the search's candidates and a model's
-activations came to 2-4x the decoded size here (bench/RESULTS.md, issue 41), so the pixels may take at most
-IN_MEMORY_SHARE of the memory available. 10,000 photos at 224 px (1.5 GB) stay in memory on a 24 GB machine; 100,000
-(15 GB) are streamed. `--stream` / `--in-memory` force either.
+A run holds more than the pixels: a default train on 10,000 photos held in memory peaked at 4.1x their decoded size
+(6.2 GB; 20,000 photos: 12 GB, bench/RESULTS.md issue 41), much of it fixed (the backbone's ONNX export, the search),
+so the pixels may take at most IN_MEMORY_SHARE of the memory available, keeping such a peak near 60% of it. 10,000
+photos at 224 px (1.5 GB) stay in memory on a 24 GB machine; 100,000 (15 GB) are streamed. `--stream` /
+`--in-memory` force either.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-IN_MEMORY_SHARE = 0.25  # of the memory available: the most the decoded pixels may take to be held in memory
+IN_MEMORY_SHARE = 0.15  # of the memory available: the most the decoded pixels may take to be held in memory
 GB = 1e9
 
 
