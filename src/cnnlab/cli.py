@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from cnnlab.data.memory import return_freed_memory
 from cnnlab.errors import CnnlabError
 
 RULE_HELP = (
@@ -550,6 +551,7 @@ def models(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning CnnlabError into one line and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
+    return_freed_memory()  # large data: memory stays flat batch after batch
     try:
         app(args=args, prog_name="cnnlab", standalone_mode=True)
     except CnnlabError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from cnnlab.audit.checks import all_restored, rows
 from cnnlab.audit.gate import write_audit
 from cnnlab.config import ModelConfig, RunConfig, parse_rule
+from cnnlab.data.memory import return_freed_memory
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import read_run_splits, save_splits
 from cnnlab.errors import CnnlabError
@@ -57,6 +58,7 @@ def train(
     epoch removes the folder. `dry_run` trains and scores one batch in a temporary folder. --budget-minutes
     bounds the whole command: loading and planning are spent from it, and evaluating and reporting kept back."""
     started = time.perf_counter()
+    return_freed_memory()  # large data: memory stays flat batch after batch (the CLI does it too)
     config = check_request(config, log)
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent

@@ -10,6 +10,7 @@ photos at 224 px (1.5 GB) stay in memory on a 24 GB machine; 100,000 (15 GB) are
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -77,3 +78,19 @@ def loader_workers() -> int:
     """DataLoader worker processes for streamed batches: reading cached rows is light, so one per two cores beyond
     the first (the model's threads keep the rest), at least one so reading overlaps the step."""
     return max(1, min(4, ((os.cpu_count() or 2) - 1) // 2))
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_ALLOCATION = 1 << 20  # bytes: allocations from this size are mapped, and unmapped when freed
+
+
+def return_freed_memory() -> bool:
+    """Make glibc hand large freed blocks back to the system at once (mallopt M_MMAP_THRESHOLD = 1 MB); returns
+    whether it could (not glibc: no change). Batch after batch of large temporaries (a 64-photo batch as floats is
+    38 MB) interleaved with small results kept (each batch's features) left glibc's heap unable to shrink: reading a
+    streamed folder grew by 100 KB per photo, 0.9 GB per 10,000 (bench/RESULTS.md, issue 41); with this, flat."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION))
