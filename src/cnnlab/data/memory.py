@@ -81,14 +81,16 @@ def loader_workers() -> int:
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_ALLOCATION = 1 << 20  # bytes: allocations from this size are mapped, and unmapped when freed
+LARGE_ALLOCATION = 32 << 20  # bytes: allocations from this size are mapped, and unmapped when freed
 
 
 def return_freed_memory() -> bool:
-    """Make glibc hand large freed blocks back to the system at once (mallopt M_MMAP_THRESHOLD = 1 MB); returns
+    """Make glibc hand large freed blocks back to the system at once (mallopt M_MMAP_THRESHOLD = 32 MB); returns
     whether it could (not glibc: no change). Batch after batch of large temporaries (a 64-photo batch as floats is
     38 MB) interleaved with small results kept (each batch's features) left glibc's heap unable to shrink: reading a
-    streamed folder grew by 100 KB per photo, 0.9 GB per 10,000 (bench/RESULTS.md, issue 41); with this, flat."""
+    streamed folder grew by 100 KB per photo, 0.9 GB per 10,000 (bench/RESULTS.md, issue 41); with this, flat. At
+    1 MB every activation was mapped afresh each step: Fashion-MNIST's CNN trained 1.7x slower; at 32 MB its steps and
+    Lite0's fine-tuning steps run as without it."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
