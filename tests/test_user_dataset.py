@@ -62,3 +62,14 @@ def test_a_dataset_with_labels_beyond_its_class_names_is_one_clear_error(faces, 
     with pytest.raises(CnnlabError, match="no Dataset is registered as 'gone'"):
         train(_config("dataset:gone", tmp_path), runs_dir=tmp_path / "runs", log=lambda _: None, report=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_dataset_that_is_not_map_style_or_holds_no_images_is_one_clear_error(tmp_path):
+    with pytest.raises(CnnlabError, match="not a map-style Dataset"):
+        register_dataset(iter([]), ["a", "b"])
+    with pytest.raises(CnnlabError, match="at least two class names"):
+        register_dataset([(torch.zeros(3, 8, 8), 0)], ["a"])
+    source = register_dataset([("not an image", 0), ("neither", 1)] * 5, ["a", "b"], name="strings")
+    with pytest.raises(CnnlabError, match="item's image is a str"):
+        train(_config(source, tmp_path), runs_dir=tmp_path / "runs", log=lambda _: None, report=False)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

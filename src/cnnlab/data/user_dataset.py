@@ -70,6 +70,8 @@ def to_uint8(image, *, size: int, channels: int) -> torch.Tensor:
 def first_image(dataset) -> tuple[int, int, int]:
     """(channels, width, height) of item 0: what the source's size and channels default to."""
     image = dataset[0][0]
+    if not isinstance(image, Image.Image | torch.Tensor | np.ndarray):
+        raise CnnlabError(f"a Dataset item's image is a {type(image).__name__} (give a PIL image, tensor or array)")
     if isinstance(image, Image.Image):
         return (1 if image.mode in ("1", "L", "I", "I;16", "F") else 3), *image.size
     shape = tuple(image.shape)
