@@ -12,7 +12,7 @@ paired comparison: same run, same data order).
 With --sides 20,24,28 the epochs are split into equal thirds at those sides (batches resized with antialiased
 bilinear interpolation; the last third at the images' own 28 px), so more epochs fit in the same minutes; compare
 its `test_last` with a run without --sides (the recipe at full size) at the same --minutes and seed. (What this
-measured made progressive resizing part of the larger recipe: train/progressive.py, same sides.)
+measured made progressive resizing part of the larger recipe: training/progressive.py, same sides.)
 
 Usage: .venv/bin/python bench/fashion_levers.py [--minutes 28.5] [--seed 0] [--sides 20,24,28]
        [--decays 0.99,0.998,0.9995]
@@ -38,8 +38,8 @@ from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
 from cnnlab.models import create_model
 from cnnlab.predict.infer import mean_of_views
-from cnnlab.train.auto import LARGE_MODEL, LARGE_RECIPE
-from cnnlab.train.fit import build_optimizer, build_scheduler
+from cnnlab.training.auto import LARGE_MODEL, LARGE_RECIPE
+from cnnlab.training.fit import build_optimizer, build_scheduler
 
 PROBE_STEPS = 6
 

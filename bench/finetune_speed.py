@@ -27,7 +27,7 @@ from cnnlab.config import TrainConfig
 from cnnlab.machine import CpuInfo
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import load_pretrained
-from cnnlab.train.fit import build_optimizer
+from cnnlab.training.fit import build_optimizer
 
 WARMUP = 2
 

@@ -1,7 +1,7 @@
 """Default flags on real image folders vs a plain baseline measured in the same run.
 
 For each folder (built here from data that ships offline, as DEST/{train,valid,test}/<class>/*.png):
-(a) `cnnlab train --data folder:X` with default flags (`--model auto`: the model chosen by train/auto.py),
+(a) `cnnlab train --data folder:X` with default flags (`--model auto`: the model chosen by training/auto.py),
 (b) `--model simple_cnn_bn` (the from-scratch CNN, the default before `auto`) and `--model efficientnet_lite0`
     (strategy auto): the hand-picked candidates,
 (c) the baseline: the same backbone's pooled ImageNet features, computed through timm's own preprocessing

@@ -30,7 +30,7 @@ from cnnlab.config import DataConfig, TrainConfig
 from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.machine import CpuInfo
-from cnnlab.train.precision import auto_precision
+from cnnlab.training.precision import auto_precision
 
 sys.path.insert(0, str(Path(__file__).parent))  # the other benchmarks' recipes and timers
 from finetune_speed import cnnlab_step, images_per_s, timm_step  # noqa: E402

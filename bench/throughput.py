@@ -28,8 +28,8 @@ from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.sources import load_source
 from cnnlab.machine import CpuInfo
 from cnnlab.models import create_model
-from cnnlab.train.fit import build_optimizer
-from cnnlab.train.precision import BF16, FP32, auto_precision
+from cnnlab.training.fit import build_optimizer
+from cnnlab.training.precision import BF16, FP32, auto_precision
 
 
 def _timed(fn, repeats: int) -> float:

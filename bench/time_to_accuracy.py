@@ -40,9 +40,9 @@ from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
 from cnnlab.machine import CpuInfo
 from cnnlab.models import create_model
-from cnnlab.train.budget import plan_budget
-from cnnlab.train.fit import build_optimizer, build_scheduler, evaluate_loss, make_fabric, train_one_epoch
-from cnnlab.train.precision import BF16, FP32, auto_precision
+from cnnlab.training.budget import plan_budget
+from cnnlab.training.fit import build_optimizer, build_scheduler, evaluate_loss, make_fabric, train_one_epoch
+from cnnlab.training.precision import BF16, FP32, auto_precision
 
 TARGETS = (0.889, 0.91, 0.92, 0.93, 0.935, 0.95)
 

@@ -19,10 +19,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.pipeline import resume, train
 from cnnlab.runs import open_run
-from cnnlab.train import auto, transfer
-from cnnlab.train.budget import BudgetTooSmall, plan_budget
-from cnnlab.train.fit import make_fabric
-from cnnlab.train.plan import check_request, plan_run
+from cnnlab.training import auto, transfer
+from cnnlab.training.budget import BudgetTooSmall, plan_budget
+from cnnlab.training.fit import make_fabric
+from cnnlab.training.plan import check_request, plan_run
 from helpers import FASHION_DIR, needs_fashion, write_digit_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -189,7 +189,7 @@ def test_ctrl_c_during_the_search_leaves_nothing_behind(tmp_path, monkeypatch):
     temporary directory, no run folder."""
     import tempfile
 
-    import cnnlab.train.auto as auto
+    import cnnlab.training.auto as auto
     from cnnlab.errors import TrainingInterrupted
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

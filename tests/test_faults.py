@@ -104,7 +104,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_same_weights(reference):
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoints(tmp_path, cli, monkeypatch):
-    from cnnlab.train import fit
+    from cnnlab.training import fit
 
     real, calls = fit.save_checkpoint, []
 

@@ -16,11 +16,11 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import backbone_preprocessing, load_pretrained
 from cnnlab.predict.features import backbone_features
-from cnnlab.train import head as head_module
-from cnnlab.train.flips import FlipCheck
-from cnnlab.train.head import fit_linear_head
-from cnnlab.train.plan import default_batch_size
-from cnnlab.train.transfer import SEARCH_ROWS, _search_rows
+from cnnlab.training import head as head_module
+from cnnlab.training.flips import FlipCheck
+from cnnlab.training.head import fit_linear_head
+from cnnlab.training.plan import default_batch_size
+from cnnlab.training.transfer import SEARCH_ROWS, _search_rows
 from helpers import needs_fashion
 
 

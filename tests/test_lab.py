@@ -154,7 +154,7 @@ def test_capsnet_learns_real_digits_through_the_engine(tmp_path):
 def test_capsnet_routing_matrices_are_exempt_from_weight_decay():
     """Adam's L2 decay held capsnet near 88% on Fashion-MNIST; W sits in the zero-decay group, convs do not."""
     from cnnlab.config import TrainConfig
-    from cnnlab.train.fit import build_optimizer
+    from cnnlab.training.fit import build_optimizer
 
     model = CapsNet(10, 1, 28)
     groups = build_optimizer(model, TrainConfig(optimizer="adam", weight_decay=5e-4)).param_groups

@@ -10,7 +10,7 @@ from cnnlab.config import RunConfig, with_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.pipeline import train
-from cnnlab.train import precision as P
+from cnnlab.training import precision as P
 
 BF16_CPU = P.CpuInfo("Test CPU", "AVX512", bf16=True)
 AVX2_CPU = P.CpuInfo("Test CPU", "AVX2", bf16=False)

@@ -21,11 +21,11 @@ from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.explain.run import EXPLAIN_LARGE_IMAGES, EXPLAIN_SECONDS, EXPLAIN_SMALL_IMAGES
 from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint
 from cnnlab.pipeline import resume, train
-from cnnlab.train import runner
-from cnnlab.train.budget import BudgetPlan, plan_budget
-from cnnlab.train.clock import BudgetClock
-from cnnlab.train.fit import build_scheduler
-from cnnlab.train.progressive import epochs_that_fit, side_for
+from cnnlab.training import runner
+from cnnlab.training.budget import BudgetPlan, plan_budget
+from cnnlab.training.clock import BudgetClock
+from cnnlab.training.fit import build_scheduler
+from cnnlab.training.progressive import epochs_that_fit, side_for
 from helpers import needs_fashion
 
 

@@ -21,7 +21,7 @@ from cnnlab.models import pretrained as pt
 from cnnlab.predict import features
 from cnnlab.predict.features import backbone_features
 from cnnlab.predict.graph import PARITY_TOLERANCE, relative_difference
-from cnnlab.train.transfer import (
+from cnnlab.training.transfer import (
     SCORE_TIE,
     SIMILAR_CONFIDENCE,
     Candidate,

@@ -107,7 +107,7 @@ Strategy = Literal["auto", "feature-extract", "truncate", "fine-tune", "retrain"
 
 @dataclass
 class ModelConfig:
-    name: str = "auto"  # auto: a folder's model is chosen by measurement (train/auto.py); datasets: DEFAULT_MODEL
+    name: str = "auto"  # auto: a folder's model is chosen by measurement (training/auto.py); datasets: DEFAULT_MODEL
     options: dict[str, Any] = field(default_factory=dict)  # the model's own keyword options, e.g. cnn widths
     strategy: str | None = None  # pretrained backbones only: auto | feature-extract | truncate | fine-tune | retrain
     weights: str | None = None  # pretrained backbones only: a local state_dict file instead of the default source
@@ -135,7 +135,7 @@ class TrainConfig:
     step_size: int = 5  # epochs between decays, schedule=step
     gamma: float = 0.1  # decay factor, schedule=step
     label_smoothing: float = 0.0
-    progressive: bool | None = None  # progressive resizing (train/progressive.py); None: off, on in the larger recipe
+    progressive: bool | None = None  # training/progressive.py; None: off, on in the larger recipe
     backbone_lr: float = 0.1  # fine-tune: the pretrained backbone's learning rate as a fraction of lr
     patience: int | None = None  # epochs without valid-loss improvement before stopping
     budget_minutes: float | None = None  # plan the epochs (and so the schedule) to finish training in this time
@@ -307,7 +307,7 @@ def config_from_flags(path: str | Path | None, flags: dict[str, Any]) -> RunConf
         option = FLAG_NAMES.get(flag, flag)
         if option not in owner:
             raise CnnlabError(f"flag '{flag}' is not a config option (valid: {', '.join(sorted(owner))})")
-        if option == "options" and value:
+        if option == "options" and value and not isinstance(value, dict):  # the API gives a dict already
             value = parse_options(value)
         sections.setdefault(owner[option], {})[option] = value
     for section, values in sections.items():

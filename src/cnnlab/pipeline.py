@@ -37,9 +37,9 @@ from cnnlab.runs import (
     open_run,
     write_run_config,
 )
-from cnnlab.train.fit import EpochStats, make_fabric
-from cnnlab.train.plan import Plan, check_request, plan_run
-from cnnlab.train.runner import train_model
+from cnnlab.training.fit import EpochStats, make_fabric
+from cnnlab.training.plan import Plan, check_request, plan_run
+from cnnlab.training.runner import train_model
 
 
 @dataclass

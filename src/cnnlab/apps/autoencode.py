@@ -34,7 +34,7 @@ from cnnlab.figures import new_figure
 from cnnlab.files import save_figure_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
 from cnnlab.models.autoencoder import create_autoencoder
 from cnnlab.runs import RunFile, claim_run_dir, creating_run_dir, source_slug
-from cnnlab.train.fit import BestTracker
+from cnnlab.training.fit import BestTracker
 
 LOSSES = ("mse", "bce")
 KIND = "autoencoder"

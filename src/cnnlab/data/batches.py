@@ -97,7 +97,7 @@ class InMemoryBatches:
         self.policy = replace(self.policy, flip=flips)
 
     def set_side(self, side: int | None) -> None:
-        """Scale the batches to `side` x `side` px (progressive resizing, train/progressive.py); None: as they are."""
+        """Scale the batches to `side` x `side` px (training/progressive.py); None: as they are."""
         self.side = side
 
     def _share(self) -> int:

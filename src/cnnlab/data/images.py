@@ -69,7 +69,7 @@ def decode_array(
                 )
             img.load()
             grey = img.mode in GREY_MODES
-            img = _eight_bit(_upright(img, ImageOps)).convert("L" if channels == 1 else "RGB")
+            array = fit_image(_upright(img, ImageOps), size=size, channels=channels, crop_pct=crop_pct)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as exc:  # Pillow refuses above 2x its own limit while opening
@@ -78,6 +78,14 @@ def decode_array(
         raise UnreadableImage("cannot identify an image format in its bytes (not an image?)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    return array, grey
+
+
+def fit_image(img: Image.Image, *, size: int, channels: int, crop_pct: float = 1.0) -> np.ndarray:
+    """A decoded image as the model reads it, uint8 [channels, size, size]: any mode converted (16-bit and float
+    grey scaled to 0..255), the shorter side resized to `size / crop_pct` (bicubic), the centre `size` cropped.
+    Files (`decode_array`) and in-memory images (the Python API's predict, a user's Dataset) go through it alike."""
+    img = _eight_bit(img).convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = round(size / crop_pct) / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -87,7 +95,7 @@ def decode_array(
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return array.transpose(2, 0, 1).copy(), grey  # a writable C-order copy (PIL's buffer is read-only)
+    return array.transpose(2, 0, 1).copy()  # a writable C-order copy (PIL's buffer is read-only)
 
 
 def _upright(img, image_ops):

@@ -287,7 +287,7 @@ class FolderScan:
     median_side: int  # the images' median shorter side, pixels
 
 
-PHOTO_SIDE = 96  # px, median shorter side: at or above it a folder holds photos (train/auto.py, the audit)
+PHOTO_SIDE = 96  # px, median shorter side: at or above it a folder holds photos (training/auto.py, the audit)
 
 
 def scan_folder(config: DataConfig) -> FolderScan:

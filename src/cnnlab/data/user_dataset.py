@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.cache import cache_key
+from cnnlab.data.images import fit_image
 from cnnlab.errors import CnnlabError
 
 PREFIX = "dataset:"
@@ -43,8 +44,15 @@ def registered(name: str) -> tuple[Any, list[str]]:
     return _REGISTERED[name]
 
 
-def to_uint8(image, *, size: int, channels: int) -> torch.Tensor:
-    """One image as uint8 [channels, size, size]: the shorter side resized to `size`, then a centre crop."""
+def to_uint8(image, *, size: int, channels: int, crop_pct: float = 1.0) -> torch.Tensor:
+    """One image as uint8 [channels, size, size], converted as a file is (images.fit_image): the shorter side
+    resized to `size / crop_pct`, then a centre crop."""
+    return torch.from_numpy(fit_image(as_pil(image), size=size, channels=channels, crop_pct=crop_pct))
+
+
+def as_pil(image) -> Image.Image:
+    """A PIL image, a uint8 or 0..1 float tensor [C, H, W] (or [H, W]), or a uint8 array [H, W, C] (or [H, W]) as
+    a PIL image; anything else is one clear error."""
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.dtype != torch.uint8:
@@ -52,19 +60,12 @@ def to_uint8(image, *, size: int, channels: int) -> torch.Tensor:
         array = t.numpy().transpose(1, 2, 0) if t.ndim == 3 else t.numpy()
         image = np.ascontiguousarray(array)
     if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise CnnlabError(f"an image array must be uint8 [H, W] or [H, W, C], got {image.dtype} {image.shape}")
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
     if not isinstance(image, Image.Image):
-        raise CnnlabError(f"a Dataset item's image is a {type(image).__name__} (give a PIL image, tensor or array)")
-    img = image.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy((array[:, :, None] if array.ndim == 2 else array).transpose(2, 0, 1).copy())
+        raise CnnlabError(f"an image is a {type(image).__name__} (give a PIL image, tensor or array)")
+    return image
 
 
 def first_image(dataset) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from cnnlab.figures import new_figure
 from cnnlab.files import save_figure_atomic
 from cnnlab.models import create_model, describe_model
 from cnnlab.runs import refuse_existing
-from cnnlab.train.fit import evaluate_loss
+from cnnlab.training.fit import evaluate_loss
 
 
 def _scaled_uniform(w: torch.Tensor) -> None:

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from cnnlab.data.batches import Normalization
-from cnnlab.data.images import collect_images, decoded_chunks
+from cnnlab.data.images import collect_images, decoded_chunks, fit_image
 from cnnlab.data.sources import load_source
-from cnnlab.data.user_dataset import DatasetImages
+from cnnlab.data.user_dataset import DatasetImages, as_pil
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.base import Classifier
@@ -22,7 +22,7 @@ from cnnlab.models.checkpoint import Checkpoint, InputSpec, check_compatible, lo
 from cnnlab.models.pretrained import PretrainedClassifier, backbone_preprocessing, imagenet_class_names, load_pretrained
 from cnnlab.predict.backends import choose_backend
 from cnnlab.predict.features import backbone_features
-from cnnlab.runs import RunFile, open_run
+from cnnlab.runs import RunFile, open_run, recorded_tta
 
 PREDICT_BATCH_VALUES = 64 * 3 * 224 * 224  # input values per prediction batch (1,000 Fashion-MNIST images fit)
 
@@ -171,17 +171,39 @@ def predict_images(
     A file named directly that cannot be read is an error; unreadable files inside folders are skipped
     with a warning.
     """
+    model, ckpt, chosen = _checkpoint_predictor(checkpoint_path, backend, log)
+    prep = ckpt.preprocessing
+    return _predict_chunks(model, list(ckpt.class_names), prep, _file_chunks(inputs, prep, limit),
+                           n_images=len(collect_images(inputs)[:limit]), tta=tta, backend=chosen)  # fmt: skip
+
+
+def predict_pictures(
+    checkpoint_path: Path, pictures: list, names: list[str], *, tta: bool = False, backend: str = "auto", log=print
+) -> tuple[list[str], list[ImagePrediction]]:  # fmt: skip
+    """`predict_images` for images in memory (PIL images, uint8 arrays [H, W, C], uint8 or 0..1 float tensors
+    [C, H, W]), converted exactly as a file's decoded pixels are: the same probabilities as for the saved file."""
+    model, ckpt, chosen = _checkpoint_predictor(checkpoint_path, backend, log)
+    prep = ckpt.preprocessing
+    arrays = np.stack([fit_image(as_pil(p), size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct)
+                       for p in pictures])  # fmt: skip
+    return _predict_chunks(model, list(ckpt.class_names), prep, [(arrays, names)], n_images=len(names), tta=tta,
+                           backend=chosen)  # fmt: skip
+
+
+def _checkpoint_predictor(checkpoint_path: Path, backend: str, log) -> tuple[Classifier, Checkpoint, dict]:
+    """The checkpoint's model and how its prediction backend is to be chosen (a run folder caches its ONNX file)."""
     ckpt = load_checkpoint(checkpoint_path)
     model = model_from_checkpoint(ckpt, checkpoint_path)
     run_dir = Path(checkpoint_path).parent
     chosen = {"checkpoint": Path(checkpoint_path), "wanted": backend, "log": log,
               "cache_dir": run_dir / "cache" if (run_dir / RunFile.CONFIG).is_file() else None}  # fmt: skip
-    return _predict_files(model, list(ckpt.class_names), ckpt.preprocessing, inputs, limit, tta=tta, backend=chosen)
+    return model, ckpt, chosen
 
 
 def predict_dataset(run_dir: Path, dataset) -> tuple[list[str], np.ndarray]:
     """(class names, probabilities [N, classes]) for every item of a user's Dataset of (image, label) (labels
-    unused), converted as the run's training images were: the Python API's predict for data that is not files."""
+    unused), converted as the run's training images were and with the run's test-time flips: the Python API's
+    predict for data that is not files."""
     path = Path(run_dir) / RunFile.BEST
     if not path.is_file():
         raise CnnlabError(f"{path} is missing (train the run first)")
@@ -189,7 +211,10 @@ def predict_dataset(run_dir: Path, dataset) -> tuple[list[str], np.ndarray]:
     prep = ckpt.preprocessing
     images = DatasetImages(dataset, list(range(len(dataset))), size=prep.image_size, channels=prep.channels,
                            name="predict")  # fmt: skip
-    logits = predict_logits(model_from_checkpoint(ckpt, path), images, prep.normalization())
+    model, norm = model_from_checkpoint(ckpt, path), prep.normalization()
+    logits = predict_logits(model, images, norm)
+    if recorded_tta(run_dir):
+        logits = mean_of_views(logits, predict_logits(model, images, norm, mirror=True))
     return list(ckpt.class_names), torch.softmax(logits, dim=1).numpy()
 
 
@@ -211,17 +236,26 @@ def predict_imagenet(
     return _predict_files(model, imagenet_class_names(), prep, inputs, limit)
 
 
-def _predict_files(
-    model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None, *, tta=False,
+def _predict_files(model: nn.Module, classes: list[str], prep: InputSpec, inputs: list[Path], limit: int | None):
+    n_images = len(collect_images(inputs)[:limit])
+    return _predict_chunks(model, classes, prep, _file_chunks(inputs, prep, limit), n_images=n_images)
+
+
+def _file_chunks(inputs: list[Path], prep: InputSpec, limit: int | None):
+    return decoded_chunks(inputs, size=prep.image_size, channels=prep.channels, crop_pct=prep.crop_pct, limit=limit)
+
+
+def _predict_chunks(
+    model: nn.Module, classes: list[str], prep: InputSpec, chunks, *, n_images: int, tta=False,
     backend: dict | None = None,
-):  # fmt: skip
-    norm, n_files = prep.normalization(), len(collect_images(inputs)[:limit])
+) -> tuple[list[str], list[ImagePrediction]]:  # fmt: skip
+    """Probabilities for (uint8 images, names) chunks; the backend is chosen on the first chunk, for the whole job."""
+    norm = prep.normalization()
     probs, kept = [], []
-    for arrays, paths in decoded_chunks(inputs, size=prep.image_size, channels=prep.channels,
-                                        crop_pct=prep.crop_pct, limit=limit):  # fmt: skip
+    for arrays, paths in chunks:
         images = torch.from_numpy(arrays)
-        if backend is not None:  # chosen on the first chunk, for the whole job
-            chosen = choose_backend(model, sample=norm.apply(images[:64]).float(), n_images=n_files * (1 + tta),
+        if backend is not None:
+            chosen = choose_backend(model, sample=norm.apply(images[:64]).float(), n_images=n_images * (1 + tta),
                                     **backend)  # fmt: skip
             backend["log"](f"prediction backend: {chosen.name} ({chosen.why})")
             model, backend = chosen.forward, None

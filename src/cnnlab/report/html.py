@@ -108,10 +108,10 @@ def _figures(rows, ev, test: PredictionTable, source: Source, readers, *, head: 
         figs["roc"] = enc(roc.figure)
         precision, recall, ap = M.precision_recall(y, s)
         figs["pr"] = enc(plots.plot_precision_recall(b["positive"], precision, recall, ap).figure)
-    if candidates and all("status" in row for row in candidates):  # the model search's table (train/auto.py)
+    if candidates and all("status" in row for row in candidates):  # the model search's table (training/auto.py)
         figs["candidates"] = enc(plots.plot_candidates(candidates).figure)
     figs["samples"] = enc(prediction_grid(test, source, np.arange(min(N_SAMPLES, len(test.ids)))))
-    figs["top_losses"] = enc(prediction_grid(test, source, _top_losses(test), with_prob=True))
+    figs["top_losses"] = enc(prediction_grid(test, source, top_losses(test), with_prob=True))
     return figs
 
 
@@ -138,11 +138,12 @@ def _class_accuracy(ev: dict, name: str) -> float:
     return 0.0 if value is None else value
 
 
-def _top_losses(test: PredictionTable) -> np.ndarray:
+def top_losses(test: PredictionTable, n: int = N_TOP_LOSSES) -> np.ndarray:
+    """Rows of the `n` wrong predictions with the highest loss (the model surest of a wrong class), worst first."""
     p_true = test.probs[np.arange(len(test.labels)), test.labels]
     losses = -np.log(np.clip(p_true, 1e-12, 1))
     wrong = np.flatnonzero(test.predicted != test.labels)
-    return wrong[np.argsort(-losses[wrong], kind="stable")][:N_TOP_LOSSES]
+    return wrong[np.argsort(-losses[wrong], kind="stable")][:n]
 
 
 def prediction_grid(test: PredictionTable, source: Source, rows: np.ndarray, *, with_prob: bool = False):

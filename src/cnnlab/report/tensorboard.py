@@ -1,5 +1,5 @@
 """The test result in a run's TensorBoard log (`--logger tensorboard`): accuracy, the confusion matrix and
-sample predictions as images, beside the training curves `train/tensorboard.py` wrote."""
+sample predictions as images, beside the training curves `training/tensorboard.py` wrote."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cnnlab.evaluate import plots
 from cnnlab.evaluate.analysis import read_predictions
 from cnnlab.report.html import N_SAMPLES, prediction_grid
 from cnnlab.runs import RunFile
-from cnnlab.train.tensorboard import tensorboard_logger
+from cnnlab.training.tensorboard import tensorboard_logger
 
 
 def log_evaluation(run_dir: Path, source, *, epoch: int) -> Path:

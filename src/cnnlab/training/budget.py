@@ -1,4 +1,4 @@
-"""`plan_budget`: how many epochs fit in `--budget-minutes`, from a short measured probe (train/clock.py corrects
+"""`plan_budget`: how many epochs fit in `--budget-minutes`, from a short measured probe (training/clock.py corrects
 the plan after every epoch)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.train.fit import build_optimizer, evaluate_loss
-from cnnlab.train.progressive import epochs_that_fit, sides_text
+from cnnlab.training.fit import build_optimizer, evaluate_loss
+from cnnlab.training.progressive import epochs_that_fit, sides_text
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
 
@@ -40,7 +40,7 @@ def plan_budget(
     besides: evaluating, explaining), is kept back from it. With --compile the probe is compiled too and its
     one-off compile time comes off the budget. `epoch_limits` (least, most): a candidate of the model search,
     capped at `most` and refused (BudgetTooSmall) below `least`. Under progressive resizing the epochs at smaller
-    sides are counted at their estimated share of a full-size epoch (train/progressive.py)."""
+    sides are counted at their estimated share of a full-size epoch (training/progressive.py)."""
     seconds = t.budget_minutes * 60 if seconds is None else seconds
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)

@@ -1,6 +1,6 @@
 """Every pre-training decision, made once: `check_request` before any data is read (model name, device, a
 backbone's input size), then `plan_run` on the loaded data: splits, the audit gate, a folder's image size,
-whether flips keep labels (known for datasets; folders: measured during training, see train/flips.py), a batch
+whether flips keep labels (known for datasets; folders: measured during training, see training/flips.py), a batch
 size that gives a small train split enough steps per epoch, the transfer strategy and the precision. Each is
 printed and recorded with its reason under `decisions:`; the returned config has no `auto` left but the two
 decisions only training can measure (a folder's flips, the epochs that fit a --budget-minutes)."""
@@ -21,10 +21,10 @@ from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
-from cnnlab.train.auto import AUTO, AfterWork, Trained, model_before_data, search_models
-from cnnlab.train.fit import accelerator_for
-from cnnlab.train.runner import decide_run_precision
-from cnnlab.train.transfer import resolve_strategy, transfer_defaults
+from cnnlab.training.auto import AUTO, AfterWork, Trained, model_before_data, search_models
+from cnnlab.training.fit import accelerator_for
+from cnnlab.training.runner import decide_run_precision
+from cnnlab.training.transfer import resolve_strategy, transfer_defaults
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Plan:
 
 def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunConfig:
     """What can be judged before any data is read: an unknown model or an impossible device fails here; `auto`
-    is resolved where a folder's listing decides (train/auto.py); a pretrained backbone sets the size folders
+    is resolved where a folder's listing decides (training/auto.py); a pretrained backbone sets the size folders
     decode at."""
     if config.model.name != AUTO:
         describe_model(config.model.name)

@@ -9,7 +9,7 @@ size.
 A budget plans in full-size epochs: an epoch at `side` costs its fixed share (the validation pass at full size,
 the checkpoints: measured by the budget's probe) plus (side / full)^2 of the rest (`epoch_cost`). On Fashion-MNIST
 that estimates 0.56 and 0.76 of a 28-px epoch at 20 and 24 px, measured 0.55-0.57 and about 0.8 (the augmentation
-runs at full size before the batch is scaled); the clock (train/clock.py) corrects the plan from the epochs' wall
+runs at full size before the batch is scaled); the clock (training/clock.py) corrects the plan from the epochs' wall
 times divided by these costs.
 """
 

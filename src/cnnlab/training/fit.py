@@ -28,10 +28,10 @@ from cnnlab.errors import CnnlabError, TrainingInterrupted
 from cnnlab.models.base import Classifier
 from cnnlab.models.checkpoint import Checkpoint, TrainingState, save_checkpoint
 from cnnlab.runs import RunFile
-from cnnlab.train.clock import BudgetClock
-from cnnlab.train.flips import FlipCheck
-from cnnlab.train.progressive import side_for
-from cnnlab.train.tensorboard import TensorBoardLog
+from cnnlab.training.clock import BudgetClock
+from cnnlab.training.flips import FlipCheck
+from cnnlab.training.progressive import side_for
+from cnnlab.training.tensorboard import TensorBoardLog
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "images_per_s"]
 
@@ -252,7 +252,7 @@ def fit(
     decides whether the later epochs flip (see engine/flips.py). With `clock` (a --budget-minutes run), the
     epochs are planned again after each one from their measured time and the schedule is stretched or squeezed
     to the new end (`clock.epochs` holds the final plan). With `config.progressive`, each epoch trains at the side
-    train/progressive.py gives it (validation at full size). Must run inside a seeded `fork_rng()`.
+    training/progressive.py gives it (validation at full size). Must run inside a seeded `fork_rng()`.
     """
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(train_batches))

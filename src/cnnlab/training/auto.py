@@ -41,12 +41,12 @@ from cnnlab.data.batches import default_batch_size
 from cnnlab.data.sources import PHOTO_SIDE, Source, scan_folder
 from cnnlab.errors import TrainingInterrupted
 from cnnlab.runs import RunFile
-from cnnlab.train.budget import BudgetTooSmall
-from cnnlab.train.fit import EpochStats, accelerator_for, make_fabric
-from cnnlab.train.precision import step_seconds
-from cnnlab.train.progressive import epochs_that_fit, sides_text
-from cnnlab.train.runner import build_model, decide_run_precision, train_model
-from cnnlab.train.transfer import resolve_strategy, transfer_defaults
+from cnnlab.training.budget import BudgetTooSmall
+from cnnlab.training.fit import EpochStats, accelerator_for, make_fabric
+from cnnlab.training.precision import step_seconds
+from cnnlab.training.progressive import epochs_that_fit, sides_text
+from cnnlab.training.runner import build_model, decide_run_precision, train_model
+from cnnlab.training.transfer import resolve_strategy, transfer_defaults
 
 AUTO = "auto"
 BACKBONE = "efficientnet_lite0"  # the offline ImageNet backbone (its weights ship with pip)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cnnlab.files import write_json_atomic
 from cnnlab.models.checkpoint import Checkpoint, save_checkpoint
 from cnnlab.runs import RunFile
-from cnnlab.train.fit import EpochStats, append_metrics
+from cnnlab.training.fit import EpochStats, append_metrics
 
 # L2 strengths tried, on the mean cross-entropy of centred features scaled to unit RMS: loss + l2/2 * ||W||^2. From
 # strong to weak, each start warm from the previous solution. l2 = 1 / (C * N) in scikit-learn's terms.

@@ -18,13 +18,13 @@ from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, is_pretrained_name, load_pretrained
 from cnnlab.runs import write_run_config
-from cnnlab.train.budget import plan_budget
-from cnnlab.train.clock import BudgetClock
-from cnnlab.train.fit import EpochStats, fit
-from cnnlab.train.flips import FlipCheck
-from cnnlab.train.precision import decide_precision
-from cnnlab.train.progressive import smallest_side
-from cnnlab.train.transfer import fit_frozen_head, training_normalization, warm_start_head
+from cnnlab.training.budget import plan_budget
+from cnnlab.training.clock import BudgetClock
+from cnnlab.training.fit import EpochStats, fit
+from cnnlab.training.flips import FlipCheck
+from cnnlab.training.precision import decide_precision
+from cnnlab.training.progressive import smallest_side
+from cnnlab.training.transfer import fit_frozen_head, training_normalization, warm_start_head
 
 
 def train_model(
@@ -34,7 +34,7 @@ def train_model(
 ) -> tuple[RunConfig, list[EpochStats]]:  # fmt: skip
     """Model, batches and the loop (or a head on frozen features) into `run_dir`; returns the config with what
     training decided (budget epochs, measured flips, the head's regularisation) and the history. With a budget,
-    config.yaml is written once the epochs are planned and last.pt carries each re-plan (train/clock.py), so a
+    config.yaml is written once the epochs are planned and last.pt carries each re-plan (training/clock.py), so a
     resumed run follows the same plan. Fine-tuning starts from a head fit on the frozen features.
     `epoch_limits`: see `plan_budget` (a search candidate). `budget_start` (time.perf_counter() when the command
     began; default now) and `after` (the work after training: validation passes, seconds besides) make the budget
@@ -147,7 +147,7 @@ def build_model(config: RunConfig, source: Source) -> torch.nn.Module:
 
 
 def decide_run_precision(config: RunConfig, source: Source, *, measure: bool, log) -> RunConfig:
-    """`precision: auto` made concrete by timing this model on this machine (train/precision.py); heads on
+    """`precision: auto` made concrete by timing this model on this machine (training/precision.py); heads on
     frozen features are fit in fp32 and need no decision."""
     if config.model.strategy in FROZEN_STRATEGIES:
         return config

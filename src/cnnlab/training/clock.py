@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cnnlab.train.progressive import epoch_cost, epochs_that_fit
+from cnnlab.training.progressive import epoch_cost, epochs_that_fit
 
 RECENT_EPOCHS = 3  # the re-plan's speed: the mean wall time of the last few epochs (speed drifts on shared VMs)
 SLACK = 0.5  # of an epoch: a plan ending this little after the deadline stands (epoch times vary by +-10% here)
@@ -22,7 +22,7 @@ class BudgetClock:
     epochs: int  # the plan in force
     most: int | None = None  # a search candidate's cap (see `plan_budget`'s epoch_limits)
     epoch_seconds: float = 0.0  # the speed the last re-plan used (seconds per full-size epoch)
-    progressive_size: int | None = None  # the image side, under progressive resizing (train/progressive.py)
+    progressive_size: int | None = None  # the image side, under progressive resizing (training/progressive.py)
     fixed_share: float = 0.0  # of a full-size epoch, what does not shrink with the side (see `epoch_cost`)
 
     def cost(self, epoch: int, epochs: int) -> float:

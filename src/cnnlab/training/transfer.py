@@ -49,7 +49,7 @@ from cnnlab.models.pretrained import (
     load_pretrained,
 )
 from cnnlab.predict.features import backbone_features
-from cnnlab.train.head import fit_linear_head, train_head, write_head_run
+from cnnlab.training.head import fit_linear_head, train_head, write_head_run
 
 SMALL_PER_CLASS = 1000  # training images per class; below this a dataset is "small"
 SIMILAR_CONFIDENCE = 0.25  # mean top-1 ImageNet probability; at or above this the images are "similar"
