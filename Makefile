@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
 data:
@@ -22,11 +22,14 @@ demo: $(STAMP) data
 	$(BIN)/cnnlab train --data fashion-mnist --budget-minutes 5 --runs-dir runs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
-# the documentation pages, with the command reference generated from the CLI; strict: a broken link fails
-docs: $(STAMP)
+# the documentation pages, with the command reference generated from the CLI and the API reference from the
+# docstrings; the course notebooks are executed first (a failing cell fails) and rendered with their outputs;
+# strict: a broken link fails
+docs: $(STAMP) data
+	$(BIN)/python scripts/notebooks.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: $(STAMP) data browser lint docs

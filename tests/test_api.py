@@ -4,8 +4,10 @@ evaluation is eval.json, and whose options and errors are the CLI's."""
 from __future__ import annotations
 
 import csv
+import importlib
 import inspect
 import json
+import pkgutil
 
 import numpy as np
 import pytest
@@ -104,3 +106,11 @@ def test_a_dataset_without_classes_asks_for_class_names():
     data = torch.utils.data.TensorDataset(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(CnnlabError, match="pass class_names"):
         cnnlab.train(data, verbose=False)
+
+
+def test_every_name_of_the_api_is_the_function_not_a_subpackage_of_the_same_name():
+    """`cnnlab.train` once resolved to the training package, `cnnlab.audit` to the audit package."""
+    for module in pkgutil.walk_packages(cnnlab.__path__, "cnnlab."):
+        importlib.import_module(module.name)  # every subpackage set as an attribute of cnnlab, as in a long session
+    for name in cnnlab._API:
+        assert callable(getattr(cnnlab, name)) and not inspect.ismodule(getattr(cnnlab, name)), name

@@ -6,9 +6,14 @@ run.predict(["a.jpg"]); run.plot_confusion_matrix()
 run = cnnlab.load("runs/NAME")          # a run trained before
 """
 
+import warnings
+
 __version__ = "0.1.0"
 
-_API = {"train", "load", "audit", "sample_data", "Run", "Predictions", "Evaluation"}
+# tqdm.auto (imported by a dependency) warns in a Jupyter kernel without ipywidgets; cnnlab draws no widget
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+_API = {"train", "load", "audit_data", "sample_data", "Run", "Predictions", "Evaluation"}
 
 
 def __getattr__(name: str):

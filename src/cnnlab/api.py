@@ -40,6 +40,7 @@ from cnnlab.evaluate.analysis import PredictionTable, read_predictions
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.evaluate.summary import Evaluation
 from cnnlab.explain.run import ExplainOptions, explain_run
+from cnnlab.extras import SERVE_PACKAGES, require
 from cnnlab.figures import figure_png_base64
 from cnnlab.files import read_json, write_json_atomic
 from cnnlab.models.base import Classifier
@@ -138,7 +139,8 @@ def sample_data(name: str = "fashion", dest: str | Path | None = None, *, per_cl
     """A small real image folder (`cnnlab sample-data`) to try things on offline, written once and then reused (as
     fastai's untar_data is): "fashion" (Fashion-MNIST, `per_class` per class, 28 px) or "lfw" (100 faces, 100
     non-faces). `dest` defaults to data/samples/NAME-PER_CLASS-SEED. Returns the folder."""
-    dest = Path(dest) if dest is not None else Path("data") / "samples" / f"{name}-{per_class}-{seed}"
+    default = f"{name}-{per_class}-{seed}" if name == "fashion" else f"{name}-{seed}"  # lfw: all 200 crops
+    dest = Path(dest) if dest is not None else Path("data") / "samples" / default
     marker = dest / SAMPLE_MARKER
     wanted = {"name": name, "per_class": per_class, "seed": seed}
     if marker.is_file() and read_json(marker, missing="") == wanted:
@@ -156,7 +158,7 @@ def sample_data(name: str = "fashion", dest: str | Path | None = None, *, per_cl
 SAMPLE_MARKER = ".cnnlab-sample.json"  # what sample_data wrote there (not an image: folders ignore it)
 
 
-def audit(
+def audit_data(
     data: str | Path | torch.utils.data.Dataset, *, class_names: Sequence[str] | None = None,
     output: str | Path | None = None, force: bool = False, labels: bool = True, image_size: int | None = None,
     valid_fraction: float | None = None, test_fraction: float | None = None, seed: int | None = None,
@@ -202,6 +204,10 @@ class Predictions:
 
     def __repr__(self) -> str:
         return "\n".join(self.lines())
+
+    def _repr_json_(self) -> dict[str, Any]:
+        """The probabilities at full precision beside the table (a notebook keeps both; tests read this one)."""
+        return {"class_names": self.class_names, "names": self.names, "probabilities": self.probabilities.tolist()}
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -304,7 +310,8 @@ class Run:
 
     def serve(self, *, host: str = "127.0.0.1", port: int = 8000) -> None:
         """`cnnlab serve RUN`: the web page to try the model, until interrupted."""
-        from cnnlab.apps.serve import serve_target  # optional heavy dependency: fastapi, uvicorn
+        require(*SERVE_PACKAGES, purpose="Run.serve")
+        from cnnlab.apps.serve import serve_target  # optional heavy dependency: fastapi, uvicorn (checked above)
 
         serve_target(str(self.path), host=host, port=port)
 
@@ -361,8 +368,11 @@ class Run:
         table = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
                         f"{html.escape(str(v))}</td></tr>" for k, v in rows)  # fmt: skip
         pictures = "".join(
-            f"<img style='max-height:300px' src='data:image/png;base64,{figure_png_base64(fig)}'>"
-            for fig in (self.plot_history(), self.plot_confusion_matrix())
+            f"<img alt='{alt}' style='max-height:300px' src='data:image/png;base64,{figure_png_base64(fig)}'>"
+            for alt, fig in (
+                ("training curves", self.plot_history()),
+                ("confusion matrix", self.plot_confusion_matrix()),
+            )
         )
         return f"{head}<table>{table}</table><div>{pictures}</div>"
 

@@ -13,6 +13,7 @@ import typer
 
 from cnnlab.data.memory import return_freed_memory
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import SERVE_PACKAGES, require
 
 RULE_HELP = (
     "How --positive picks its threshold on validation: sensitivity:X, specificity:X, youden, max-f1, cost:R, "
@@ -374,7 +375,8 @@ def serve(
 ) -> None:
     """A web page (and POST /predict JSON) to try a model on an image: top classes as bars, the Grad-CAM overlay
     and, for an ImageNet backbone or --dogapp, the dog app's answer."""
-    from cnnlab.apps.serve import serve_target
+    require(*SERVE_PACKAGES, purpose="cnnlab serve")
+    from cnnlab.apps.serve import serve_target  # its FastAPI imports need the extra checked above
 
     serve_target(target, host=host, port=port, max_upload_mb=max_upload_mb, max_megapixels=max_megapixels,
                  top_k=top_k, dogapp=dogapp, weights=weights, log=_log)  # fmt: skip

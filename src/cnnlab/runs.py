@@ -43,10 +43,11 @@ def default_run_name(config: RunConfig) -> str:
 
 
 def source_slug(source: str) -> str:
-    """A data source as a folder-name part: `fashion-mnist`, or a folder's last name (`folder:~/my pets/` -> `pets`)."""
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.replace("folder:", "").strip("/")).strip("-")
-    data = data.rsplit("-", 1)[-1] if source.startswith("folder:") else data
-    return data or "data"
+    """A data source as a folder-name part: `fashion-mnist`, or a folder's own name (`folder:~/my pets/` ->
+    `my-pets`, `folder:data/samples/fashion-60-0` -> `fashion-60-0`)."""
+    if source.startswith("folder:"):
+        source = Path(source.removeprefix("folder:").rstrip("/")).name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", source).strip("-") or "data"
 
 
 def claim_run_dir(runs_dir: Path, name: str, *, force: bool) -> Path:

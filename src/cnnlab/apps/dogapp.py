@@ -27,6 +27,7 @@ from rich.progress import Progress
 
 from cnnlab.data.images import UnreadableImage, collect_images, decode_array
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.models.pretrained import imagenet_class_names
 from cnnlab.predict.backends import SERVED_IMAGES, choose_backend_unsaved
@@ -292,6 +293,7 @@ def run_dogapp(
     image through `log`; with `output`, each image annotated with its answer (existing files need `force`)."""
     if not images and not assess_detectors:
         raise CnnlabError("give images or folders to answer, or --assess to measure the detectors")
+    require("cv2", *(["skimage"] if assess_detectors else []), purpose="cnnlab dogapp")
     app = DogApp(breeds_run=breeds, faces=faces or FaceSettings())
     if assess_detectors:
         with tempfile.TemporaryDirectory() as tmp:

@@ -35,6 +35,7 @@ from rich.progress import Progress
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.figures import new_figure
 from cnnlab.files import save_figure_atomic, write_text_atomic
 from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
@@ -303,6 +304,8 @@ def stylize_files(
     options.check()
     if demo == (content is not None or style is not None) or (not demo and (content is None or style is None)):
         raise CnnlabError("give CONTENT and STYLE images, or --demo (and no images)")
+    if demo:
+        require("skimage", purpose="cnnlab stylize --demo")
     refuse_existing(output, force=force)
     arrays = demo_images() if demo else (None, None)
     content_image = read_image(content, arrays[0], longer=options.size)

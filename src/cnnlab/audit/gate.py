@@ -22,6 +22,7 @@ from cnnlab.data.groups import identical_files, merge_groups, user_groups
 from cnnlab.data.sources import PHOTO_SIDE, Source, load_source, scan_folder
 from cnnlab.data.splits import DROPPED, make_splits, read_run_splits
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.figures import figure_png_base64, new_figure
 from cnnlab.files import write_text_atomic
 from cnnlab.models.pretrained import DEFAULT_BACKBONE, backbone_decoding
@@ -37,6 +38,7 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
                log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
     """Audit the source and the splits `cnnlab train` would make from `config` (a RunConfig), or, when `output`
     is a run folder, the run's own splits; write audit.csv and audit.json into `output`."""
+    _check_labels(labels)
     source = load_source(audited_data(config.data, log), log=log)
     config = replace(config, data=replace(config.data, audit="on"))  # the command is the audit: whatever the size
     groups, pairs = split_groups(config, source, log)
@@ -47,6 +49,12 @@ def audit_data(config, *, output: Path | None, force: bool = False, labels: bool
     )  # fmt: skip
     return _audit_and_write(source, splits, config, output, force=force, labels=labels, pairs=pairs,
                             groups=_users(config, groups), log=log)  # fmt: skip
+
+
+def _check_labels(labels: bool) -> None:
+    """Label checks need cleanlab (cnnlab[audit]): one clear line before any work, when it is missing."""
+    if labels:
+        require("cleanlab", purpose="cnnlab audit's label checks (--no-labels skips them)")
 
 
 def split_groups(
@@ -115,6 +123,7 @@ def audit_run(
 ) -> dict[str, Any]:  # fmt: skip
     """Audit a run folder's data with the splits it trained on (splits.json); the files go into the run (its
     own earlier audit is replaced), or into `output`."""
+    _check_labels(labels)
     config = open_run(run_dir)
     source = load_source(config.data, log=log)
     recorded = read_run_splits(Path(run_dir) / RunFile.SPLITS, source, needed=(), log=log)

@@ -16,6 +16,7 @@ from PIL import Image
 from cnnlab.config import DataConfig
 from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError, unknown_choice
+from cnnlab.extras import require
 
 SAMPLES = ("lfw", "fashion")
 
@@ -26,6 +27,7 @@ def write_sample_folder(name: str, dest: Path, *, per_class: int = 60, seed: int
     if dest.exists() and any(dest.iterdir()):
         raise CnnlabError(f"{dest} already exists and is not empty (choose a new folder; nothing was written)")
     if name == "lfw":
+        require("skimage", purpose="the lfw sample")
         from skimage.data import lfw_subset  # optional heavy import: scikit-image (bundled photos, only here)
 
         images = (lfw_subset() * 255).round().astype(np.uint8)

@@ -27,6 +27,7 @@ from cnnlab.explain import embedding as E
 from cnnlab.explain import layers as L
 from cnnlab.explain import pictures
 from cnnlab.explain.embedding import EMBEDDINGS
+from cnnlab.extras import require
 from cnnlab.files import staging_dir, write_csv_atomic, write_json_atomic
 from cnnlab.predict.infer import open_trained_run
 from cnnlab.runs import RunFile
@@ -65,6 +66,7 @@ def explain_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Explain `run_dir`'s best.pt on `images` (default: a seeded sample of its test split); see module doc."""
+    require("captum", purpose="cnnlab explain")
     options = options or ExplainOptions()
     methods = A.check_methods(options.methods)
     if options.embedding not in EMBEDDINGS:  # checked before minutes of attributions, not after

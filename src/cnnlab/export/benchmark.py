@@ -25,6 +25,7 @@ from torch import nn
 from cnnlab.data.lazy import select
 from cnnlab.data.splits import load_splits
 from cnnlab.export.exporter import read_exports
+from cnnlab.extras import ONNX_PACKAGES, require
 from cnnlab.files import write_text_atomic
 from cnnlab.machine import CpuInfo
 from cnnlab.predict.backends import choose_backend, kept_onnx_path, onnx_file, torch_forward
@@ -53,6 +54,7 @@ def benchmark_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure every available backend of `run_dir`'s best.pt; print the table, write RUN/benchmark.json."""
+    require(*ONNX_PACKAGES, purpose="cnnlab benchmark")
     model, sample = _model_and_images(Path(run_dir))
     before = torch.get_num_threads()
     if threads:

@@ -29,6 +29,7 @@ from cnnlab.data.lazy import select
 from cnnlab.data.splits import read_run_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.export.int8 import REFIT_IMAGES, agreement, checked, match_output_layer, quantized, seeded_sample
+from cnnlab.extras import ONNX_PACKAGES, require
 from cnnlab.files import staging_dir, write_text_atomic
 from cnnlab.predict.graph import (
     OPSET,
@@ -63,6 +64,8 @@ def export_run(
         raise CnnlabError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if int8 and fmt != "onnx":
         raise CnnlabError("--int8 quantises with ONNX Runtime: use it with --format onnx")
+    if fmt == "onnx":
+        require(*ONNX_PACKAGES, purpose="cnnlab export")
     run_dir = Path(run_dir)
     default_name = "model.pt2" if fmt == "pt2" else ("model.int8.onnx" if int8 else "model.onnx")
     output = Path(output) if output is not None else run_dir / default_name

@@ -18,6 +18,7 @@ from sklearn.datasets import load_sample_image
 
 from cnnlab.data.images import UnreadableImage
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.figures import new_figure
 from cnnlab.files import save_figure_atomic
 from cnnlab.runs import refuse_existing
@@ -116,6 +117,7 @@ def filters_command(image: Path | None, kernels: list[str] | None, output: Path,
                     dry_run: bool = False, log: Callable[[str], None] = print) -> None:  # fmt: skip
     """`cnnlab filters`: the kernels (default Sobel x/y, Laplacian, Gaussian) on `image` (default a bundled
     photo), drawn to `output` with their spectra, OpenCV checked against conv2d."""
+    require("cv2", purpose="cnnlab filters")
     parsed = [parse_kernel(k) for k in (kernels or ["sobel-x", "sobel-y", "laplacian", "gaussian"])]
     name, grey = load_grey(image)
     if dry_run:

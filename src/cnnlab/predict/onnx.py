@@ -14,6 +14,7 @@ import numpy as np
 
 from cnnlab.data.images import decoded_chunks
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 
 NEEDED = ("class_names", "image_size", "channels", "mean", "std", "crop_pct")
 
@@ -49,6 +50,7 @@ def predict_onnx(model_path: Path, inputs: list[Path], *, limit: int | None = No
 def open_session(path: Path, *, threads: int | None = None):
     """An ONNX Runtime CPU session for `path` (on `threads` threads; default ONNX Runtime's: one per core); a
     missing or damaged file is one clear error."""
+    require("onnxruntime", purpose="running an ONNX file")
     import onnxruntime as ort  # optional heavy import: onnxruntime (optional backend / int8)
 
     if not Path(path).is_file():

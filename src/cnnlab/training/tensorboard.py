@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import install_hint
 
 LOGGERS = ("csv", "tensorboard")
 STEP_EVERY = 25  # optimiser steps between logged training losses (each costs one device sync)
@@ -30,9 +31,7 @@ def tensorboard_logger(run_dir: Path, **kwargs):
 
         return TensorBoardLogger(root_dir=run_dir, name=SUBDIR, version="", default_hp_metric=False, **kwargs)
     except ModuleNotFoundError as exc:  # Fabric names the missing package in its own message
-        raise CnnlabError(
-            f"--logger tensorboard needs the tensorboard package (pip install tensorboard): {exc}"
-        ) from exc
+        raise CnnlabError(install_hint(["tensorboard"], "--logger tensorboard")) from exc
 
 
 class TensorBoardLog:
