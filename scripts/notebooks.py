@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +42,11 @@ def execute(name: str) -> nbformat.NotebookNode:
             return done
     nb = nbformat.read(source, as_version=4)
     started = time.perf_counter()
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}},
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).execute()  # fmt: skip
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}})  # fmt: skip
+    # the kernel process's own stderr is its start-up chatter (a warning about TCP on localhost); what the cells
+    # print, errors included, comes back through Jupyter's messages into the notebook
+    client.execute(stderr=subprocess.DEVNULL)
     nb.metadata["cnnlab"] = {"key": key, "seconds": round(time.perf_counter() - started, 1)}
     EXECUTED.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=EXECUTED, suffix=".tmp", delete=False) as fh:

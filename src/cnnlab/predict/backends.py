@@ -94,7 +94,8 @@ def choose_backend_at(
         return Backend("torch", model, "PyTorch on the GPU (ONNX Runtime runs on the CPU here)")
     if not _onnxruntime_installed():
         if wanted == "onnx":
-            raise CnnlabError(install_hint([m for m in ONNX_PACKAGES if not installed(m)], "--backend onnx"))
+            missing = [m for m in ONNX_PACKAGES if not installed(m)] or ["onnxruntime"]
+            raise CnnlabError(install_hint(missing, "--backend onnx"))
         return Backend("torch", torch_forward(model), "onnxruntime is not installed")
     fast_torch = torch_forward(model)
     known = _read_json(onnx_path.parent / "backend.json").get(_timing_key(onnx_path)) if onnx_path.exists() else None
