@@ -20,6 +20,7 @@ from pathlib import Path
 from cnnlab.machine import CpuInfo
 
 ROOT = Path(__file__).resolve().parent.parent
+TORCH_PARTS = ("torch", "nvidia", "triton", "cuda")  # torch's wheel and the CUDA libraries it pulls in (most of it)
 
 
 def main() -> None:
@@ -33,6 +34,9 @@ def main() -> None:
         for name, spec in (("core", str(wheel)), ("all", f"{wheel}[all]")):
             result[name] = _install(tmp / name, spec, tmp)
         result["core_vs_all_size"] = round(result["core"]["mb"] / result["all"]["mb"], 3)
+        result["core_vs_all_size_besides_torch"] = round(
+            result["core"]["mb_besides_torch"] / result["all"]["mb_besides_torch"], 3
+        )
         result["core_vs_all_time"] = round(result["core"]["seconds"] / result["all"]["seconds"], 3)
     print(json.dumps(result))
 
@@ -45,11 +49,14 @@ def _install(venv: Path, spec: str, work: Path) -> dict:
     seconds = time.perf_counter() - started
     site = next((venv / "lib").glob("python*/site-packages"))
     size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    torch_parts = sum(p.stat().st_size for d in site.iterdir() if d.name.startswith(TORCH_PARTS)
+                      for p in d.rglob("*") if p.is_file())  # fmt: skip
     listed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format", "freeze"], capture_output=True, text=True)
     dry = subprocess.run([str(venv / "bin" / "cnnlab"), "train", "--data", "digits", "--dry-run"], cwd=work,
                          capture_output=True, text=True)  # fmt: skip
     tail = dry.stdout.strip().splitlines()[-1:] or [dry.stderr[-300:]]
-    return {"seconds": round(seconds, 1), "mb": round(size / 1e6, 1), "packages": len(listed.stdout.splitlines()),
+    return {"seconds": round(seconds, 1), "mb": round(size / 1e6, 1),
+            "mb_besides_torch": round((size - torch_parts) / 1e6, 1), "packages": len(listed.stdout.splitlines()),
             "dry_run_exit": dry.returncode, "dry_run": tail[0]}  # fmt: skip
 
 
