@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_digits
 
 import cnnlab
 from cnnlab import cli
@@ -114,3 +115,19 @@ def test_every_name_of_the_api_is_the_function_not_a_subpackage_of_the_same_name
         importlib.import_module(module.name)  # every subpackage set as an attribute of cnnlab, as in a long session
     for name in cnnlab._API:
         assert callable(getattr(cnnlab, name)) and not inspect.ismodule(getattr(cnnlab, name)), name
+
+
+def test_a_dataset_with_class_names_trains_and_predicts_like_a_folder(tmp_path):
+    """Real 8x8 digit scans as a TensorDataset of 0..1 float tensors: registered, split, trained, predicted."""
+    digits = load_digits()
+    keep = np.isin(digits.target, [0, 1, 7])
+    images = torch.tensor(digits.images[keep] / 16, dtype=torch.float32)[:, None]
+    labels = torch.tensor(np.searchsorted([0, 1, 7], digits.target[keep]))
+    data = torch.utils.data.TensorDataset(images, labels)
+    run = cnnlab.train(data, class_names=["zero", "one", "seven"], model="cnn", model_options={"widths": [8, 16]},
+                       epochs=4, precision="32-true", runs_dir=tmp_path, name="ds", explain=False,
+                       verbose=False)  # fmt: skip
+    assert run.config.data.source.startswith("dataset:") and run.class_names == ["zero", "one", "seven"]
+    assert run.evaluation.accuracy > 0.8  # 3 well-separated digits; chance is 0.33
+    predicted = run.predict(images[:20])
+    assert np.mean(np.array(predicted.predicted) == np.array(["zero", "one", "seven"])[labels[:20].numpy()]) >= 0.8

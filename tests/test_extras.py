@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from cnnlab.extras import OPTIONAL
 
@@ -97,8 +99,6 @@ def test_the_core_install_trains_evaluates_and_predicts_without_any_extra(tmp_pa
     assert "explain: skipped (cnnlab explain needs captum" in done.stdout  # the report says why, training stands
     run = tmp_path / "core"
     assert (run / "eval.json").is_file() and (run / "report.html").is_file()
-    from PIL import Image
-    from sklearn.datasets import load_digits
 
     image = tmp_path / "digit.png"
     Image.fromarray((load_digits().images[0] * 255 / 16).astype("uint8")).save(image)

@@ -8,7 +8,7 @@ run = cnnlab.load("runs/NAME")          # a run trained before
 
 import warnings
 
-__version__ = "0.1.0"
+from cnnlab.version import __version__ as __version__  # re-exported: cnnlab.__version__
 
 # tqdm.auto (imported by a dependency) warns in a Jupyter kernel without ipywidgets; cnnlab draws no widget
 warnings.filterwarnings("ignore", message="IProgress not found")

@@ -40,6 +40,7 @@ from cnnlab.evaluate.analysis import PredictionTable, read_predictions
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.evaluate.summary import Evaluation
 from cnnlab.explain.run import ExplainOptions, explain_run
+from cnnlab.export import export_run
 from cnnlab.extras import SERVE_PACKAGES, require
 from cnnlab.figures import figure_png_base64
 from cnnlab.files import read_json, write_json_atomic
@@ -298,8 +299,6 @@ class Run:
     def export(self, *, format: str = "onnx", int8: bool = False, output: str | Path | None = None,
                force: bool = False) -> Path:  # fmt: skip
         """`cnnlab export RUN` after its parity check; returns the file written."""
-        from cnnlab.export import export_run  # optional heavy dependency: onnx, onnxruntime
-
         result = export_run(self.path, fmt=format, output=Path(output) if output else None, force=force, int8=int8,
                             log=print)  # fmt: skip
         return Path(result["file"])

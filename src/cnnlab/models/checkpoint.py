@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from cnnlab import __version__
 from cnnlab.data.batches import Normalization
 from cnnlab.errors import CnnlabError
 from cnnlab.files import save_torch_atomic
+from cnnlab.version import __version__
 
 FORMAT_VERSION = 2
 RESIZE_RULE = "shorter side bicubic, centre crop"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
-import cnnlab
+from cnnlab.version import __version__ as cnnlab_version
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| / logit range for an fp32 export
 OPSET = 18  # the torch.export-based exporter's baseline
@@ -49,7 +49,7 @@ class FlipAveraged(torch.nn.Module):
 def onnx_metadata(ckpt, *, tta: bool = False) -> dict[str, str]:
     p = ckpt.preprocessing
     return {
-        "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__, "model": ckpt.model_name,
+        "cnnlab_version": cnnlab_version, "torch_version": torch.__version__, "model": ckpt.model_name,
         "class_names": json.dumps(list(ckpt.class_names)), "image_size": str(p.image_size),
         "channels": str(p.channels), "mean": json.dumps(list(map(float, p.mean))),
         "std": json.dumps(list(map(float, p.std))), "crop_pct": str(p.crop_pct), "resize": RESIZE_RULE,

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab import __version__
 from cnnlab.audit.gate import about_the_data
 from cnnlab.data.sources import Source, load_source
 from cnnlab.errors import CnnlabError
@@ -26,6 +25,7 @@ from cnnlab.files import read_json, write_text_atomic
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.models.pretrained import FROZEN_STRATEGIES
 from cnnlab.runs import RunFile, open_run
+from cnnlab.version import __version__
 
 N_SAMPLES, N_TOP_LOSSES = 24, 16
 
