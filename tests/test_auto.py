@@ -80,9 +80,11 @@ def test_few_small_images_are_searched_cross_validated_and_the_best_kept(tmp_pat
     for row in saved.model.strategy_candidates:
         assert row["status"] in ("chosen", "measured") or row["status"].startswith("skipped: ")
     (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
-    families = [row for row in saved.model.strategy_candidates if row["seconds"] > 0]  # a frozen row per pass
-    top = max(row["valid_accuracy"] or 0 for row in families)
-    assert chosen["valid_accuracy"] >= top - 0.005 and "best validation accuracy" in saved.decisions["model"]
+    compared = [row for row in saved.model.strategy_candidates if "valid_score" in row]  # one row per family
+    assert len(compared) == 2  # the frozen family's chosen candidate and the from-scratch CNN, on the same images
+    top = max(row["valid_score"] for row in compared)
+    assert chosen["valid_score"] >= top - chosen["tie_margin"]
+    assert "best validation accuracy of 2 candidates on the same" in saved.decisions["model"]
     assert any(line.strip().startswith("candidate") for line in lines) and result.evaluation["accuracy"] > 0.9
 
 
@@ -276,3 +278,46 @@ def test_the_larger_recipe_is_the_one_in_recipes_fashion_large_yaml():
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "fashion-large.yaml").read_text())
     assert recipe["model"]["name"] == auto.LARGE_MODEL
     assert {k: recipe["train"][k] for k in auto.LARGE_RECIPE} == auto.LARGE_RECIPE
+
+
+def _family_row(family: str, correct: list[bool], labels: np.ndarray, confidence: float = 0.9) -> auto.Row:
+    """A measured candidate answering each validation image right or wrong (two classes), surely or less so."""
+    probs = np.empty((len(labels), 2))
+    for i, (ok, y) in enumerate(zip(correct, labels, strict=True)):
+        probs[i, y if ok else 1 - y] = confidence
+        probs[i, 1 - y if ok else y] = 1 - confidence
+    return auto.Row(family, family, float(np.mean(correct)), config=RunConfig(), valid_probs=probs)
+
+
+def test_a_lead_within_one_paired_standard_error_goes_to_the_cheaper_family():
+    """30 validation images: fine-tuning right on one more image than the frozen head (it gains 4, loses 3) is a
+    tie (the paired standard error of the difference: 8.8 points), so the frozen head is kept; right on eight more
+    images, fine-tuning wins."""
+    labels = np.array([0, 1] * 15)
+    frozen = [True] * 25 + [False] * 5
+    one_more = [True] * 22 + [False] * 3 + [True] * 4 + [False]
+    differences = np.array(one_more, float) - np.array(frozen, float)
+    margin = np.sqrt(np.mean(differences**2) - np.mean(differences) ** 2) / np.sqrt(30)  # 0.0876
+    rows = [_family_row("frozen", frozen, labels), _family_row("fine-tune", one_more, labels)]
+    assert auto._pick(rows, labels, None).family == "frozen"
+    assert rows[0].margin == pytest.approx(margin) and rows[0].valid_score == pytest.approx(25 / 30)
+    rows = [_family_row("frozen", [True] * 22 + [False] * 8, labels), _family_row("fine-tune", [True] * 30, labels)]
+    assert auto._pick(rows, labels, None).family == "fine-tune"
+
+
+def test_with_a_positive_class_the_search_compares_auc_not_accuracy():
+    """A candidate that is right more often but ranks the positive class worse loses when --positive asks for
+    AUC: the frozen head below is right on 20 of 40 (its scores on class 1 sit just above 0.5 for every image:
+    the ranking is perfect), the fine-tuned net on 30 of 40 with a ranking that mixes the classes."""
+    labels = np.array([0] * 20 + [1] * 20)
+    ranks = np.r_[np.linspace(0.51, 0.6, 20), np.linspace(0.61, 0.7, 20)]  # positives above every negative
+    frozen = auto.Row("frozen", "frozen", 0.5, config=RunConfig(), valid_probs=np.c_[1 - ranks, ranks])
+    # right on 15 of each class, but its 5 wrong negatives score above every positive: AUC 225/400 (hand-counted)
+    mixed = np.r_[[0.3] * 15, [0.8] * 5, [0.7] * 15, [0.2] * 5]
+    tuned = auto.Row("fine-tune", "fine-tune", 0.75, config=RunConfig(), valid_probs=np.c_[1 - mixed, mixed])
+    by_accuracy = auto._pick([frozen, tuned], labels, None)
+    assert tuned.valid_score > frozen.valid_score and by_accuracy.family == "fine-tune"
+    for row in (frozen, tuned):
+        row.status = ""
+    by_auc = auto._pick([frozen, tuned], labels, 1)
+    assert frozen.valid_score == 1.0 and tuned.valid_score == 225 / 400 and by_auc.family == "frozen"

@@ -20,9 +20,11 @@ first, on the validation split (the test split is never touched):
 
 The budget (`--budget-minutes`, default BUDGET_MINUTES) is the whole command's: it runs from the command's start.
 
-The best validation accuracy wins (accuracy also with --positive, whose AUC ranks the frozen candidates among
-themselves: the families' trained runs report accuracy). Scores closer than TIE are a tie, which goes to the
-cheaper, more regularised candidate: frozen over from-scratch over fine-tuned. A trained winner is kept as it is
+Every family's candidate answers the same validation images, and those answers are scored by the metric the user
+asked for (training/evidence.py: accuracy; with --positive, that class's AUC). A lead within one paired standard
+error of the comparison (at least half a point) is a tie, which goes to the cheaper, more regularised candidate:
+frozen over from-scratch over fine-tuned (30 validation images: one image is 3.3 points, and a fine-tuned network's
+lead of one image over a frozen head that cross-validated better is no evidence). A trained winner is kept as it is
 (`Trained`), not trained again. Every candidate, its score, seconds and status (chosen, or skipped and why) is one
 table, printed and kept in config.yaml (`model.strategy_candidates`) and the report.
 """
@@ -33,25 +35,32 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from cnnlab.config import DEFAULT_MODEL, RunConfig, TrainConfig, with_decisions
 from cnnlab.data.batches import default_batch_size
+from cnnlab.data.lazy import select
 from cnnlab.data.sources import PHOTO_SIDE, Source, scan_folder
 from cnnlab.errors import TrainingInterrupted
+from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.predict.infer import model_from_checkpoint, predict_logits
 from cnnlab.runs import RunFile
+from cnnlab.training import evidence
 from cnnlab.training.budget import BudgetTooSmall
 from cnnlab.training.fit import EpochStats, accelerator_for, make_fabric
 from cnnlab.training.precision import step_seconds
 from cnnlab.training.progressive import epochs_that_fit, sides_text
 from cnnlab.training.runner import build_model, decide_run_precision, train_model
-from cnnlab.training.transfer import resolve_strategy, transfer_defaults
+from cnnlab.training.transfer import resolve_strategy, resolve_strategy_choice, transfer_defaults
 
 AUTO = "auto"
 BACKBONE = "efficientnet_lite0"  # the offline ImageNet backbone (its weights ship with pip)
 LARGE_PER_CLASS = 1000  # images per class: at or above it a from-scratch CNN has enough to learn from
-TIE = 0.005  # validation accuracy: closer than this is a tie
+TIE = 0.005  # validation accuracy: this close to 100%, a trained candidate could only tie
 BUDGET_MINUTES = 5.0  # the search's default budget (2 CPU cores: frozen candidates, then fine-tuning if it fits)
 FINE_TUNE_EPOCHS = (3, 12)  # fewest worth running, most (small folders overfit after that)
 FINE_TUNE_LR = 1e-3  # the head's peak rate; the backbone's top layer a tenth of it, the stem a hundredth
@@ -98,19 +107,24 @@ class Row:
 
     candidate: str
     family: str  # frozen | scratch | fine-tune
-    valid_accuracy: float | None = None  # on the validation split (what the families are compared by)
+    valid_accuracy: float | None = None  # on the validation split
     cv_accuracy: float | None = None  # frozen candidates on a small validation split: the k-fold mean
     spread: float | None = None  # and its standard deviation
     seconds: float = 0.0
     status: str = ""  # chosen | skipped: why | (empty: measured, not chosen)
     config: RunConfig | None = None
     trained: Trained | None = None
+    valid_probs: np.ndarray | None = field(default=None, repr=False)  # [valid images, classes]: what is compared
+    valid_score: float | None = None  # the compared metric (evidence.py) on those images
+    margin: float | None = None  # how far below the top score this candidate still ties with it
 
     def record(self) -> dict:
         out = {"candidate": self.candidate, "valid_accuracy": self.valid_accuracy, "seconds": round(self.seconds, 1),
                "status": self.status or "measured"}  # fmt: skip
         if self.cv_accuracy is not None:
             out["cv_accuracy"], out["spread"] = self.cv_accuracy, self.spread
+        if self.valid_score is not None:
+            out["valid_score"], out["tie_margin"] = round(self.valid_score, 4), round(self.margin, 4)
         return out
 
     def line(self) -> str:
@@ -217,9 +231,12 @@ def search_models(
     log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}")
     for row in rows:
         log(row.line())
-    why = (f"best validation accuracy of {sum(r.valid_accuracy is not None for r in rows)} candidates measured on "
-           f"{len(splits['valid'])} images: {winner.candidate} (ties within {100 * TIE:.1f} points go to frozen, then "
-           f"from-scratch, then fine-tuned)")  # fmt: skip
+    compared = [r for r in rows if r.valid_score is not None]
+    metric = evidence.metric_name(source.class_names, config.evaluation.positive) if compared else "validation accuracy"
+    score = winner.valid_score if compared else winner.valid_accuracy
+    why = (f"best {metric} of {len(compared) or 'the'} candidates on the same {len(splits['valid'])} images: "
+           f"{winner.candidate} ({score:.4f}; a lead within one paired standard error, at least "
+           f"{evidence.MIN_MARGIN}, is a tie, which goes to frozen, then from-scratch, then fine-tuned)")  # fmt: skip
     log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
     model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
     if winner.trained is not None and model.strategy is not None:
@@ -246,7 +263,10 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
         tuned = _fine_tune_recipe(config)
         rows.append(_trained_row(tuned, "fine-tune", source, splits, deadline - time.perf_counter(), FINE_TUNE_EPOCHS,
                                  after(tuned, splits), log, pointless=perfect))  # fmt: skip
-    winner = _pick(rows)
+    positive = config.evaluation.positive
+    positive_index = None if positive is None else source.class_names.index(positive)
+    valid_labels = source.labels[torch.as_tensor(splits["valid"])].numpy()
+    winner = _pick(rows, valid_labels, positive_index, seed=config.train.seed)
     for row in rows:
         if row.trained is not None and row is not winner:
             row.trained.discard()
@@ -265,7 +285,7 @@ def _fine_tune_recipe(config: RunConfig) -> RunConfig:
 def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
     """The backbone's frozen candidates, one row each (the one transfer.py would choose marked)."""
     started = time.perf_counter()
-    frozen = resolve_strategy(
+    frozen, chosen = resolve_strategy_choice(
         _named(config, BACKBONE), source, splits, positive=config.evaluation.positive, measure=True, log=log,
         measure_large=True,  # on large data too: the search compares them with the trained candidates
     )  # fmt: skip
@@ -276,8 +296,9 @@ def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
         cv = next((v for k, v in record.items() if k.startswith("cv") and k.endswith("accuracy")), None)
         label = f"{BACKBONE} frozen: {record['candidate']}"
         row = Row(label, "frozen", record["valid_acc"], cv, record.get("cv_spread"))
-        if pick:  # the one the frozen family would use: it carries the pass's time and the config
+        if pick:  # the one the frozen family would use: it carries the pass's time, the config, its answers
             row.seconds, row.config = seconds, frozen
+            row.valid_probs = None if chosen is None or chosen.valid_probs is None else chosen.valid_probs.numpy()
         rows.append(row)
     return rows
 
@@ -321,7 +342,17 @@ def _trained_row(
         seconds=time.perf_counter() - started,
         config=trained_config,
         trained=Trained(folder, history),
+        valid_probs=_valid_probabilities(folder / RunFile.BEST, source, splits),
     )
+
+
+def _valid_probabilities(checkpoint: Path, source: Source, splits) -> np.ndarray:
+    """The trained candidate's best epoch on the validation images, as probabilities (no test-time flips: every
+    candidate is compared as it answers one image)."""
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, checkpoint)
+    logits = predict_logits(model, select(source.images, splits["valid"]), ckpt.preprocessing.normalization())
+    return torch.softmax(logits.float(), dim=1).numpy()
 
 
 def _one_process(t: TrainConfig) -> TrainConfig:
@@ -329,13 +360,24 @@ def _one_process(t: TrainConfig) -> TrainConfig:
     return replace(t, devices=1, num_nodes=1)
 
 
-def _pick(rows: list[Row]) -> Row:
-    """The best validation accuracy; within TIE of it, the first family in frozen, scratch, fine-tune order (the
-    chosen frozen row stands for the frozen family)."""
-    measured = [r for r in rows if r.valid_accuracy is not None and r.config is not None]
-    top = max(r.valid_accuracy for r in measured)
+def _pick(rows: list[Row], labels: np.ndarray, positive_index: int | None, *, seed: int = 0) -> Row:
+    """Every family's candidate scored on the same validation images by the user's metric (evidence.py); within
+    one paired standard error of the best, the first family in frozen, scratch, fine-tune order (the chosen frozen
+    row stands for the frozen family)."""
+    measured = [r for r in rows if r.valid_probs is not None and r.config is not None]
+    for row in measured:
+        row.valid_score = evidence.score(row.valid_probs, labels, positive_index)
+    if measured:
+        top = max(measured, key=lambda r: r.valid_score)
+        for row in measured:
+            row.margin = evidence.tie_margin(top.valid_probs, row.valid_probs, labels, positive_index, seed=seed)
+        tied = [r for r in measured if r.valid_score >= top.valid_score - r.margin]
+    else:  # no candidate's answers per image (not expected): the recorded accuracies, ties within TIE
+        measured = [r for r in rows if r.valid_accuracy is not None and r.config is not None]
+        best = max(r.valid_accuracy for r in measured)
+        tied = [r for r in measured if r.valid_accuracy >= best - TIE]
     order = {"frozen": 0, "scratch": 1, "fine-tune": 2}
-    winner = min((r for r in measured if r.valid_accuracy >= top - TIE), key=lambda r: order[r.family])
+    winner = min(tied, key=lambda r: order[r.family])
     winner.status = "chosen"
     return winner
 

@@ -82,6 +82,7 @@ class Candidate:
     valid_acc: float  # on the validation split itself (compared with other model families)
     spread: float | None = None  # the folds' standard deviation where cross-validated
     correct: torch.Tensor | None = field(default=None, repr=False)  # per validation image (accuracy, no CV)
+    valid_probs: torch.Tensor | None = field(default=None, repr=False)  # [valid images, classes]: the model search
 
     @property
     def label(self) -> str:
@@ -161,11 +162,21 @@ def resolve_strategy(
     """Turn strategy=auto into a concrete strategy (and frozen levels), say why, and record it in the config.
     `measure_large`: measure the frozen candidates on large data too (the model search compares them with trained
     candidates; alone, the size x similarity matrix decides large data)."""
+    return resolve_strategy_choice(config, source, splits, positive=positive, measure=measure, log=log,
+                                   measure_large=measure_large)[0]  # fmt: skip
+
+
+def resolve_strategy_choice(
+    config: RunConfig, source: Source, splits, *, positive: str | None, measure: bool, log: Callable[[str], None],
+    measure_large: bool = False,
+) -> tuple[RunConfig, Candidate | None]:  # fmt: skip
+    """`resolve_strategy`, and the measured frozen candidate it chose (with its validation probabilities: the model
+    search compares it with the trained candidates on the same images), None when nothing was measured."""
     if config.model.strategy != "auto":
         if is_pretrained_name(config.model.name):
             why = f"auto: {config.model.strategy_reason}" if config.model.strategy_reason else "chosen by you"
             log(f"strategy: {config.model.strategy} ({why})")
-        return config
+        return config, None
     choice = choose_strategy(
         config, source, splits, positive=positive, measure=measure,
         cache_dir=Path(config.data.root) / "cache" if measure else None, log=log, measure_large=measure_large,
@@ -182,7 +193,8 @@ def resolve_strategy(
         config.model, strategy=choice.strategy, strategy_reason=choice.reason, options=options,
         strategy_candidates=choice.table() or None,
     )  # fmt: skip
-    return replace(config, model=model)
+    chosen = [c for c in choice.candidates if c.label == _chosen_label(choice)]
+    return replace(config, model=model), (chosen[0] if chosen else None)
 
 
 def _chosen_label(choice: StrategyChoice) -> str | None:
@@ -293,7 +305,8 @@ def measure_frozen_candidates(
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
         x_train = x_train if rows is None else x_train[rows]
         head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
-        correct = head.logits(x_valid).argmax(1) == y_valid if positive_index is None else None  # tie_margin pairs
+        logits = head.logits(x_valid)
+        correct = logits.argmax(1) == y_valid if positive_index is None else None  # tie_margin pairs them
         score = float(correct.double().mean()) if correct is not None else _head_score(head, x_valid, y_valid,
                                                                                         positive_index)  # fmt: skip
         spread = None
@@ -301,7 +314,8 @@ def measure_frozen_candidates(
             scores = _cross_validated(torch.cat([x_train, x_valid]), torch.cat([y_train, y_valid]), n_classes,
                                       positive_index, folds, config.train.seed)  # fmt: skip
             score, spread = float(np.mean(scores)), float(np.std(scores))
-        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread, correct))
+        out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread, correct,
+                             torch.softmax(logits.float(), dim=1)))  # fmt: skip
     return out
 
 
