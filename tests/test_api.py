@@ -131,3 +131,12 @@ def test_a_dataset_with_class_names_trains_and_predicts_like_a_folder(tmp_path):
     assert run.evaluation.accuracy > 0.8  # 3 well-separated digits; chance is 0.33
     predicted = run.predict(images[:20])
     assert np.mean(np.array(predicted.predicted) == np.array(["zero", "one", "seven"])[labels[:20].numpy()]) >= 0.8
+
+
+def test_predict_refuses_paths_mixed_with_images_and_an_empty_list(folder_run):
+    run, folder = folder_run
+    a_file = sorted((folder / "digit0").glob("*.png"))[0]
+    with pytest.raises(CnnlabError, match="not both in one call"):
+        run.predict([a_file, Image.open(a_file)])
+    with pytest.raises(CnnlabError, match="no images to predict"):
+        run.predict([])
