@@ -18,15 +18,20 @@ are the from-scratch CNN and the backbone with its frozen strategy measured; fin
 (the search runs it).
 
 With --default-only, only (a) and (c): the default against the baseline (e.g. on several draws of one size).
+With --fastai PYTHON, also (d) the peer: fastai's `vision_learner(...).fine_tune(--fastai-epochs)` on the same
+Lite0 weights, split and test images (bench/fastai_peer.py, run by PYTHON: an environment with fastai and timm,
+since fastai is not a cnnlab dependency; e.g. `python -m venv /tmp/fa && /tmp/fa/bin/pip install fastai timm
+torch==2.14.1 torchvision==0.29.1`).
 
 Usage: .venv/bin/python bench/folders.py [--folders blood-cells caltech12 fashion-1000 digits lfw fashion-600]
-       [--default-only]
+       [--default-only] [--fastai /tmp/fa/bin/python [--fastai-epochs 5]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +139,25 @@ def sklearn_baseline(folder: Path, run: Path, positive_first: bool) -> dict:
     return result
 
 
+def fastai_peer(python: str, folder: Path, run: Path, tmp: Path, *, epochs: int, positive_first: bool) -> dict:
+    """bench/fastai_peer.py in the fastai environment `python`, on `run`'s split files and the same Lite0 tensors
+    (written here in timm's naming from the offline wheel)."""
+    from cnnlab.models.pretrained import PretrainedClassifier, load_pretrained
+
+    model = PretrainedClassifier(2, 3, 224, backbone=BACKBONE, strategy="fine-tune")
+    load_pretrained(model)
+    weights = tmp / "lite0-timm.pt"
+    torch.save(model.backbone.state_dict(), weights)
+    spec = {s: [[str(p), c] for p, c in files] for s, files in _file_splits(folder, run).items()}
+    spec_file = tmp / f"{run.name}-fastai.json"
+    spec_file.write_text(json.dumps({**spec, "weights": str(weights)}))
+    command = [python, str(Path(__file__).with_name("fastai_peer.py")), str(spec_file), "--epochs", str(epochs)]
+    done = subprocess.run(command + (["--positive-first"] if positive_first else []), capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1][:300]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _file_splits(folder: Path, run: Path) -> dict[str, list[tuple[Path, str]]]:
     """train/valid/test file lists: the files `run` recorded in its splits.json (the default's split, duplicates
     kept together), so that the baseline scores the same test images."""
@@ -150,6 +174,8 @@ def main() -> None:
     parser.add_argument("--folders", nargs="+", default=["digits", "lfw", "fashion-600"])
     parser.add_argument("--fashion-folder", type=Path, help="also run this folder (e.g. all of Fashion-MNIST as PNGs)")
     parser.add_argument("--default-only", action="store_true", help="skip the hand-picked candidates")
+    parser.add_argument("--fastai", metavar="PYTHON", help="a Python with fastai and timm: run the fastai peer")
+    parser.add_argument("--fastai-epochs", type=int, default=5, help="fine_tune's unfrozen epochs")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,6 +207,17 @@ def main() -> None:
                 ),
             }
             r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
+            if args.fastai:
+                r["fastai_fine_tune"] = fastai_peer(
+                    args.fastai,
+                    folder,
+                    tmp / "runs" / f"{name}-default",
+                    tmp,
+                    epochs=args.fastai_epochs,
+                    positive_first=positive is not None,
+                )
+                if "accuracy" in r["fastai_fine_tune"]:
+                    r["default_minus_fastai"] = round(r["default"]["accuracy"] - r["fastai_fine_tune"]["accuracy"], 4)
             if not args.default_only:
                 r["scratch"] = cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-cnn", "simple_cnn_bn", positive)
                 r["pretrained_auto"] = cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-lite0", BACKBONE,

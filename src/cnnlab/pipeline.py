@@ -27,6 +27,7 @@ from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
 from cnnlab.explain.run import explain_run, explain_work
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, backbone_preprocessing, is_pretrained_name
+from cnnlab.models.registry import ENSEMBLE
 from cnnlab.report.html import load_evaluation, read_readers, write_report
 from cnnlab.report.tensorboard import log_evaluation
 from cnnlab.runs import (
@@ -101,6 +102,8 @@ def resume(run_dir: Path, *, log: Callable[[str], None] = print) -> TrainResult:
         config = RunConfig.from_dict(last.config)  # config.yaml is rewritten when training returns
     if config.model.strategy in FROZEN_STRATEGIES:
         raise CnnlabError(f"{run_dir} fit its head to convergence in one step (nothing to resume)")
+    if config.model.name == ENSEMBLE:
+        raise CnnlabError(f"{run_dir} is an ensemble assembled from finished candidates (nothing to resume)")
     if last is not None and last.epoch >= config.train.epochs:
         if (run_dir / RunFile.EVAL).is_file():
             raise CnnlabError(f"{run_dir} already finished its {config.train.epochs} epochs (nothing to resume)")
@@ -217,6 +220,9 @@ def _after_training(config: RunConfig, splits, *, source: Source, report: bool, 
 def _computed_side(model: ModelConfig, image_size: int) -> int:
     """The side the model computes at: a pretrained backbone resizes every input to its own input size (or the one
     asked for with --image-size), as explain measures it."""
+    if model.name == ENSEMBLE:
+        return max(_computed_side(ModelConfig(m["name"], m.get("options") or {}), image_size)
+                   for m in model.options["members"])  # fmt: skip
     if not is_pretrained_name(model.name):
         return image_size
     return max(image_size, model.options.get("input_size") or backbone_preprocessing(model.name).input_size)

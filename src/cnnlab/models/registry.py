@@ -11,6 +11,9 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, unknown_choice
 from cnnlab.models import capsnet, classic, pretrained, scratch
+from cnnlab.models.ensemble import Ensemble
+
+ENSEMBLE = "ensemble"  # assembled by the model search from trained members (training/ensemble.py), never by hand
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ def create_model(
     raises a CnnlabError listing the valid ones and the closest match. Pretrained backbones are built
     without weights (`pretrained.load_pretrained` adds them) for the transfer `strategy` given.
     """
+    if name == ENSEMBLE:
+        return _ensemble(num_classes, in_channels, image_size, **(options or {}))
     entry = describe_model(name)
     options = dict(options or {})
     if pretrained.is_pretrained_name(name):
@@ -103,6 +108,16 @@ def create_model(
         if key not in {p.name for p in valid}:
             raise unknown_choice(f"option for model '{name}'", key, [p.name for p in valid] or ["(none)"])
     return entry.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+
+
+def _ensemble(num_classes: int, in_channels: int, image_size: int, *, members: list[dict]) -> Ensemble:
+    """The ensemble a checkpoint records: each member built as its own run would build it (models/ensemble.py)."""
+    nets = [
+        create_model(m["name"], num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                     options=m.get("options"), strategy=m.get("strategy"))
+        for m in members
+    ]  # fmt: skip
+    return Ensemble(nets, [m["mean"] for m in members], [m["std"] for m in members], [m["weight"] for m in members])
 
 
 def catalogue(*, image_size: int = 28, in_channels: int = 1) -> str:

@@ -49,7 +49,7 @@ from cnnlab.errors import TrainingInterrupted
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.predict.infer import model_from_checkpoint, predict_logits
 from cnnlab.runs import RunFile
-from cnnlab.training import evidence
+from cnnlab.training import ensemble, evidence
 from cnnlab.training.budget import BudgetTooSmall
 from cnnlab.training.fit import EpochStats, accelerator_for, make_fabric
 from cnnlab.training.precision import step_seconds
@@ -65,6 +65,8 @@ BUDGET_MINUTES = 5.0  # the search's default budget (2 CPU cores: frozen candida
 FINE_TUNE_EPOCHS = (3, 12)  # fewest worth running, most (small folders overfit after that)
 FINE_TUNE_LR = 1e-3  # the head's peak rate; the backbone's top layer a tenth of it, the stem a hundredth
 SCRATCH_SHARE = 0.5  # of the time left: the from-scratch candidate's most, leaving the rest for fine-tuning
+SCRATCH_EPOCHS = (3, 40)  # fewest worth running, most (Fashion-MNIST at 100 per class, 28 px: 80.3% test after 10,
+# 81.2% after 40, 0.3 s each: bench/RESULTS.md)
 SMALL_IMAGES_NO_FINE_TUNE = (
     "skipped: small images (fine-tuning at 224 px lost to the other candidates on 8-px digits and 28-px "
     "Fashion-MNIST at 100 per class, and took most of the budget: bench/RESULTS.md)"
@@ -106,7 +108,7 @@ class Row:
     """One line of the candidate table."""
 
     candidate: str
-    family: str  # frozen | scratch | fine-tune
+    family: str  # frozen | scratch | fine-tune | ensemble
     valid_accuracy: float | None = None  # on the validation split
     cv_accuracy: float | None = None  # frozen candidates on a small validation split: the k-fold mean
     spread: float | None = None  # and its standard deviation
@@ -117,6 +119,7 @@ class Row:
     valid_probs: np.ndarray | None = field(default=None, repr=False)  # [valid images, classes]: what is compared
     valid_score: float | None = None  # the compared metric (evidence.py) on those images
     margin: float | None = None  # how far below the top score this candidate still ties with it
+    pass_s: float = 0.0  # a trained candidate: seconds its best epoch took to answer the validation images
 
     def record(self) -> dict:
         out = {"candidate": self.candidate, "valid_accuracy": self.valid_accuracy, "seconds": round(self.seconds, 1),
@@ -130,7 +133,8 @@ class Row:
     def line(self) -> str:
         score = "-" if self.valid_accuracy is None else f"{100 * self.valid_accuracy:.2f}%"
         cv = "" if self.cv_accuracy is None else f"{100 * self.cv_accuracy:.2f} +- {100 * self.spread:.2f}"
-        return f"  {self.candidate:<50} {score:>8} {cv:>15} {self.seconds:6.0f} s  {self.status}"
+        compared = "" if self.valid_score is None else f"{self.valid_score:.4f} +- {self.margin:.4f}"
+        return f"  {self.candidate:<50} {score:>8} {cv:>15} {self.seconds:6.0f} s  {compared:>16}  {self.status}"
 
 
 def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfig:
@@ -228,7 +232,7 @@ def search_models(
         if isinstance(exc, TrainingInterrupted):
             raise TrainingInterrupted("interrupted during the model search; nothing was saved") from None
         raise
-    log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}")
+    log(f"  {'candidate':<50} {'valid':>8} {'cross-validated':>15} {'time':>8}  {'compared':>16}")
     for row in rows:
         log(row.line())
     compared = [r for r in rows if r.valid_score is not None]
@@ -237,6 +241,11 @@ def search_models(
     why = (f"best {metric} of {len(compared) or 'the'} candidates on the same {len(splits['valid'])} images: "
            f"{winner.candidate} ({score:.4f}; a lead within one paired standard error, at least "
            f"{evidence.MIN_MARGIN}, is a tie, which goes to frozen, then from-scratch, then fine-tuned)")  # fmt: skip
+    if winner.family == "ensemble":
+        why = (
+            f"{metric} on the same {len(splits['valid'])} images, cross-fitted: the weighted ensemble beats the "
+            f"best single candidate by more than one paired standard error ({winner.config.decisions['ensemble']})"
+        )
     log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
     model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
     if winner.trained is not None and model.strategy is not None:
@@ -255,7 +264,8 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     if small_images:
         budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
         scratch = _named(config, DEFAULT_MODEL)
-        rows.append(_trained_row(scratch, "scratch", source, splits, budget, None, after(scratch, splits), log))
+        rows.append(_trained_row(scratch, "scratch", source, splits, budget, SCRATCH_EPOCHS, after(scratch, splits),
+                                 log))  # fmt: skip
     if small_images:
         rows.append(Row(f"{BACKBONE} fine-tuned", "fine-tune", status=SMALL_IMAGES_NO_FINE_TUNE))
     else:
@@ -267,6 +277,11 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     positive_index = None if positive is None else source.class_names.index(positive)
     valid_labels = source.labels[torch.as_tensor(splits["valid"])].numpy()
     winner = _pick(rows, valid_labels, positive_index, seed=config.train.seed)
+    combined = _ensemble_row(rows, valid_labels, positive_index, config, source, splits, deadline, after, log)
+    if combined is not None:
+        winner.status, combined.status = "", "chosen"
+        rows.append(combined)
+        winner = combined
     for row in rows:
         if row.trained is not None and row is not winner:
             row.trained.discard()
@@ -321,10 +336,11 @@ def _trained_row(
     config = decide_run_precision(config, source, measure=True, log=log)
     # spent from `seconds_left` from here on: the precision's timing, fine-tuning's head fit first, the probe
     config = replace(config, train=replace(config.train, budget_minutes=seconds_left / 60))
+    compared = (after[0] + 1, after[1])  # the search's own pass: its best epoch answering the validation images
     try:
         trained_config, history = train_model(
             config, make_fabric(_one_process(config.train)), source, splits, folder, epoch_limits=epoch_limits or
-            (1, config.train.epochs), budget_start=started, after=after, log=_indented(log),
+            (1, config.train.epochs), budget_start=started, after=compared, log=_indented(log),
         )  # fmt: skip
     except BudgetTooSmall as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -335,15 +351,76 @@ def _trained_row(
     best = min(history, key=lambda s: s.valid_loss)
     label += f", {len(history)} epochs"
     trained_config = replace(trained_config, train=replace(trained_config.train, budget_minutes=None))
-    return Row(
-        label,
-        family,
-        round(best.valid_acc, 4),
-        seconds=time.perf_counter() - started,
-        config=trained_config,
-        trained=Trained(folder, history),
-        valid_probs=_valid_probabilities(folder / RunFile.BEST, source, splits),
-    )
+    scoring = time.perf_counter()
+    probs = _valid_probabilities(folder / RunFile.BEST, source, splits)
+    return Row(label, family, round(best.valid_acc, 4), seconds=time.perf_counter() - started, config=trained_config,
+               trained=Trained(folder, history), valid_probs=probs, pass_s=time.perf_counter() - scoring)  # fmt: skip
+
+
+def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | None, config: RunConfig, source: Source,
+                  splits, deadline: float, after: AfterWork, log) -> Row | None:  # fmt: skip
+    """The measured candidates' weighted ensemble (training/ensemble.py) as a trained row, when its cross-fitted
+    validation evidence beats the best single candidate by more than one paired standard error and the ensemble's
+    work after training (every member answers each image) fits in what is left of the budget; else None. A frozen
+    member's head is fit here (its features are cached: seconds)."""
+    library = [r for r in rows if r.valid_probs is not None and r.config is not None]
+    if len(library) < 2:
+        return None
+    started = time.perf_counter()
+    chosen = ensemble.select([r.valid_probs for r in library], labels, positive_index, seed=config.train.seed)
+    verdict = chosen.verdict([r.candidate for r in library])
+    members = [(r, w) for r, w in zip(library, chosen.weights, strict=True) if w > 0]
+    fit_here = [r for r, _ in members if r.trained is None]  # the frozen head: fit on train as its own run would
+    if chosen.kept:
+        for row in fit_here:
+            row.trained = _train_frozen(row.config, source, splits, log)
+            timed = time.perf_counter()
+            _valid_probabilities(row.trained.folder / RunFile.BEST, source, splits)
+            row.pass_s = time.perf_counter() - timed
+        needed = _ensemble_after_seconds([r for r, _ in members], splits, after)
+        left = deadline - time.perf_counter()
+        if left < needed:
+            verdict = verdict.replace("ensemble: kept", "ensemble: not kept, the budget is spent") + (
+                f"; its evaluation and explaining would take about {needed:.0f} s, {max(left, 0):.0f} s left"
+            )
+    log(verdict)
+    if not verdict.startswith("ensemble: kept"):
+        for row in fit_here:  # a frozen winner is fit by the pipeline, with its decisions recorded
+            if row.trained is not None:
+                row.trained.discard()
+                row.trained = None
+        return None
+    trained = max((m for m in members if len(m[0].trained.history) > 1), key=lambda m: m[1], default=members[0])[0]
+    probs = ensemble.combine([r.valid_probs for r, _ in members], np.array([w for _, w in members]))
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-ensemble-"))
+    combined = ensemble.write_ensemble(
+        [(r.trained.folder / RunFile.BEST, w) for r, w in members], folder, trained.config,
+        history_from=trained.trained.folder, valid_loss=ensemble.log_loss(probs, labels),
+    )  # fmt: skip
+    label = "ensemble: " + " + ".join(f"{w:.2f} x {r.candidate}" for r, w in members)
+    return Row(label, "ensemble", round(float(np.mean(probs.argmax(1) == labels)), 4),
+               seconds=time.perf_counter() - started, config=with_decisions(combined, ensemble=verdict),
+               trained=Trained(folder, trained.trained.history), valid_probs=probs, valid_score=chosen.score,
+               margin=chosen.margin)  # fmt: skip
+
+
+def _ensemble_after_seconds(members: list[Row], splits, after: AfterWork) -> float:
+    """The command's work after training an ensemble of `members`: every member answers every image (a validation
+    pass costs the members' passes together), and explaining works at the largest member's side, where it takes
+    the fewest images (the smallest count of validation passes among the members' own estimates)."""
+    works = [after(r.config, splits) for r in members]
+    return min(p for p, _ in works) * sum(r.pass_s for r in members) + max(s for _, s in works)
+
+
+def _train_frozen(config: RunConfig, source: Source, splits, log) -> Trained:
+    folder = Path(tempfile.mkdtemp(prefix="cnnlab-candidate-"))
+    try:
+        _, history = train_model(config, make_fabric(_one_process(config.train)), source, splits, folder,
+                                 log=_indented(log))  # fmt: skip
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Trained(folder, history)
 
 
 def _valid_probabilities(checkpoint: Path, source: Source, splits) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""Ensemble selection (training/ensemble.py) and the ensemble as one model (models/ensemble.py): weights chosen by
+greedy selection with replacement, kept only on cross-fitted evidence, and a run whose best.pt is an ensemble is
+evaluated, predicted from and exported as any other run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.config import with_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.evaluate import evaluate_run
+from cnnlab.export import exporter as E
+from cnnlab.models import create_model
+from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.models.registry import ENSEMBLE
+from cnnlab.pipeline import resume, train
+from cnnlab.predict.infer import model_from_checkpoint, predict_images
+from cnnlab.runs import RunFile, open_run, write_run_config
+from cnnlab.training import ensemble
+from helpers import write_digit_folder
+
+
+def test_selection_alternates_between_members_that_are_right_on_different_images():
+    """Hand-traced: A is sure on image 0 and unsure on image 1, B the reverse. Round 1 ties (log loss 0.399 each),
+    and goes to A; adding B then gives 0.357 against A's 0.399; and so on in turns: ten rounds each."""
+    labels = np.array([0, 1])
+    a = np.array([[0.9, 0.1], [0.5, 0.5]])
+    b = np.array([[0.5, 0.5], [0.1, 0.9]])
+    assert ensemble.log_loss(a, labels) == pytest.approx(-(np.log(0.9) + np.log(0.5)) / 2)
+    assert ensemble.select_weights([a, b], labels).tolist() == [0.5, 0.5]
+
+
+def test_a_member_that_only_adds_noise_gets_no_weight_and_nothing_is_kept():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    good = np.full((200, 3), 0.1)
+    good[np.arange(200), labels] = 0.8
+    noise = rng.dirichlet(np.ones(3), 200)
+    chosen = ensemble.select([good, noise], labels, None)
+    assert chosen.weights.tolist() == [1.0, 0.0] and not chosen.kept
+    assert "not kept" in chosen.verdict(["good", "noise"])
+
+
+def test_two_members_right_on_different_images_are_kept_with_their_gain():
+    """Each member is right (0.7) on its own half of 200 images and slightly wrong (0.45 vs 0.55) on the other:
+    alone 50% each; averaged, right on every image. The cross-fitted gain (0.5) is far past its standard error."""
+    labels = np.tile([0, 1], 100)
+    first = np.arange(200) < 100
+
+    def member(right_on: np.ndarray) -> np.ndarray:
+        p_true = np.where(right_on, 0.7, 0.45)
+        out = np.empty((200, 2))
+        out[np.arange(200), labels] = p_true
+        out[np.arange(200), 1 - labels] = 1 - p_true
+        return out
+
+    chosen = ensemble.select([member(first), member(~first)], labels, None)
+    assert chosen.best_score == 0.5 and chosen.score == 1.0 and chosen.kept
+    assert chosen.weights.tolist() == [0.5, 0.5] and chosen.margin == pytest.approx(0.5 / np.sqrt(200))
+
+
+def test_the_ensemble_module_averages_its_members_probabilities_each_on_its_own_normalisation():
+    """The input is on the 0..1 scale; each member normalises it with its own statistics, and the output's softmax
+    is the weighted mean of the members' probabilities."""
+    torch.manual_seed(0)
+    members = [
+        {"name": "mlp", "strategy": None, "options": {}, "mean": [0.2], "std": [0.5], "weight": 3.0},
+        {"name": "simple_cnn_bn", "strategy": None, "options": {}, "mean": [0.6], "std": [0.25], "weight": 1.0},
+    ]  # fmt: skip
+    model = create_model(ENSEMBLE, num_classes=4, in_channels=1, image_size=16, options={"members": members}).eval()
+    x = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        first = torch.softmax(model.members[0]((x - 0.2) / 0.5), 1)
+        second = torch.softmax(model.members[1]((x - 0.6) / 0.25), 1)
+        out = torch.softmax(model(x), 1)
+        by_parts = torch.softmax(model.forward_head(model.forward_features(x)), 1)
+    assert torch.allclose(out, 0.75 * first + 0.25 * second, atol=1e-6)  # weights normalised to sum to 1
+    assert torch.allclose(by_parts, out, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(digits_cnn_run, tmp_path_factory):
+    """The session's digits CNN and an MLP trained on the same split, assembled 0.6 / 0.4 into a run folder."""
+    runs = tmp_path_factory.mktemp("ens")
+    cnn_config = open_run(digits_cnn_run)
+    mlp_config = replace(cnn_config, model=replace(cnn_config.model, name="mlp", options={}))
+    mlp = train(with_overrides(mlp_config, "train", epochs=2), runs_dir=runs, name="mlp", report=False,
+                log=lambda _: None).run_dir  # fmt: skip
+    run = runs / "ens"
+    shutil.copytree(digits_cnn_run, run)
+    for name in (RunFile.BEST, RunFile.LAST, RunFile.METRICS):
+        (run / name).unlink()
+    config = ensemble.write_ensemble([(digits_cnn_run / RunFile.BEST, 0.6), (mlp / RunFile.BEST, 0.4)], run,
+                                     cnn_config, history_from=digits_cnn_run, valid_loss=0.1)  # fmt: skip
+    write_run_config(run, config)
+    for stale in (RunFile.EVAL, RunFile.PREDICTIONS):
+        (run / stale).unlink(missing_ok=True)
+    return run, mlp
+
+
+def test_an_ensemble_run_is_evaluated_predicted_and_exported_as_one_model(ensemble_run, digits_cnn_run, tmp_path):
+    run, mlp = ensemble_run
+    config = open_run(run)
+    assert config.model.name == ENSEMBLE and [m["weight"] for m in config.model.options["members"]] == [0.6, 0.4]
+    images = write_digit_folder(tmp_path / "images", classes=tuple(range(10)), per_class=2, size=8)
+    files = sorted(images.rglob("*.png"))
+
+    def probs(run_dir):
+        _, predictions = predict_images(run_dir / RunFile.BEST, files, backend="torch", log=lambda _: None)
+        return torch.tensor(np.stack([p.probabilities for p in predictions]))
+
+    expected = 0.6 * probs(digits_cnn_run) + 0.4 * probs(mlp)
+    assert torch.allclose(probs(run), expected, atol=1e-5)
+    evaluation = evaluate_run(run, log=lambda _: None)
+    assert evaluation["accuracy"] >= 0.85  # two real digit models together
+    out = tmp_path / "ensemble.onnx"
+    result = E.export_run(run, output=out, log=lambda _: None)
+    assert result["passed"] and result["same_argmax"] == 1.0  # one ONNX graph holding both members
+    ckpt = load_checkpoint(run / RunFile.BEST)
+    model = model_from_checkpoint(ckpt, run / RunFile.BEST)
+    assert len(model.members) == 2 and ckpt.preprocessing.mean == (0.0,)
+
+
+def test_an_ensemble_run_cannot_be_resumed(ensemble_run):
+    with pytest.raises(CnnlabError, match="ensemble assembled from finished candidates"):
+        resume(ensemble_run[0], log=lambda _: None)
+
+
+def _complementary(n: int = 200) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Two members, each right (0.7) on its own half of `n` images and slightly wrong (0.45) on the other."""
+    labels = np.tile([0, 1], n // 2)
+    members = []
+    for right_on in (np.arange(n) < n // 2, np.arange(n) >= n // 2):
+        p_true = np.where(right_on, 0.7, 0.45)
+        out = np.zeros((n, 10))
+        out[np.arange(n), labels] = p_true
+        out[np.arange(n), 1 - labels] = 1 - p_true
+        members.append(out)
+    return labels, members
+
+
+def test_the_search_assembles_a_winning_ensemble_into_one_run_and_records_why(ensemble_run, digits_cnn_run):
+    from cnnlab.training import auto
+
+    _, mlp = ensemble_run
+    labels, probs = _complementary()
+    rows = [
+        auto.Row("cnn", "scratch", 0.5, config=open_run(digits_cnn_run), valid_probs=probs[0],
+                 trained=auto.Trained(digits_cnn_run, [1, 2]), pass_s=0.1),
+        auto.Row("mlp", "scratch", 0.5, config=open_run(mlp), valid_probs=probs[1], trained=auto.Trained(mlp, [1, 2]),
+                 pass_s=0.1),
+    ]  # fmt: skip
+    row = auto._ensemble_row(rows, labels, None, rows[0].config, None, None, time.perf_counter() + 60,
+                             lambda config, splits: (3.0, 1.0), log=lambda _: None)  # fmt: skip
+    assert row is not None and row.family == "ensemble" and row.valid_score == 1.0
+    assert row.config.model.name == ENSEMBLE and "ensemble: kept" in row.config.decisions["ensemble"]
+    assert [m["weight"] for m in row.config.model.options["members"]] == [0.5, 0.5]
+    model = model_from_checkpoint(load_checkpoint(row.trained.folder / RunFile.BEST), row.trained.folder)
+    assert len(model.members) == 2
+    row.trained.discard()
+    # the same evidence, but its evaluation (3 passes of 0.2 s + 1 s) does not fit in the half second left
+    said: list[str] = []
+    late = auto._ensemble_row(rows, labels, None, rows[0].config, None, None, time.perf_counter() + 0.5,
+                              lambda config, splits: (3.0, 1.0), log=said.append)  # fmt: skip
+    assert late is None and "not kept, the budget is spent" in said[-1] and "about 2 s" in said[-1]
