@@ -224,7 +224,7 @@ def search_models(
         end = (time.perf_counter() if budget_start is None else budget_start) + 60 * (
             config.train.budget_minutes or BUDGET_MINUTES
         )
-        winner = _measure(config, source, splits, rows, small_images, end, after or _nothing_after, log)
+        winner, verdict = _measure(config, source, splits, rows, small_images, end, after or _nothing_after, log)
     except BaseException as exc:  # nothing of the search is left behind; Ctrl-C stops the whole run
         for row in rows:
             if row.trained is not None:
@@ -250,13 +250,14 @@ def search_models(
     model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
     if winner.trained is not None and model.strategy is not None:
         model = replace(model, strategy_reason=why)
-    return with_decisions(replace(winner.config, model=model), model=why), winner.trained
+    decided = {"model": why} if verdict is None else {"model": why, "ensemble": verdict}
+    return with_decisions(replace(winner.config, model=model), **decided), winner.trained
 
 
 def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_images: bool, end: float,
-             after: AfterWork, log) -> Row:  # fmt: skip
+             after: AfterWork, log) -> tuple[Row, str | None]:  # fmt: skip
     """Append the candidates' rows to `rows`, cheapest first, within the budget ending at `end` (perf_counter); the
-    winner's row (the losers' trained folders are removed)."""
+    winner's row (the losers' trained folders are removed) and the ensemble's verdict (None: not tried)."""
     minutes = config.train.budget_minutes or BUDGET_MINUTES
     deadline = end - TAIL_SECONDS
     log(f"model: auto, measuring candidates on {len(splits['valid'])} validation images within {minutes:g} min")
@@ -277,7 +278,8 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     positive_index = None if positive is None else source.class_names.index(positive)
     valid_labels = source.labels[torch.as_tensor(splits["valid"])].numpy()
     winner = _pick(rows, valid_labels, positive_index, seed=config.train.seed)
-    combined = _ensemble_row(rows, valid_labels, positive_index, config, source, splits, deadline, after, log)
+    combined, verdict = _ensemble_row(rows, valid_labels, positive_index, config, source, splits, deadline, after,
+                                      log)  # fmt: skip
     if combined is not None:
         winner.status, combined.status = "", "chosen"
         rows.append(combined)
@@ -285,7 +287,7 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     for row in rows:
         if row.trained is not None and row is not winner:
             row.trained.discard()
-    return winner
+    return winner, verdict
 
 
 def _fine_tune_recipe(config: RunConfig) -> RunConfig:
@@ -358,14 +360,14 @@ def _trained_row(
 
 
 def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | None, config: RunConfig, source: Source,
-                  splits, deadline: float, after: AfterWork, log) -> Row | None:  # fmt: skip
+                  splits, deadline: float, after: AfterWork, log) -> tuple[Row | None, str | None]:  # fmt: skip
     """The measured candidates' weighted ensemble (training/ensemble.py) as a trained row, when its cross-fitted
     validation evidence beats the best single candidate by more than one paired standard error and the ensemble's
     work after training (every member answers each image) fits in what is left of the budget; else None. A frozen
-    member's head is fit here (its features are cached: seconds)."""
+    member's head is fit here (its features are cached: seconds). Also the verdict (None: fewer than two candidates)."""
     library = [r for r in rows if r.valid_probs is not None and r.config is not None]
     if len(library) < 2:
-        return None
+        return None, None
     started = time.perf_counter()
     chosen = ensemble.select([r.valid_probs for r in library], labels, positive_index, seed=config.train.seed)
     verdict = chosen.verdict([r.candidate for r in library])
@@ -389,7 +391,7 @@ def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | Non
             if row.trained is not None:
                 row.trained.discard()
                 row.trained = None
-        return None
+        return None, verdict
     trained = max((m for m in members if len(m[0].trained.history) > 1), key=lambda m: m[1], default=members[0])[0]
     probs = ensemble.combine([r.valid_probs for r, _ in members], np.array([w for _, w in members]))
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-ensemble-"))
@@ -399,9 +401,9 @@ def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | Non
     )  # fmt: skip
     label = "ensemble: " + " + ".join(f"{w:.2f} x {r.candidate}" for r, w in members)
     return Row(label, "ensemble", round(float(np.mean(probs.argmax(1) == labels)), 4),
-               seconds=time.perf_counter() - started, config=with_decisions(combined, ensemble=verdict),
+               seconds=time.perf_counter() - started, config=combined,
                trained=Trained(folder, trained.trained.history), valid_probs=probs, valid_score=chosen.score,
-               margin=chosen.margin)  # fmt: skip
+               margin=chosen.margin), verdict  # fmt: skip
 
 
 def _ensemble_after_seconds(members: list[Row], splits, after: AfterWork) -> float:
