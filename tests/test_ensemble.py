@@ -170,3 +170,15 @@ def test_the_search_assembles_a_winning_ensemble_into_one_run_and_records_why(en
                                        lambda config, splits: (3.0, 1.0), log=said.append)  # fmt: skip
     assert late is None and verdict == said[-1]
     assert "not kept, the budget is spent" in verdict and "about 2 s" in verdict
+
+
+def test_an_ensemble_run_is_explained_and_reported(ensemble_run):
+    """The report of a kept ensemble: explain runs on the one model (its members' features side by side) and the
+    page names the ensemble."""
+    from cnnlab.pipeline import report_run
+
+    run, _ = ensemble_run
+    evaluate_run(run, log=lambda _: None)
+    page = report_run(run, explain=True, log=lambda _: None)
+    assert (run / RunFile.EXPLAIN / RunFile.EXPLAIN_JSON).is_file()
+    assert ENSEMBLE in page.read_text()
