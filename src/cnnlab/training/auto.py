@@ -370,9 +370,9 @@ def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | Non
         return None, None
     started = time.perf_counter()
     chosen = ensemble.select([r.valid_probs for r in library], labels, positive_index, seed=config.train.seed)
-    verdict = chosen.verdict([r.candidate for r in library])
     members = [(r, w) for r, w in zip(library, chosen.weights, strict=True) if w > 0]
     fit_here = [r for r, _ in members if r.trained is None]  # the frozen head: fit on train as its own run would
+    unaffordable = None
     if chosen.kept:
         for row in fit_here:
             row.trained = _train_frozen(row.config, source, splits, log)
@@ -382,11 +382,10 @@ def _ensemble_row(rows: list[Row], labels: np.ndarray, positive_index: int | Non
         needed = _ensemble_after_seconds([r for r, _ in members], splits, after)
         left = deadline - time.perf_counter()
         if left < needed:
-            verdict = verdict.replace("ensemble: kept", "ensemble: not kept, the budget is spent") + (
-                f"; its evaluation and explaining would take about {needed:.0f} s, {max(left, 0):.0f} s left"
-            )
+            unaffordable = f"its evaluation and explaining would take about {needed:.0f} s, {max(left, 0):.0f} s left"
+    verdict = chosen.verdict([r.candidate for r in library], unaffordable=unaffordable)
     log(verdict)
-    if not verdict.startswith("ensemble: kept"):
+    if not chosen.kept or unaffordable:
         for row in fit_here:  # a frozen winner is fit by the pipeline, with its decisions recorded
             if row.trained is not None:
                 row.trained.discard()

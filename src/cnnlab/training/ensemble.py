@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from sklearn import metrics
 
 from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from cnnlab.models.registry import ENSEMBLE
-from cnnlab.predict.infer import model_from_checkpoint
 from cnnlab.runs import RunFile
 from cnnlab.training import evidence
 
@@ -56,16 +56,22 @@ class Selection:
     def kept(self) -> bool:
         return int(np.count_nonzero(self.weights)) >= 2 and self.gain > self.margin
 
-    def verdict(self, names: list[str]) -> str:
+    def verdict(self, names: list[str], *, unaffordable: str | None = None) -> str:
+        """One line: kept or not, the weights, the evidence; `unaffordable`: why a winning ensemble does not fit."""
         mix = " + ".join(f"{w:.2f} x {n}" for w, n in zip(self.weights, names, strict=True) if w > 0)
         gain = f"{self.score:.4f} cross-fitted vs {self.best_score:.4f}, gain {self.gain:+.4f} +- {self.margin:.4f}"
         if int(np.count_nonzero(self.weights)) < 2:
             return f"ensemble: not kept (selection used one member only: {mix}; {gain})"
+        if self.kept and unaffordable:
+            return f"ensemble: not kept, the budget is spent ({mix}; {gain}; {unaffordable})"
         return f"ensemble: {'kept' if self.kept else 'not kept'} ({mix}; {gain})"
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], EPS, None))))
+    """Mean negative log probability of the true class (scikit-learn's, over every class column; rows renormalised
+    first, since float32 softmax rows miss 1 by rounding and scikit-learn warns on each)."""
+    probs = np.clip(probs, EPS, 1.0)
+    return float(metrics.log_loss(labels, probs / probs.sum(1, keepdims=True), labels=np.arange(probs.shape[1])))
 
 
 def select_weights(probs: list[np.ndarray], labels: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
@@ -125,8 +131,8 @@ def write_ensemble(
     config = replace(base, model=ModelConfig(name=ENSEMBLE, options={"members": records}))
     model = create_model(ENSEMBLE, num_classes=len(ckpts[0].class_names), in_channels=first.channels,
                          image_size=first.image_size, options=config.model.options)  # fmt: skip
-    for net, ckpt, (path, _) in zip(model.members, ckpts, members, strict=True):
-        net.load_state_dict(model_from_checkpoint(ckpt, path).state_dict())
+    for net, ckpt in zip(model.members, ckpts, strict=True):
+        net.load_state_dict(ckpt.weights)  # each member as its own run saved it
     raw = InputSpec(first.image_size, first.channels, (0.0,) * len(first.mean), (1.0,) * len(first.std),
                     first.crop_pct, first.resize)  # fmt: skip
     meta = Checkpoint(ENSEMBLE, list(ckpts[0].class_names), raw, config.to_dict())
