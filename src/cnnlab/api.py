@@ -84,6 +84,7 @@ def train(
     flips: bool | None = None,
     image_size: int | None = None,
     train_limit: int | None = None,
+    sample: float | None = None,
     data_root: str | None = None,
     strict: bool | None = None,
     stream: bool | None = None,

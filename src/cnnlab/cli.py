@@ -87,6 +87,10 @@ def train(
     flips: Optional[bool] = typer.Option(None, "--flips/--no-flips", help="Horizontal flips (default: from the data)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in px (default: native / a folder's common size)."),
     train_limit: Optional[int] = typer.Option(None, help="Train on a stratified subset of this many images."),
+    sample: Optional[float] = typer.Option(
+        None,
+        help="Folders: use this share of the files, by a hash of each path (default: all, or what the budget fits).",
+    ),
     data_root: Optional[str] = typer.Option(None, help="Where datasets are found/downloaded (default data/)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--skip-bad", help="Fail on an unreadable image."),
     stream: Optional[bool] = typer.Option(

@@ -79,6 +79,8 @@ class DataConfig:
     augment: Augment = "light"
     flips: bool | None = None  # horizontal flips in augmentation; None = from the data (folders: measured)
     train_limit: int | None = None  # images; a stratified subset of the train split, for quick runs
+    sample: float | None = None  # folders: the share of files used (by a hash of each path; data/identity.py
+    # `sampled`); set by the budget on a folder too large for it (training/scale.py)
     strict: bool = False  # fail on an unreadable image instead of skipping it
     stream: bool | None = None  # folders: read batches from the decoded cache on disk; None: by size (data/memory.py)
     audit: Literal["auto", "on", "off"] = "auto"  # duplicates/leakage before training; auto: up to 30,000 images
@@ -96,6 +98,8 @@ class DataConfig:
             raise CnnlabError(f"image_size must be >= 8 pixels, got {self.image_size}")
         if not 0.0 < self.crop_pct <= 1.0:
             raise CnnlabError(f"crop_pct must be in (0, 1], got {self.crop_pct} (0.875 = resize 256, crop 224)")
+        if self.sample is not None and not 0.0 < self.sample <= 1.0:
+            raise CnnlabError(f"sample must be a share of the folder's files in (0, 1], got {self.sample}")
         if self.train_limit is not None and self.train_limit < 1:
             raise CnnlabError(f"train_limit must be >= 1 image, got {self.train_limit}")
         if self.group_by is not None and self.groups is not None:

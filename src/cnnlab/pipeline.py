@@ -42,6 +42,8 @@ from cnnlab.training.fit import EpochStats, make_fabric
 from cnnlab.training.plan import Plan, check_request, plan_run
 from cnnlab.training.runner import train_model
 
+SEARCH_SIDE = 224  # px: the side the model search's backbone (training/auto.py BACKBONE) computes at
+
 
 @dataclass
 class TrainResult:
@@ -60,7 +62,9 @@ def train(
     bounds the whole command: loading and planning are spent from it, and evaluating and reporting kept back."""
     started = time.perf_counter()
     return_freed_memory()  # large data: memory stays flat batch after batch (the CLI does it too)
-    config = check_request(config, log)
+    config = check_request(
+        config, log, budget_start=started, kept=explain_work(224) if report and explain else (0, 0.0)
+    )
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)

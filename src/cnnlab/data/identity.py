@@ -28,12 +28,32 @@ from cnnlab.files import write_text_atomic
 
 DIGEST_BYTES = 8  # blake2b-64: 1 chance in 2^64 that a changed file keeps its digest
 READ_CHUNK = 1 << 20  # bytes per read: large reads let hashlib release the GIL, so threads hash in parallel
+SAMPLE_LEAST = 10  # files of each class a sample keeps at least (see `sampled`)
 RACY_NS = 2_000_000_000  # a cached digest is trusted only for files last modified this long before it was written
 
 
 def relative_key(folder: Path, path: Path) -> str:
     """`path` relative to the data folder, posix: the name a run records for the file."""
     return Path(path).relative_to(folder).as_posix()
+
+
+def sampled(keys: list[str], groups: list, share: float, *, least: int = SAMPLE_LEAST) -> list[int]:
+    """Positions of a `share` of `keys` (relative paths), chosen by a hash of each key: a file is in when its hash
+    falls below `share`, so the sample is the same on every command and machine, and a folder that grows keeps
+    every file it had in (new files join at the same rate). Within each group (a class in a split folder), the
+    `least` lowest hashes are in too, so no class is sampled away.
+
+    >>> old = sampled([f"c/{i}.jpg" for i in range(1000)], [0] * 1000, 0.1)
+    >>> grown = sampled([f"c/{i}.jpg" for i in range(2000)], [0] * 2000, 0.1)
+    >>> 80 < len(old) < 120, set(old) <= set(grown)
+    (True, True)
+    """
+    unit = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big") / 2**64 for k in keys]
+    keep = {i for i, u in enumerate(unit) if u < share}
+    for group in set(groups):
+        members = sorted((unit[i], i) for i, g in enumerate(groups) if g == group)
+        keep.update(i for _, i in members[:least])
+    return sorted(keep)
 
 
 def file_digest(path: Path) -> str:

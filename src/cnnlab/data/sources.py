@@ -25,7 +25,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import user_dataset
 from cnnlab.data.cache import cache_key, load_or_compute
 from cnnlab.data.decoded import DecodedCache
-from cnnlab.data.identity import dataset_checksum, fingerprints, relative_key
+from cnnlab.data.identity import dataset_checksum, fingerprints, relative_key, sampled
 from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
 from cnnlab.data.lazy import CachedImages, LazyImages
@@ -245,6 +245,9 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
     class_names = _class_names(roots["train"])
     _warn_unused_classes(roots, class_names)
     files = _folder_files(roots, class_names)
+    if config.sample is not None and config.sample < 1:  # a budget's share of a large folder (training/scale.py)
+        keys = [relative_key(path, f[1]) for f in files]
+        files = [files[i] for i in sampled(keys, [(f[0], f[2]) for f in files], config.sample)]
     stats = [(part, str(p), label, *_stat(p)) for part, p, label in files]  # the caches' keys: paths, sizes, times
     size, reason = (
         (config.image_size, None) if config.image_size else folder_image_size(files, Path(config.root), stats)
@@ -285,6 +288,7 @@ class FolderScan:
 
     images_per_class: float  # all splits together
     median_side: int  # the images' median shorter side, pixels
+    files: list[Path] = field(default_factory=list)  # every image file, in the listing's order
 
 
 PHOTO_SIDE = 96  # px, median shorter side: at or above it a folder holds photos (training/auto.py, the audit)
@@ -303,7 +307,7 @@ def scan_folder(config: DataConfig) -> FolderScan:
     sizes = _image_sizes(files, Path(config.root), [(part, str(p), label, *_stat(p)) for part, p, label in files])
     readable = sizes[sizes[:, 0] > 0]
     side = int(readable.min(dim=1).values.median()) if len(readable) else 0
-    return FolderScan(len(files) / len(class_names), side)
+    return FolderScan(len(files) / len(class_names), side, [f[1] for f in files])
 
 
 def folder_image_size(files, root: Path, stats=None) -> tuple[int, str]:

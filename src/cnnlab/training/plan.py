@@ -7,6 +7,7 @@ decisions only training can measure (a folder's flips, the epochs that fit a --b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -21,9 +22,10 @@ from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
-from cnnlab.training.auto import AUTO, AfterWork, Trained, model_before_data, search_models
+from cnnlab.training.auto import AUTO, BACKBONE, BUDGET_MINUTES, AfterWork, Trained, model_before_data, search_models
 from cnnlab.training.fit import accelerator_for
 from cnnlab.training.runner import decide_run_precision
+from cnnlab.training.scale import sample_for_budget
 from cnnlab.training.transfer import resolve_strategy, transfer_defaults
 
 
@@ -39,13 +41,21 @@ class Plan:
     groups: np.ndarray | None = None  # one group id per image (user groups joined with duplicate clusters)
 
 
-def check_request(config: RunConfig, log: Callable[[str], None] = print) -> RunConfig:
+def check_request(
+    config: RunConfig, log: Callable[[str], None] = print, *, budget_start: float | None = None,
+    kept: tuple[int, float] = (0, 0.0),
+) -> RunConfig:  # fmt: skip
     """What can be judged before any data is read: an unknown model or an impossible device fails here; `auto`
-    is resolved where a folder's listing decides (training/auto.py); a pretrained backbone sets the size folders
-    decode at."""
+    is resolved where a folder's listing decides (training/auto.py), and a folder too large for the model search's
+    budget (counted from `budget_start`, default now; `kept`: the work after training, in images scored and seconds
+    besides) is sampled (training/scale.py); a pretrained backbone sets the size folders decode at."""
     if config.model.name != AUTO:
         describe_model(config.model.name)
     config = model_before_data(config, log)
+    if config.model.name == AUTO and config.data.source.startswith("folder:"):
+        spent = 0.0 if budget_start is None else time.perf_counter() - budget_start
+        seconds = 60 * (config.train.budget_minutes or BUDGET_MINUTES) - spent
+        config = sample_for_budget(config, seconds=seconds, backbone=BACKBONE, kept=kept, log=log)
     config = transfer_defaults(config)
     accelerator_for(config.train)
     return config
