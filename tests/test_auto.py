@@ -106,6 +106,20 @@ def test_a_budget_too_small_for_fine_tuning_skips_it_and_says_why(tmp_path):
     assert not any("model: auto" in line for line in lines)
 
 
+def test_fine_tuning_that_cannot_fit_even_at_the_frozen_pass_speed_is_skipped_unmeasured(tmp_path, monkeypatch):
+    """Large data: three epochs of fine-tuning cost at least TRAIN_OVER_INFERENCE frozen passes per training image;
+    when even that does not fit what is left, the candidate is skipped before its precision and steps are timed
+    (a minute of a 5-minute budget on 10,000 photos), and the table says why."""
+    monkeypatch.setattr(auto, "TRAIN_OVER_INFERENCE", 10**6)  # as if the training split were huge
+    folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=30, size=112)
+    lines = []
+    cfg = with_overrides(_folder(folder, tmp_path / "root"), "train", budget_minutes=1.0)
+    result = train(cfg, runs_dir=tmp_path / "runs", name="b", report=False, log=lines.append)
+    (tuned,) = [row for row in open_run(result.run_dir).model.strategy_candidates if "fine-tuned" in row["candidate"]]
+    assert tuned["status"].startswith("skipped: 3 epochs need at least") and "frozen pass's" in tuned["status"]
+    assert not any(line.startswith("candidate: efficientnet_lite0 fine-tuned") for line in lines)  # never started
+
+
 def test_the_search_is_spent_from_the_command_start_and_keeps_back_what_follows_training(tmp_path):
     """The folder search bounds the whole command: a trained candidate keeps back the work after training that
     `after` estimates for it (scoring, explaining for the report; here 10,000 validation passes, more than the

@@ -71,6 +71,9 @@ SMALL_IMAGES_NO_FINE_TUNE = (
     "skipped: small images (fine-tuning at 224 px lost to the other candidates on 8-px digits and 28-px "
     "Fashion-MNIST at 100 per class, and took most of the budget: bench/RESULTS.md)"
 )
+FROZEN_SHARE = 0.6  # of the search's time: the frozen candidates' features and heads at most (large data)
+TRAIN_OVER_INFERENCE = 3  # a training step's work per image, at least, in frozen-pass forwards (forward, and the
+# backward's two: gradients of the inputs and of the weights); measured here it is 5-10x (bench/RESULTS.md)
 MIN_SECONDS = 10  # left of the budget: below this a trained candidate is not started
 TAIL_SECONDS = 10  # kept after the search: the chosen frozen head refit, its checkpoint, the run folder (2-5 s here)
 LARGE_BUDGET_MINUTES = 15.0  # a named dataset's budget from which the larger recipe is considered
@@ -120,6 +123,8 @@ class Row:
     valid_score: float | None = None  # the compared metric (evidence.py) on those images
     margin: float | None = None  # how far below the top score this candidate still ties with it
     pass_s: float = 0.0  # a trained candidate: seconds its best epoch took to answer the validation images
+    l2: float | None = None  # a frozen candidate: its head's L2 strength (the final fit's path starts there)
+    image_s: float = 0.0  # the frozen family: seconds per image of its backbone pass (0: features from the cache)
 
     def record(self) -> dict:
         out = {"candidate": self.candidate, "valid_accuracy": self.valid_accuracy, "seconds": round(self.seconds, 1),
@@ -128,6 +133,8 @@ class Row:
             out["cv_accuracy"], out["spread"] = self.cv_accuracy, self.spread
         if self.valid_score is not None:
             out["valid_score"], out["tie_margin"] = round(self.valid_score, 4), round(self.margin, 4)
+        if self.l2 is not None:
+            out["l2"] = self.l2
         return out
 
     def line(self) -> str:
@@ -247,6 +254,8 @@ def search_models(
             f"best single candidate by more than one paired standard error ({winner.config.decisions['ensemble']})"
         )
     log(f"model: {winner.config.model.name} {winner.config.model.strategy or ''} ({why})".replace("  ", " "))
+    if winner.trained is None and winner.config.train.budget_minutes is None:  # its head's fit keeps to the budget
+        winner.config = replace(winner.config, train=replace(winner.config.train, budget_minutes=BUDGET_MINUTES))
     model = replace(winner.config.model, strategy_candidates=[r.record() for r in rows])
     if winner.trained is not None and model.strategy is not None:
         model = replace(model, strategy_reason=why)
@@ -261,7 +270,8 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     minutes = config.train.budget_minutes or BUDGET_MINUTES
     deadline = end - TAIL_SECONDS
     log(f"model: auto, measuring candidates on {len(splits['valid'])} validation images within {minutes:g} min")
-    rows += _frozen_rows(config, source, splits, _indented(log))
+    rows += _frozen_rows(config, source, splits, _indented(log),
+                         deadline=time.perf_counter() + FROZEN_SHARE * (deadline - time.perf_counter()))  # fmt: skip
     if small_images:
         budget = (deadline - time.perf_counter()) * SCRATCH_SHARE
         scratch = _named(config, DEFAULT_MODEL)
@@ -272,8 +282,16 @@ def _measure(config: RunConfig, source: Source, splits, rows: list[Row], small_i
     else:
         perfect = max((r.valid_accuracy or 0.0 for r in rows), default=0.0) >= 1 - TIE
         tuned = _fine_tune_recipe(config)
-        rows.append(_trained_row(tuned, "fine-tune", source, splits, deadline - time.perf_counter(), FINE_TUNE_EPOCHS,
-                                 after(tuned, splits), log, pointless=perfect))  # fmt: skip
+        left = deadline - time.perf_counter()
+        least = FINE_TUNE_EPOCHS[0] * len(splits["train"]) * TRAIN_OVER_INFERENCE * max(r.image_s for r in rows)
+        if MIN_SECONDS <= left < least:  # measuring its precision and steps would cost a minute for nothing
+            rows.append(Row(f"{BACKBONE} fine-tuned", "fine-tune", status=(
+                f"skipped: {FINE_TUNE_EPOCHS[0]} epochs need at least {least:.0f} s ({TRAIN_OVER_INFERENCE} x the "
+                f"frozen pass's {1000 * max(r.image_s for r in rows):.1f} ms per image, {len(splits['train']):,} "
+                f"training images), {max(left, 0):.0f} s left")))  # fmt: skip
+        else:
+            rows.append(_trained_row(tuned, "fine-tune", source, splits, left, FINE_TUNE_EPOCHS, after(tuned, splits),
+                                     log, pointless=perfect))  # fmt: skip
     positive = config.evaluation.positive
     positive_index = None if positive is None else source.class_names.index(positive)
     valid_labels = source.labels[torch.as_tensor(splits["valid"])].numpy()
@@ -299,12 +317,14 @@ def _fine_tune_recipe(config: RunConfig) -> RunConfig:
                    train=replace(config.train, lr=FINE_TUNE_LR, backbone_lr=0.1))  # fmt: skip
 
 
-def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
-    """The backbone's frozen candidates, one row each (the one transfer.py would choose marked)."""
+def _frozen_rows(config: RunConfig, source: Source, splits, log, *, deadline: float) -> list[Row]:
+    """The backbone's frozen candidates, one row each (the one transfer.py would choose marked); their heads' L2
+    paths stop at `deadline` (large data: the features of a sampled folder, then five heads, in FROZEN_SHARE)."""
     started = time.perf_counter()
     frozen, chosen = resolve_strategy_choice(
         _named(config, BACKBONE), source, splits, positive=config.evaluation.positive, measure=True, log=log,
         measure_large=True,  # on large data too: the search compares them with the trained candidates
+        deadline=deadline,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     rows = []
@@ -312,10 +332,11 @@ def _frozen_rows(config: RunConfig, source: Source, splits, log) -> list[Row]:
         pick = record.get("chosen", False)
         cv = next((v for k, v in record.items() if k.startswith("cv") and k.endswith("accuracy")), None)
         label = f"{BACKBONE} frozen: {record['candidate']}"
-        row = Row(label, "frozen", record["valid_acc"], cv, record.get("cv_spread"))
+        row = Row(label, "frozen", record["valid_acc"], cv, record.get("cv_spread"), l2=record.get("l2"))
         if pick:  # the one the frozen family would use: it carries the pass's time, the config, its answers
             row.seconds, row.config = seconds, frozen
             row.valid_probs = None if chosen is None or chosen.valid_probs is None else chosen.valid_probs.numpy()
+            row.image_s = 0.0 if chosen is None else chosen.image_s
         rows.append(row)
     return rows
 

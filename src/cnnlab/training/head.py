@@ -40,12 +40,14 @@ class HeadFit:
     valid_loss: float
     valid_acc: float
     path: list[dict[str, float]]  # per L2 tried: l2, valid_loss, valid_acc, iterations
+    out_of_time: bool = False  # the path stopped at its deadline before its minimum was passed
 
     def describe(self) -> str:
         tried = ", ".join(f"{p['l2']:g}" for p in self.path)
+        timed = "; the path stopped at its share of the budget" if self.out_of_time else ""
         return (
             f"multinomial logistic regression by full-batch L-BFGS on centred, scaled features, L2 {self.l2:g} chosen "
-            f"by validation loss from [{tried}]"
+            f"by validation loss from [{tried}]{timed}"
         )
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -54,12 +56,13 @@ class HeadFit:
 
 def fit_linear_head(
     train_x: torch.Tensor, train_y: torch.Tensor, valid_x: torch.Tensor, valid_y: torch.Tensor, num_classes: int,
-    *, l2_grid: tuple[float, ...] = L2_GRID, max_iter: int = MAX_ITER,
+    *, l2_grid: tuple[float, ...] = L2_GRID, max_iter: int = MAX_ITER, deadline: float | None = None,
 ) -> HeadFit:  # fmt: skip
     """Fit `num_classes`-way logistic regression on features [N, D]; returns the head with the lowest validation
     cross-entropy over `l2_grid`, expressed on the raw features (centring and scale folded in). The path stops
     PATH_PATIENCE strengths after the validation loss last improved (it is U-shaped along the path, and the weakest
-    strengths take the most iterations: 10,000 photos' frozen head took 5 minutes on the whole grid)."""
+    strengths take the most iterations: 10,000 photos' frozen head took 5 minutes on the whole grid), or at
+    `deadline` (time.perf_counter(), a budget's share) once one strength is fit: the best of the stronger ones."""
     dtype = torch.float64 if train_x.numel() <= EXACT_VALUES else torch.float32  # small: exact; large: speed
     mean = train_x.to(dtype).mean(0)
     # one scale for all features, not per feature: per-feature standardisation inflates the many near-constant
@@ -71,7 +74,7 @@ def fit_linear_head(
         zt, zv = zt @ basis, zv @ basis
     w = torch.zeros(num_classes, zt.shape[1], dtype=dtype, requires_grad=True)
     b = torch.zeros(num_classes, dtype=dtype, requires_grad=True)
-    path, best = [], None
+    path, best, out_of_time = [], None, False
     for l2 in l2_grid:
         iterations = _lbfgs(zt, train_y, w, b, l2, max_iter)
         with torch.no_grad():
@@ -82,6 +85,9 @@ def fit_linear_head(
             best = (l2, valid_loss, w.detach().clone(), b.detach().clone())
         elif len(path) - next(i for i, p in enumerate(path) if p["l2"] == best[0]) > PATH_PATIENCE:
             break  # past the minimum: weaker strengths only overfit more, slower
+        if deadline is not None and time.perf_counter() > deadline and len(path) < len(l2_grid):
+            out_of_time = path[-1]["l2"] == best[0]  # still improving when time ran out
+            break
     l2, _, w_best, b_best = best
     # z = (x - mean) / std  =>  W z + b = (W / std) x + (b - (W / std) mean)
     weight = (w_best if basis is None else w_best @ basis.T) / std
@@ -92,7 +98,21 @@ def fit_linear_head(
     return HeadFit(
         weight.float(), bias.float(), l2, float(F.cross_entropy(train_logits, train_y)),
         float((train_logits.argmax(1) == train_y).double().mean()), chosen["valid_loss"], chosen["valid_acc"], path,
+        out_of_time,
     )  # fmt: skip
+
+
+def path_from(l2: float | None) -> tuple[float, ...]:
+    """L2_GRID from `l2` to the weakest strength: where a measured candidate's fit chose `l2` (on the same rows, or a
+    sample of them: more rows only move the optimum weaker), the path starts there instead of walking down to it
+    from the strongest, so a head whose time is short still gets the measured strength first. None: all of it.
+
+    >>> path_from(1e-3)
+    (0.001, 0.0003, 0.0001, 1e-05)
+    """
+    if l2 is None:
+        return L2_GRID
+    return tuple(v for v in L2_GRID if v <= l2 * (1 + 1e-9)) or L2_GRID
 
 
 def _row_space(z: torch.Tensor) -> torch.Tensor | None:
@@ -131,14 +151,16 @@ def _lbfgs(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, l
 
 def train_head(
     model, train_features: torch.Tensor, train_labels: torch.Tensor, valid_features: torch.Tensor,
-    valid_labels: torch.Tensor, *, log=print,
+    valid_labels: torch.Tensor, *, log=print, deadline: float | None = None, l2_from: float | None = None,
 ) -> tuple[EpochStats, HeadFit]:  # fmt: skip
-    """Fit `model.head` in place on its features (train [V, N, D] with V views, valid [N, D])."""
+    """Fit `model.head` in place on its features (train [V, N, D] with V views, valid [N, D]); the L2 path stops at
+    `deadline` (see `fit_linear_head`) and starts at `l2_from` (`path_from`)."""
     start = time.perf_counter()
     views = train_features.shape[0]
     x = train_features.reshape(-1, train_features.shape[-1])  # every view is a training row
     y = train_labels.repeat(views)
-    head = fit_linear_head(x, y, valid_features, valid_labels, model.head.out_features)
+    head = fit_linear_head(x, y, valid_features, valid_labels, model.head.out_features, deadline=deadline,
+                           l2_grid=path_from(l2_from))  # fmt: skip
     with torch.no_grad():
         model.head.weight.copy_(head.weight)
         model.head.bias.copy_(head.bias)
@@ -148,7 +170,7 @@ def train_head(
     log(
         f"head: L2 {head.l2:g} of {len(head.path)} tried, train loss {head.train_loss:.4f} acc "
         f"{100 * head.train_acc:.2f}%, valid loss {head.valid_loss:.4f} acc {100 * head.valid_acc:.2f}% "
-        f"({stats.seconds:.1f}s)"
+        f"({stats.seconds:.1f}s{'; the L2 path stopped at its share of the budget' if head.out_of_time else ''})"
     )
     return stats, head
 

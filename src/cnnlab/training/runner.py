@@ -26,6 +26,9 @@ from cnnlab.training.precision import decide_precision
 from cnnlab.training.progressive import smallest_side
 from cnnlab.training.transfer import fit_frozen_head, training_normalization, warm_start_head
 
+AFTER_HEAD_SHARE = 0.15  # of a budget: kept after a frozen head's fit for scoring (training/scale.py sizes the data
+# so that one pass over every image used takes at most half the budget; the scored splits are a fifth of them)
+
 
 def train_model(
     config: RunConfig, fabric, source: Source, splits, run_dir: Path, *, resume=None, max_batches=None,
@@ -52,7 +55,7 @@ def train_model(
         if model.frozen:  # a linear head on cached features, fit to convergence: no epochs
             stats, config = fit_frozen_head(
                 model, config, source, splits, norm, run_dir, meta, writer=fabric.is_global_zero,
-                dry_run=max_batches is not None, log=log,
+                dry_run=max_batches is not None, log=log, deadline=_head_deadline(t, budget_start, after),
             )  # fmt: skip
             return config, [stats]
         if is_pretrained_name(config.model.name) and config.model.strategy == "fine-tune" and resume is None:
@@ -92,6 +95,16 @@ def train_model(
         flips, why = decided["flips"]
         config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)
     return config, history
+
+
+def _head_deadline(t, budget_start: float | None, after: tuple[float, float]) -> float | None:
+    """When a frozen head's L2 path must stop under a budget: before the work after it (scoring the validation and
+    test splits, at most AFTER_HEAD_SHARE of the budget on the data a budget samples (training/scale.py), and
+    `after`'s seconds besides: explaining)."""
+    if t.budget_minutes is None:
+        return None
+    start = time.perf_counter() if budget_start is None else budget_start
+    return start + 60 * t.budget_minutes * (1 - AFTER_HEAD_SHARE) - after[1]
 
 
 def _check_progressive(model: torch.nn.Module, name: str, source: Source, norm: Normalization) -> None:

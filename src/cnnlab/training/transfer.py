@@ -22,6 +22,7 @@ head that scored AUC 0.34; the measured choice is right by construction on valid
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +84,7 @@ class Candidate:
     spread: float | None = None  # the folds' standard deviation where cross-validated
     correct: torch.Tensor | None = field(default=None, repr=False)  # per validation image (accuracy, no CV)
     valid_probs: torch.Tensor | None = field(default=None, repr=False)  # [valid images, classes]: the model search
+    image_s: float = 0.0  # seconds per image of the backbone pass that gave the features (0: read from the cache)
 
     @property
     def label(self) -> str:
@@ -168,10 +170,11 @@ def resolve_strategy(
 
 def resolve_strategy_choice(
     config: RunConfig, source: Source, splits, *, positive: str | None, measure: bool, log: Callable[[str], None],
-    measure_large: bool = False,
+    measure_large: bool = False, deadline: float | None = None,
 ) -> tuple[RunConfig, Candidate | None]:  # fmt: skip
     """`resolve_strategy`, and the measured frozen candidate it chose (with its validation probabilities: the model
-    search compares it with the trained candidates on the same images), None when nothing was measured."""
+    search compares it with the trained candidates on the same images), None when nothing was measured. The
+    candidates' heads share what is left until `deadline` (see `measure_frozen_candidates`)."""
     if config.model.strategy != "auto":
         if is_pretrained_name(config.model.name):
             why = f"auto: {config.model.strategy_reason}" if config.model.strategy_reason else "chosen by you"
@@ -180,6 +183,7 @@ def resolve_strategy_choice(
     choice = choose_strategy(
         config, source, splits, positive=positive, measure=measure,
         cache_dir=Path(config.data.root) / "cache" if measure else None, log=log, measure_large=measure_large,
+        deadline=deadline,
     )  # fmt: skip
     log(f"strategy: {choice.strategy} (auto: {choice.reason})")
     for row in choice.table():
@@ -205,6 +209,7 @@ def _chosen_label(choice: StrategyChoice) -> str | None:
 def choose_strategy(
     config: RunConfig, source: Source, splits, *, positive: str | None = None, measure: bool = True,
     cache_dir: Path | None = None, log: Callable[[str], None] = print, measure_large: bool = False,
+    deadline: float | None = None,
 ) -> StrategyChoice:  # fmt: skip
     """The matrix's prior; on small data (or any, with `measure_large`), the frozen candidates measured on validation
     decide."""
@@ -237,7 +242,15 @@ def choose_strategy(
     positive_index = source.class_names.index(positive) if positive is not None else None
     folds = CV_FOLDS if small_validation(source.labels[torch.as_tensor(splits["valid"])], n_classes) else 0
     candidates = measure_frozen_candidates(
-        config, source, splits, norm, positive_index=positive_index, cache_dir=cache_dir, folds=folds, log=log
+        config,
+        source,
+        splits,
+        norm,
+        positive_index=positive_index,
+        cache_dir=cache_dir,
+        folds=folds,
+        log=log,
+        deadline=deadline,
     )
     top = max(candidates, key=lambda c: c.valid_score)
     # validation scores this close cannot tell the candidates apart: the simpler (fewer feature levels), more
@@ -283,14 +296,17 @@ def candidate_levels(n_levels: int) -> list[tuple[int, ...]]:
 
 def measure_frozen_candidates(
     config: RunConfig, source: Source, splits, norm: Normalization, *, positive_index: int | None,
-    cache_dir: Path | None, folds: int = 0, log: Callable[[str], None],
+    cache_dir: Path | None, folds: int = 0, log: Callable[[str], None], deadline: float | None = None,
 ) -> list[Candidate]:  # fmt: skip
     """Score every frozen variant from one cached backbone pass (the same cache the head reads): on the validation
-    split, or with `folds` by stratified k-fold cross-validation over train + valid (heads cost milliseconds)."""
+    split, or with `folds` by stratified k-fold cross-validation over train + valid (heads cost milliseconds on
+    small data; on large data each head's L2 path gets an equal share of what is left until `deadline`)."""
     model = _frozen_model(config, source)
+    started = time.perf_counter()
     train_all, valid_all = _all_level_features(
         model, config, source, splits, norm, views=0, cache_dir=cache_dir, log=log
     )
+    image_s = (time.perf_counter() - started) / max(len(splits["train"]) + len(splits["valid"]), 1)
     y_train, y_valid = (source.labels[torch.as_tensor(splits[s])] for s in ("train", "valid"))
     n_classes = len(source.class_names)
     rows = _search_rows(y_train, config.train.seed)
@@ -299,12 +315,14 @@ def measure_frozen_candidates(
             "sample: the candidates are ranked, the chosen one is then fit on all of them)")  # fmt: skip
         y_train = y_train[rows]
     out = []
-    for levels in candidate_levels(len(model.backbone.feature_info)):
+    sets = candidate_levels(len(model.backbone.feature_info))
+    for n, levels in enumerate(sets):
         strategy = "feature-extract" if FINAL in levels else "truncate"
+        share = None if deadline is None else time.perf_counter() + (deadline - time.perf_counter()) / (len(sets) - n)
         columns = level_columns(model.level_widths(), model.all_levels(), levels)
         x_train, x_valid = train_all[0][:, columns], valid_all[0][:, columns]
         x_train = x_train if rows is None else x_train[rows]
-        head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes)
+        head = fit_linear_head(x_train, y_train, x_valid, y_valid, n_classes, deadline=share)
         logits = head.logits(x_valid)
         correct = logits.argmax(1) == y_valid if positive_index is None else None  # tie_margin pairs them
         score = float(correct.double().mean()) if correct is not None else _head_score(head, x_valid, y_valid,
@@ -315,7 +333,7 @@ def measure_frozen_candidates(
                                       positive_index, folds, config.train.seed)  # fmt: skip
             score, spread = float(np.mean(scores)), float(np.std(scores))
         out.append(Candidate(strategy, levels, float(score), head.valid_loss, head.l2, head.valid_acc, spread, correct,
-                             torch.softmax(logits.float(), dim=1)))  # fmt: skip
+                             torch.softmax(logits.float(), dim=1), image_s))  # fmt: skip
     return out
 
 
@@ -420,18 +438,28 @@ def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry
 
 
 def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_dir: Path, template, *, writer: bool,
-                    dry_run: bool, log):  # fmt: skip
-    """A frozen strategy's whole training: features from the shared cache, the head fit to convergence, the
-    checkpoints written as `fit` would (best.pt = last.pt, one metrics row). Returns the one EpochStats and the
-    config with the head's regularisation under `decisions:` (the caller records it)."""
+                    dry_run: bool, log, deadline: float | None = None):  # fmt: skip
+    """A frozen strategy's whole training: features from the shared cache, the head fit to convergence (its L2 path
+    stopped at `deadline`, a budget's share), the checkpoints written as `fit` would (best.pt = last.pt, one metrics
+    row). Returns the one EpochStats and the config with the head's regularisation under `decisions:` (the caller
+    records it)."""
     features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
     log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
-    stats, head = train_head(model, *features, log=log)
+    stats, head = train_head(model, *features, log=log, deadline=deadline, l2_from=measured_l2(config))
     config = with_decisions(config, head=head.describe())
     template.config = config.to_dict()
     if writer:
         write_head_run(model, stats, head, run_dir, meta=template)
     return stats, config
+
+
+def measured_l2(config: RunConfig) -> float | None:
+    """The L2 strength the measured frozen candidate chose (config.model.strategy_candidates: the frozen table, or
+    the model search's), None when none was measured."""
+    for row in config.model.strategy_candidates or []:
+        if (row.get("chosen") is True or row.get("status") == "chosen") and row.get("l2") is not None:
+            return float(row["l2"])
+    return None
 
 
 def warm_start_head(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log) -> None:
