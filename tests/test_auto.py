@@ -135,7 +135,7 @@ def test_the_search_is_spent_from_the_command_start_and_keeps_back_what_follows_
                         log=lambda _: None)  # fmt: skip
     source, asked = load_source(cfg.data), []
 
-    def after(config: RunConfig, splits) -> tuple[float, float]:
+    def after(config: RunConfig, splits, least: bool = False) -> tuple[float, float]:
         asked.append((config.model.strategy, len(splits["valid"])))
         return 1e4, 0.0
 

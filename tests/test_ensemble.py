@@ -157,7 +157,7 @@ def test_the_search_assembles_a_winning_ensemble_into_one_run_and_records_why(en
                  pass_s=0.1),
     ]  # fmt: skip
     row, verdict = auto._ensemble_row(rows, labels, None, rows[0].config, None, None, time.perf_counter() + 60,
-                                      lambda config, splits: (3.0, 1.0), log=lambda _: None)  # fmt: skip
+                                      lambda config, splits, least=False: (3.0, 1.0), log=lambda _: None)  # fmt: skip
     assert row is not None and row.family == "ensemble" and row.valid_score == 1.0
     assert row.config.model.name == ENSEMBLE and verdict.startswith("ensemble: kept")
     assert [m["weight"] for m in row.config.model.options["members"]] == [0.5, 0.5]
@@ -167,7 +167,7 @@ def test_the_search_assembles_a_winning_ensemble_into_one_run_and_records_why(en
     # the same evidence, but its evaluation (3 passes of 0.2 s + 1 s) does not fit in the half second left
     said: list[str] = []
     late, verdict = auto._ensemble_row(rows, labels, None, rows[0].config, None, None, time.perf_counter() + 0.5,
-                                       lambda config, splits: (3.0, 1.0), log=said.append)  # fmt: skip
+                                       lambda config, splits, least=False: (3.0, 1.0), log=said.append)  # fmt: skip
     assert late is None and verdict == said[-1]
     assert "not kept, the budget is spent" in verdict and "about 2 s" in verdict
 

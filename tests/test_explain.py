@@ -46,6 +46,18 @@ def test_the_embedding_keeps_the_classes_apart_and_every_file_is_written(explain
     assert json.loads((out / "explain.json").read_text())["gradcam_layer"] == r["gradcam_layer"]
 
 
+def test_a_budget_remainder_explains_fewer_images_and_says_so(digits_cnn_run, tmp_path):
+    """What a --budget-minutes leaves for explaining: the sample shrinks to what fits (at least the pictures' 8
+    images), the embedding too, and explain.json says why; with time to spare the default stands."""
+    short = explain_run(digits_cnn_run, output=tmp_path / "short", options=ExplainOptions(seconds=0.0),
+                        log=lambda _: None)  # fmt: skip
+    assert short["images"] == 8 and short["budget"].startswith("8 images explained, not 200")
+    assert short["embedding"]["samples"] <= 1000
+    roomy = explain_run(digits_cnn_run, output=tmp_path / "roomy", options=ExplainOptions(seconds=10**6,
+                        deletion_images=20), log=lambda _: None)  # fmt: skip
+    assert roomy["images"] == 20 and "budget" not in roomy
+
+
 def test_saliency_is_the_gradient_of_the_class_logit():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()

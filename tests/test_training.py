@@ -174,6 +174,10 @@ def test_the_budget_is_the_whole_commands(tmp_path, monkeypatch):
     assert pipeline._after_training(backbone, splits, source=small, report=True, explain=True)[0] == (
         (300 + EXPLAIN_LARGE_IMAGES) / 100
     )  # fmt: skip
+    # at its least (an ensemble's check: explaining takes what is left), the pictures' 8 of the default's 24 images
+    assert pipeline._after_training(backbone, splits, True, source=small, report=True, explain=True)[0] == (
+        (300 + EXPLAIN_LARGE_IMAGES * 8 // 24) / 100
+    )  # fmt: skip
     asked = with_overrides(backbone, "model", options={"input_size": 48})  # --image-size 48: explained as small
     assert pipeline._after_training(asked, splits, source=small, report=True, explain=True)[0] == (
         (300 + EXPLAIN_SMALL_IMAGES) / 100

@@ -24,7 +24,7 @@ from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import read_run_splits, save_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run, rescore_binary
-from cnnlab.explain.run import explain_run, explain_work
+from cnnlab.explain.run import PICTURE_IMAGES, ExplainOptions, explain_run, explain_work
 from cnnlab.models.checkpoint import check_compatible, load_checkpoint
 from cnnlab.models.pretrained import FROZEN_STRATEGIES, backbone_preprocessing, is_pretrained_name
 from cnnlab.models.registry import ENSEMBLE
@@ -38,11 +38,13 @@ from cnnlab.runs import (
     open_run,
     write_run_config,
 )
+from cnnlab.training.auto import command_minutes
 from cnnlab.training.fit import EpochStats, make_fabric
 from cnnlab.training.plan import Plan, check_request, plan_run
 from cnnlab.training.runner import train_model
 
 SEARCH_SIDE = 224  # px: the side the model search's backbone (training/auto.py BACKBONE) computes at
+REPORT_SECONDS = 5.0  # rendering the report once explaining is done (2-4 s here): kept from what explaining may take
 
 
 @dataclass
@@ -62,9 +64,10 @@ def train(
     bounds the whole command: loading and planning are spent from it, and evaluating and reporting kept back."""
     started = time.perf_counter()
     return_freed_memory()  # large data: memory stays flat batch after batch (the CLI does it too)
-    config = check_request(
-        config, log, budget_start=started, kept=explain_work(224) if report and explain else (0, 0.0)
-    )
+    explained = explain_work(SEARCH_SIDE) if report and explain else (0, 0.0)  # kept back from a large folder's sample
+    config = check_request(config, log, budget_start=started, kept=explained)
+    minutes = command_minutes(config)
+    deadline = None if minutes is None else started + 60 * minutes
     launcher = _launch(config, dry_run)  # several processes: launched before the data is read
     log = log if launcher is None or launcher.is_global_zero else _silent
     source = load_source(config.data, log=log)
@@ -86,7 +89,8 @@ def train(
     log(f"best epoch {min(history, key=lambda s: s.valid_loss).epoch} by valid loss; evaluating best.pt on test")
     evaluation = _evaluate(config, run_dir, source, history, log)
     if report:
-        log(f"report: {_report(run_dir, source=source, explain=explain, log=log)}")
+        left = None if deadline is None else deadline - time.perf_counter() - REPORT_SECONDS
+        log(f"report: {_report(run_dir, source=source, explain=explain, log=log, seconds=left)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)
 
@@ -210,13 +214,16 @@ def _fit_new(
         return config, history
 
 
-def _after_training(config: RunConfig, splits, *, source: Source, report: bool, explain: bool) -> tuple[float, float]:
+def _after_training(config: RunConfig, splits, least: bool = False, *, source: Source, report: bool,
+                    explain: bool) -> tuple[float, float]:  # fmt: skip
     """What the command does after training `config` (what a budget keeps back), as (validation passes of the model,
-    seconds besides): the validation and test splits scored, twice where test-time flips may be on, and explaining."""
+    seconds besides): the validation and test splits scored, twice where test-time flips may be on, and explaining
+    (`least`: at its least, the pictures' images: under a budget it takes what is left)."""
     valid, test = len(splits["valid"]), len(splits["test"])
     images, seconds = (1 if config.data.flips is False else 2) * (valid + test), 0.0
     if report and explain:
-        explained, seconds = explain_work(_computed_side(config.model, source.image_size))
+        side = _computed_side(config.model, source.image_size)
+        explained, seconds = explain_work(side, explained=PICTURE_IMAGES if least else None)
         images += explained
     return images / max(valid, 1), seconds
 
@@ -241,11 +248,15 @@ def _evaluate(config: RunConfig, run_dir: Path, source: Source, history: list[Ep
     return evaluation
 
 
-def _report(run_dir: Path, *, source: Source | None = None, readers: Path | None = None, explain: bool, log) -> Path:
-    """Explain first (once; its folder is what the report shows), then render the report from the run folder."""
+def _report(run_dir: Path, *, source: Source | None = None, readers: Path | None = None, explain: bool, log,
+            seconds: float | None = None) -> Path:  # fmt: skip
+    """Explain first (once; its folder is what the report shows; within `seconds`, a budget's remainder, with fewer
+    images where the default's would not fit), then render the report from the run folder."""
     if explain and not (run_dir / RunFile.EXPLAIN / RunFile.EXPLAIN_JSON).is_file():
         try:
-            explain_run(run_dir, log=_silent)
+            result = explain_run(run_dir, options=ExplainOptions(seconds=seconds), log=_silent)
+            if "budget" in result:
+                log(f"explain: {result['budget']}")
         except CnnlabError as exc:  # e.g. a model explain cannot trace: the report says why, training stands
             log(f"explain: skipped ({exc})")
     return write_report(run_dir, source=source, readers=readers, explain=explain)

@@ -10,8 +10,9 @@ first, so a failure leaves the output as it was.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from cnnlab.predict.infer import open_trained_run
 from cnnlab.runs import RunFile
 
 PICTURE_IMAGES = 8  # half right, half wrong where the sample has them
+EMBED_WITHIN_BUDGET = 1000  # test images in the embedding when a budget cut the explained images (3,000 by default)
 SMALL_SIDE = 64  # up to this input side, more images are explained (200 in the deletion test, not 24)
 # What explaining costs by default, for a --budget-minutes that keeps it back: model runs as images scored
 # (attributions, the deletion test, the embedding's features) plus seconds besides (t-SNE, figures, the report).
@@ -51,6 +53,8 @@ class ExplainOptions:
     occlusion_window: int | None = None
     occlusion_stride: int | None = None
     deletion_fill: str = "mean"  # or "blur": removed squares take a blurred copy's pixels
+    seconds: float | None = None  # a time allowance (what a --budget-minutes leaves): fewer images where the
+    # default's would not fit, at least PICTURE_IMAGES (see `_images_within`)
 
 
 @dataclass
@@ -97,12 +101,22 @@ def explain_run(
         methods = [m for m in methods if m != "gradcam"]
     settings = A.Settings.for_size(work_size, ig_steps=options.ig_steps, window=options.occlusion_window,
                                    stride=options.occlusion_stride)  # fmt: skip
-    with torch.no_grad():
-        probs = torch.cat([model(x[i : i + 256]).softmax(1) for i in range(0, len(x), 256)])
+    started = time.perf_counter()
+    probs = _probabilities(model, x)
+    fit = _images_within(options.seconds, (time.perf_counter() - started) / len(x), work_size, len(x))
+    budget = None
+    if fit < len(x) and images is None:  # a budget's remainder: fewer test images, drawn the same way
+        budget = f"{fit} images explained, not {len(x)}: {options.seconds:.0f} s left of the budget"
+        sample = _sample(test, source, ckpt, images, fit, seed=config.train.seed)
+        x = norm.apply(torch.from_numpy(sample.images)).float()
+        probs = _probabilities(model, x)
+        options = replace(options, embed_samples=min(options.embed_samples, EMBED_WITHIN_BUDGET))
     predicted = probs.argmax(1)
     target = torch.as_tensor(sample.labels) if sample.labels is not None else predicted
     figures: dict[str, Any] = {}
     result: dict[str, Any] = {"run": str(run_dir), "images": len(x), "methods": methods, "settings": asdict(settings)}
+    if budget is not None:
+        result["budget"] = budget
     result["conv_layers"] = L.conv_weight_stats(model)
     cam_module = None
     if convolutional:
@@ -141,10 +155,34 @@ def explain_run(
     return result
 
 
-def explain_work(work_size: int) -> tuple[int, float]:
-    """(images scored by the model, seconds besides) that explaining a run takes by default at this input side
-    (the side its model computes at: a pretrained backbone's 224 px); an estimate, for budgets."""
-    return (EXPLAIN_SMALL_IMAGES if work_size <= SMALL_SIDE else EXPLAIN_LARGE_IMAGES), EXPLAIN_SECONDS
+def _probabilities(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 256]).softmax(1) for i in range(0, len(x), 256)])
+
+
+def _images_within(seconds: float | None, forward_s: float, work_size: int, n: int) -> int:
+    """How many of the `n` images explaining takes within `seconds` (None: all of them): each costs about the
+    default's model runs per image (explain_work's images over the default count) at `forward_s` seconds per image
+    (measured on the sample), after EXPLAIN_SECONDS besides; at least PICTURE_IMAGES, for the pictures.
+
+    >>> [_images_within(s, 0.02, 224, 24) for s in (None, 1000.0, 100.0, 38.0)]  # 5 s an image at 224 px
+    [24, 24, 17, 8]
+    """
+    if seconds is None:
+        return n
+    images, besides = explain_work(work_size, explained=1)
+    per_image = images * forward_s
+    return int(min(n, max(min(PICTURE_IMAGES, n), (seconds - besides) // per_image)))
+
+
+def explain_work(work_size: int, explained: int | None = None) -> tuple[int, float]:
+    """(images scored by the model, seconds besides) that explaining a run takes at this input side (the side its
+    model computes at: a pretrained backbone's 224 px) with `explained` images (None: the default's 200 or 24; under
+    a budget it takes at least PICTURE_IMAGES); an estimate, for budgets."""
+    small = work_size <= SMALL_SIDE
+    images = EXPLAIN_SMALL_IMAGES if small else EXPLAIN_LARGE_IMAGES
+    default = 200 if small else 24
+    return (images if explained is None else images * explained // default), EXPLAIN_SECONDS
 
 
 def _pictures():

@@ -86,7 +86,7 @@ LARGE_RECIPE = {  # recipes/fashion-large.yaml's training settings (a flag or co
     "batch_size": 256, "progressive": True,
 }  # fmt: skip
 VALID_SHARE = 0.1  # an epoch's validation pass, as a share of its training time (the budget planner measures it)
-AfterWork = Callable[[RunConfig, dict], tuple[float, float]]  # (config, splits) -> the command's work after training
+AfterWork = Callable[..., tuple[float, float]]  # (config, splits, least=False) -> the command's work after training
 
 
 @dataclass
@@ -166,6 +166,14 @@ def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfi
                "from-scratch CNN at their own size")  # fmt: skip
         return _chosen(config, DEFAULT_MODEL, why, log=log)
     return config
+
+
+def command_minutes(config: RunConfig) -> float | None:
+    """The whole command's budget in minutes: --budget-minutes, or BUDGET_MINUTES for a folder's model search
+    (None: unbounded)."""
+    if config.train.budget_minutes is not None:
+        return config.train.budget_minutes
+    return BUDGET_MINUTES if config.model.name == AUTO and config.data.source.startswith("folder:") else None
 
 
 def recipe_for_budget(config: RunConfig, source: Source, splits, *, measure: bool, log) -> RunConfig:
@@ -430,7 +438,7 @@ def _ensemble_after_seconds(members: list[Row], splits, after: AfterWork) -> flo
     """The command's work after training an ensemble of `members`: every member answers every image (a validation
     pass costs the members' passes together), and explaining works at the largest member's side, where it takes
     the fewest images (the smallest count of validation passes among the members' own estimates)."""
-    works = [after(r.config, splits) for r in members]
+    works = [after(r.config, splits, True) for r in members]  # explaining at its least: it takes what is left
     return min(p for p, _ in works) * sum(r.pass_s for r in members) + max(s for _, s in works)
 
 
@@ -492,7 +500,7 @@ def _chosen(config: RunConfig, name: str, why: str, log: Callable[[str], None] |
     return with_decisions(_named(config, name), model=why)
 
 
-def _nothing_after(config: RunConfig, splits) -> tuple[float, float]:
+def _nothing_after(config: RunConfig, splits, least: bool = False) -> tuple[float, float]:
     return 0.0, 0.0
 
 

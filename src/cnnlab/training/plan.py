@@ -22,7 +22,7 @@ from cnnlab.data.sources import Source
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
-from cnnlab.training.auto import AUTO, BACKBONE, BUDGET_MINUTES, AfterWork, Trained, model_before_data, search_models
+from cnnlab.training.auto import AUTO, BACKBONE, AfterWork, Trained, command_minutes, model_before_data, search_models
 from cnnlab.training.fit import accelerator_for
 from cnnlab.training.runner import decide_run_precision
 from cnnlab.training.scale import sample_for_budget
@@ -54,7 +54,7 @@ def check_request(
     config = model_before_data(config, log)
     if config.model.name == AUTO and config.data.source.startswith("folder:"):
         spent = 0.0 if budget_start is None else time.perf_counter() - budget_start
-        seconds = 60 * (config.train.budget_minutes or BUDGET_MINUTES) - spent
+        seconds = 60 * command_minutes(config) - spent
         config = sample_for_budget(config, seconds=seconds, backbone=BACKBONE, kept=kept, log=log)
     config = transfer_defaults(config)
     accelerator_for(config.train)
