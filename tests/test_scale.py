@@ -88,3 +88,15 @@ def test_a_head_whose_budget_share_is_spent_stops_its_regularisation_path_after_
     spent = fit_linear_head(x[:200], y[:200], x[200:], y[200:], 2, deadline=time.perf_counter() - 1)
     assert len(full.path) > 1 and len(spent.path) == 1
     assert spent.out_of_time and "stopped at its share of the budget" in spent.describe()
+
+
+def test_the_probe_times_real_files_and_steps_over_a_broken_one(tmp_path):
+    """The plan's measurement on real files (no stand-in): decoding as the cache fill does, the backbone's pass on
+    the backend the feature pass would use, and in eager PyTorch; an unreadable file among the probed ones is
+    skipped, as loading the folder skips it."""
+    folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=6, size=112, mode="RGB")
+    (folder / "digit0" / "broken.png").write_bytes(b"not a png")
+    files = sorted(folder.rglob("*.png"))
+    decode_s, forward_s, eager_s = scale.image_seconds(folder, files, "efficientnet_lite0", size=224, crop_pct=0.875,
+                                                       cache_dir=tmp_path / "cache")  # fmt: skip
+    assert decode_s > 0 and forward_s > 0 and eager_s > 0

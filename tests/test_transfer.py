@@ -139,8 +139,8 @@ def test_folder_decode_cache_decodes_only_what_changed(tmp_path, lfw, monkeypatc
 
     config = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
     decoded = []
-    real = sources._decode_folder
-    monkeypatch.setattr(sources, "_decode_folder", lambda path, files, *a: decoded.append(len(files)) or real(
+    real = sources.decode_listing
+    monkeypatch.setattr(sources, "decode_listing", lambda path, files, *a: decoded.append(len(files)) or real(
         path, files, *a))  # fmt: skip
     first = load_source(config)
     shards = lambda: sorted((tmp_path / "cache" / "decoded").rglob("shard-*.npy"))  # noqa: E731

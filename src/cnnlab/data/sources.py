@@ -401,7 +401,7 @@ def _decode_into(cache: DecodedCache, path: Path, files, fps, todo: list[int], s
     written = True
     for start in range(0, len(todo), DECODE_CHUNK):
         chunk = todo[start : start + DECODE_CHUNK]
-        decoded = _decode_folder(path, [files[i] for i in chunk], size, crop_pct)
+        decoded = decode_listing(path, [files[i] for i in chunk], size, crop_pct)
         written = cache.add([fps[i] for i in chunk], decoded, rank=process_share()[0]) and written
         if not written and not hold:
             return False
@@ -480,8 +480,9 @@ def _class_names(folder: Path) -> list[str]:
     return names
 
 
-def _decode_folder(path: Path, files, size: int, crop_pct: float) -> dict:
-    """{images uint8 [N,3,H,W] of the readable files, grey flags, errors (one string per file, "" if read)}."""
+def decode_listing(path: Path, files, size: int, crop_pct: float) -> dict:
+    """{images uint8 [N,3,H,W] of the readable files, grey flags, errors (one string per file, "" if read)} of a
+    folder's listed `files` ((split, path, label) each), decoded on a thread per core."""
 
     images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)  # filled in place: one copy of the pixels
 

@@ -44,7 +44,7 @@ import torch
 from cnnlab.config import DEFAULT_MODEL, RunConfig, TrainConfig, with_decisions
 from cnnlab.data.batches import default_batch_size
 from cnnlab.data.lazy import select
-from cnnlab.data.sources import PHOTO_SIDE, Source, scan_folder
+from cnnlab.data.sources import PHOTO_SIDE, FolderScan, Source, scan_folder
 from cnnlab.errors import TrainingInterrupted
 from cnnlab.models.checkpoint import load_checkpoint
 from cnnlab.predict.infer import model_from_checkpoint, predict_logits
@@ -144,9 +144,9 @@ class Row:
         return f"  {self.candidate:<50} {score:>8} {cv:>15} {self.seconds:6.0f} s  {compared:>16}  {self.status}"
 
 
-def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfig:
-    """`auto` resolved where the folder's listing and headers decide; otherwise left `auto` for `search_models`
-    (photos then decode at the backbone's input size and crop)."""
+def model_before_data(config: RunConfig, log: Callable[[str], None], scan: FolderScan | None = None) -> RunConfig:
+    """`auto` resolved where the folder's listing and headers decide (`scan`: the folder's, when the caller read it
+    already); otherwise left `auto` for `search_models` (photos then decode at the backbone's input size and crop)."""
     if config.model.name != AUTO:
         return config
     if not config.data.source.startswith("folder:"):
@@ -157,7 +157,7 @@ def model_before_data(config: RunConfig, log: Callable[[str], None]) -> RunConfi
         why = f"--strategy {config.model.strategy} applies to a pretrained backbone"
         log(f"model: {BACKBONE} (auto: {why})")
         return with_decisions(replace(config, model=replace(config.model, name=BACKBONE)), model=why)
-    scan = scan_folder(config.data)
+    scan = scan or scan_folder(config.data)
     if scan.median_side >= PHOTO_SIDE:
         log(f"model: auto, photos (median shorter side {scan.median_side} px): {BACKBONE}'s candidates measured")
         return replace(config, data=transfer_defaults(_named(config, BACKBONE)).data)

@@ -18,7 +18,7 @@ from cnnlab.audit.gate import audit_for_training, split_groups
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.batches import default_batch_size
 from cnnlab.data.lazy import is_streamed
-from cnnlab.data.sources import Source
+from cnnlab.data.sources import Source, scan_folder
 from cnnlab.data.splits import make_splits
 from cnnlab.errors import CnnlabError
 from cnnlab.models import describe_model
@@ -51,11 +51,13 @@ def check_request(
     besides) is sampled (training/scale.py); a pretrained backbone sets the size folders decode at."""
     if config.model.name != AUTO:
         describe_model(config.model.name)
-    config = model_before_data(config, log)
-    if config.model.name == AUTO and config.data.source.startswith("folder:"):
+    searched = config.model.name == AUTO and config.model.strategy in (None, AUTO)
+    scan = scan_folder(config.data) if searched and config.data.source.startswith("folder:") else None
+    config = model_before_data(config, log, scan)
+    if scan is not None and config.model.name == AUTO:  # a folder's model search: listed once, for both
         spent = 0.0 if budget_start is None else time.perf_counter() - budget_start
         seconds = 60 * command_minutes(config) - spent
-        config = sample_for_budget(config, seconds=seconds, backbone=BACKBONE, kept=kept, log=log)
+        config = sample_for_budget(config, scan.files, seconds=seconds, backbone=BACKBONE, kept=kept, log=log)
     config = transfer_defaults(config)
     accelerator_for(config.train)
     return config

@@ -10,10 +10,8 @@ the same files on every command: data/identity.py `sampled`), with the budget th
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,8 +19,7 @@ import torch
 
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.batches import Normalization
-from cnnlab.data.images import UnreadableImage, decode_image
-from cnnlab.data.sources import scan_folder
+from cnnlab.data.sources import decode_listing
 from cnnlab.models import create_model
 from cnnlab.models.pretrained import backbone_preprocessing, load_pretrained
 from cnnlab.predict.features import feature_backend
@@ -37,21 +34,22 @@ WARMUP_IMAGES = 8  # the backbone's first batch pays one-off costs (allocations,
 
 
 def sample_for_budget(
-    config: RunConfig, *, seconds: float, backbone: str, kept: tuple[int, float], log: Callable[[str], None]
+    config: RunConfig, files: list[Path], *, seconds: float, backbone: str, kept: tuple[int, float],
+    log: Callable[[str], None],
 ) -> RunConfig:  # fmt: skip
-    """`config` with `data.sample` set when decoding the folder's images and their backbone passes (once each, and
-    the scored splits SCORED_PASSES times more) would take more than PASS_SHARE of the `seconds` left of the budget
-    once `kept` (the work after training, in images scored and seconds besides: explaining) is kept back; said and
-    recorded under `decisions: sample`. Unchanged for smaller folders, a sample the user set, or several processes
-    (each would measure, and could choose, a different share)."""
+    """`config` with `data.sample` set when decoding the folder's images (`files`, its listing) and their backbone
+    passes (once each, and the scored splits SCORED_PASSES times more) would take more than PASS_SHARE of the
+    `seconds` left of the budget once `kept` (the work after training, in images scored and seconds besides:
+    explaining) is kept back; said and recorded under `decisions: sample`. Unchanged for smaller folders, a sample
+    the user set, or several processes (each would measure, and could choose, a different share)."""
     d, t = config.data, config.train
     if d.sample is not None or t.devices * t.num_nodes > 1:
         return config
-    files = scan_folder(d).files
     if len(files) < PROBE_FROM:
         return config
-    decode_s, forward_s, eager_s = image_seconds(files, backbone, size=d.image_size or 224, crop_pct=d.crop_pct,
-                                                 cache_dir=Path(d.root) / "cache")  # fmt: skip
+    folder = Path(d.source.removeprefix("folder:"))
+    decode_s, forward_s, eager_s = image_seconds(folder, files, backbone, size=d.image_size or 224,
+                                                 crop_pct=d.crop_pct, cache_dir=Path(d.root) / "cache")  # fmt: skip
     scored = d.test_fraction + (1 - d.test_fraction) * d.valid_fraction  # of the images, for a folder without splits
     per_image = decode_s + forward_s * (1 + SCORED_PASSES * scored)
     kept_s = kept[0] * eager_s + kept[1]  # explaining runs the model in PyTorch (attributions need its gradients)
@@ -72,28 +70,20 @@ def sample_for_budget(
 
 
 def image_seconds(
-    files: list[Path], backbone: str, *, size: int, crop_pct: float, cache_dir: Path
+    folder: Path, files: list[Path], backbone: str, *, size: int, crop_pct: float, cache_dir: Path
 ) -> tuple[float, float, float]:
     """Seconds to decode one image (PROBE_IMAGES files spread over the listing, on a thread per core as the cache
     fill does), to pass it through `backbone`'s frozen all-level features on the backend the feature pass will
     use (predict/features.py: ONNX Runtime where it is faster; its graph and timing are kept in `cache_dir` and
     reused by that pass), and through the model in eager PyTorch, measured here."""
     step = max(len(files) // PROBE_IMAGES, 1)
-    probe = files[::step][:PROBE_IMAGES]
-
-    def decode(path: Path) -> torch.Tensor | None:
-        try:
-            return decode_image(path, size=size, channels=3, crop_pct=crop_pct)[0]
-        except UnreadableImage:
-            return None
-
+    probe = [("train", path, 0) for path in files[::step][:PROBE_IMAGES]]
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        images = [x for x in pool.map(decode, probe) if x is not None]
+    images = decode_listing(folder, probe, size, crop_pct)["images"]  # as the cache fill decodes
     decode_s = (time.perf_counter() - started) / len(probe)
-    if not images:
+    if not len(images):
         return decode_s, 0.0, 0.0
-    batch = torch.stack(images)
+    batch = images
     model = create_model(backbone, num_classes=2, in_channels=3, image_size=size, strategy="feature-extract")
     load_pretrained(model)
     prep = backbone_preprocessing(backbone)
