@@ -21,6 +21,9 @@ from cnnlab.data.batches import Normalization
 from cnnlab.data.cache import cache_key, load_or_compute, tensor_digest
 from cnnlab.predict.backends import choose_backend_at, temp_folder
 
+# images per forward pass: 64 small ones; 32 photos at 224 px (ONNX Runtime's arena for 64 held 0.66 GB, for 32
+# 0.33 GB, at 180 images/s against 185 on 2 cores: bench/RESULTS.md, issue 41)
+BATCH, LARGE_BATCH, LARGE_SIDE = 64, 32, 128
 BACKEND_SAMPLE = 16  # images each backend is timed on (eager PyTorch runs a 224-px Lite0 at about 50 images/s here)
 BUILD_MIN_SECONDS = 8.0  # exporting a backbone takes about 5 s and saves about 3/4 of the eager pass: break-even ~7 s
 
@@ -56,16 +59,27 @@ def feature_backend(
     return chosen.forward
 
 
+def feature_batch(side: int) -> int:
+    """Images per forward pass of the feature pass at this input side."""
+    return LARGE_BATCH if side > LARGE_SIDE else BATCH
+
+
 @torch.inference_mode()
 def _compute(forward: nn.Module, images, norm: Normalization, policy, gen, batch_size: int, device) -> torch.Tensor:
-    out = []
+    """`forward`'s features of `images`, batch by batch, written into one tensor made at the first batch: each
+    batch's result kept in a list sat between its freed temporaries and kept glibc's heap from reusing them (a
+    5,000-photo pass grew by 1 GB and kept it)."""
+    out = torch.empty(0)
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
         if policy is not None and policy.active:
             x = augment_batch(x.float() * (1 / 255), policy, gen)
         layout = torch.channels_last if getattr(forward, "channels_last", True) else torch.contiguous_format
-        out.append(forward(norm.apply(x).contiguous(memory_format=layout)).float().cpu())
-    return torch.cat(out)
+        y = forward(norm.apply(x).contiguous(memory_format=layout))
+        if start == 0:
+            out = torch.empty(len(images), *y.shape[1:])
+        out[start : start + len(y)] = y
+    return out
 
 
 def backbone_features(
@@ -77,7 +91,7 @@ def backbone_features(
     views: int = 0,
     policy: AugmentPolicy | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
     only_cached: bool = False,
 ) -> torch.Tensor | None:
@@ -90,6 +104,7 @@ def backbone_features(
     """
     device = next(model.parameters()).device
     model.eval()
+    batch_size = batch_size or feature_batch(int(images.shape[-1]))
 
     def compute() -> dict:
         if log:

@@ -400,8 +400,11 @@ def imagenet_confidence(backbone: str, images: torch.Tensor, norm: Normalization
     if not load_pretrained(model, weights, with_head=True):
         return None  # a weights file without the ImageNet classifier
     model.eval()
-    x = norm.apply(images).contiguous(memory_format=torch.channels_last)
-    probs = torch.softmax(model(x), dim=1)
+    with torch.inference_mode():  # in passes of 16: 64 photos at once with autograd on held about 0.7 GB
+        probs = torch.cat([
+            torch.softmax(model(norm.apply(images[i : i + 16]).contiguous(memory_format=torch.channels_last)), dim=1)
+            for i in range(0, len(images), 16)
+        ])  # fmt: skip
     return float(probs.max(dim=1).values.mean())
 
 
