@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cnnlab.config import DataConfig
-from cnnlab.data import sources
+from cnnlab.data import loader, sources
 from cnnlab.data.augment import AugmentPolicy
 from cnnlab.data.batches import InMemoryBatches, Normalization
 from cnnlab.data.cache import tensor_digest
@@ -55,10 +55,12 @@ def test_streamed_images_equal_the_in_memory_ones(lfw, tmp_path, cache_writable)
 
 
 def test_the_path_follows_the_memory_available(lfw, tmp_path, monkeypatch):
-    """In memory while the decoded pixels take at most 15% of the free memory, streamed above; a forced
-    choice is kept without a reason to record."""
+    """In memory while the decoded pixels take at most 15% of the free memory and at most 1 GB, streamed above; a
+    forced choice is kept without a reason to record."""
     gb = 10**9
-    assert choose_stream(None, n_images=10_000, side=224, available=16 * gb)[0] is False  # 1.5 GB of 16
+    assert choose_stream(None, n_images=6_000, side=224, available=16 * gb)[0] is False  # 0.9 GB of 16
+    streamed, why = choose_stream(None, n_images=10_000, side=224, available=64 * gb)  # 1.5 GB: over 1 GB
+    assert streamed and "over the 1 GB held in memory at most" in why
     streamed, why = choose_stream(None, n_images=100_000, side=224, available=24 * gb)  # 15 GB of 24
     assert streamed and "15.05 GB decoded" in why and "--in-memory" in why
     assert choose_stream(False, n_images=100_000, side=224, available=gb) == (False, None)
@@ -103,9 +105,11 @@ def test_ddp_ranks_take_the_same_number_of_steps_and_cover_the_split(batch, step
     assert len(seen) == (101 if per_rank * 2 > 101 else per_rank * 2)
 
 
-def test_streamed_batches_come_through_dataloader_workers(lfw, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_streamed_batches_come_through_dataloader_workers(lfw, tmp_path, monkeypatch, workers):
     """The streamed path's batches equal the in-memory ones (same seed: same order, same augmentation draws), read
-    by a worker process."""
+    by the training process (two cores or fewer) or by a worker process."""
+    monkeypatch.setattr(loader, "loader_workers", lambda: workers)
     cfg = DataConfig(source=f"folder:{lfw}", root=str(tmp_path), image_size=32)
     memory, stream = load_source(cfg), load_source(DataConfig(**{**cfg.__dict__, "stream": True}))
     train = memory.partitions["train"]
@@ -116,7 +120,7 @@ def test_streamed_batches_come_through_dataloader_workers(lfw, tmp_path):
                                   drop_last=True, policy=AugmentPolicy(flip=True, max_shift=0.1))  # fmt: skip
         made[name] = [(x, y) for x, y in batches]
         if name == "stream":
-            assert batches.reader is not None and batches.reader.loader.num_workers >= 1
+            assert batches.reader is not None and batches.reader.loader.num_workers == workers
     assert len(made["memory"]) == len(made["stream"]) > 1
     for (xm, ym), (xs, ys) in zip(made["memory"], made["stream"], strict=True):
         assert torch.equal(xm, xs) and torch.equal(ym, ys)

@@ -19,7 +19,7 @@ from typing import Any
 from cnnlab.audit.checks import all_restored, rows
 from cnnlab.audit.gate import write_audit
 from cnnlab.config import ModelConfig, RunConfig, parse_rule
-from cnnlab.data.memory import return_freed_memory
+from cnnlab.data.memory import release_free_heap, return_freed_memory
 from cnnlab.data.sources import Source, load_source
 from cnnlab.data.splits import read_run_splits, save_splits
 from cnnlab.errors import CnnlabError
@@ -90,6 +90,7 @@ def train(
     evaluation = _evaluate(config, run_dir, source, history, log)
     if report:
         left = None if deadline is None else deadline - time.perf_counter() - REPORT_SECONDS
+        release_free_heap()  # training's and evaluation's temporaries, before explaining's
         log(f"report: {_report(run_dir, source=source, explain=explain, log=log, seconds=left)}")
     log(f"run folder: {run_dir}")
     return TrainResult(run_dir, history, evaluation)

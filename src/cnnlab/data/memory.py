@@ -1,11 +1,13 @@
 """Whether a folder's decoded images are held in memory (the fast path) or streamed from the decoded-image cache on
 disk, decided from their decoded size against the memory this machine (or container) has free.
 
-A run holds more than the pixels: a default train on 10,000 photos held in memory peaked at 4.1x their decoded size
-(6.2 GB; 20,000 photos: 12 GB, bench/RESULTS.md issue 41), much of it fixed (the backbone's ONNX export, the search),
-so the pixels may take at most IN_MEMORY_SHARE of the memory available, keeping such a peak near 60% of it. 10,000
-photos at 224 px (1.5 GB) stay in memory on a 24 GB machine; 100,000 (15 GB) are streamed. `--stream` /
-`--in-memory` force either.
+A run holds more than the pixels: about 1.5 GB besides them (the libraries, the backbone's ONNX Runtime graph,
+activations, features), and a default train on 10,000 photos held in memory peaked at 4x their decoded size (6.1 GB,
+bench/RESULTS.md issue 41). So the pixels are held in memory only while they take at most IN_MEMORY_SHARE of the
+memory available and at most IN_MEMORY_MOST bytes. Streaming costs no speed here: the rows are read from the cache
+(from the page cache once read) at about 1,000 images/s in the training process, and a streamed Lite0 fine-tuning
+epoch took 1.00x the in-memory one (bench/stream_epoch.py). About 6,600 photos at 224 px stay in memory; 10,000
+(1.5 GB) and 100,000 (15 GB) are streamed. `--stream` / `--in-memory` force either.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 IN_MEMORY_SHARE = 0.15  # of the memory available: the most the decoded pixels may take to be held in memory
 GB = 1e9
+IN_MEMORY_MOST = 1 * GB  # bytes of decoded pixels held in memory at most, whatever the machine has free
 
 
 def decoded_bytes(n_images: int, side: int, channels: int = 3) -> int:
@@ -55,12 +58,12 @@ def choose_stream(
     requested: bool | None, *, n_images: int, side: int, available: int | None
 ) -> tuple[bool, str | None]:  # fmt: skip
     """(stream, why): the user's --stream / --in-memory as given (why None), else in memory when the decoded pixels
-    take at most IN_MEMORY_SHARE of `available` bytes (unknown: in memory up to 2 GB).
+    take at most IN_MEMORY_SHARE of `available` bytes (unknown: 8 GB assumed) and at most IN_MEMORY_MOST.
 
     >>> choose_stream(None, n_images=100_000, side=224, available=24 * 10**9)[0]
     True
-    >>> choose_stream(None, n_images=10_000, side=224, available=24 * 10**9)[0]
-    False
+    >>> [choose_stream(None, n_images=n, side=224, available=24 * 10**9)[0] for n in (6_000, 10_000)]
+    [False, True]
     """
     if requested is not None:
         return requested, None
@@ -68,16 +71,25 @@ def choose_stream(
     room = IN_MEMORY_SHARE * (available if available is not None else 8 * GB)
     what = f"{n_images:,} images at {side} px are {size / GB:.2f} GB decoded"
     free = f"{available / GB:.1f} GB available" if available is not None else "8 GB assumed (free memory unknown)"
-    if size <= room:
-        return False, f"in memory: {what}, within {IN_MEMORY_SHARE:.0%} of the {free} (--stream to stream)"
-    return True, (f"streamed from the decoded-image cache on disk: {what}, over {IN_MEMORY_SHARE:.0%} of the {free} "
-                  "(--in-memory to hold them)")  # fmt: skip
+    if size <= min(room, IN_MEMORY_MOST):
+        return False, (f"in memory: {what}, within {IN_MEMORY_SHARE:.0%} of the {free} and {IN_MEMORY_MOST / GB:.0f} "
+                       "GB (--stream to stream)")  # fmt: skip
+    over = (f"over {IN_MEMORY_SHARE:.0%} of the {free}" if size > room
+            else f"over the {IN_MEMORY_MOST / GB:.0f} GB held in memory at most")  # fmt: skip
+    return True, f"streamed from the decoded-image cache on disk: {what}, {over} (--in-memory to hold them)"
 
 
-def loader_workers() -> int:
-    """DataLoader worker processes for streamed batches: reading cached rows is light, so one per two cores beyond
-    the first (the model's threads keep the rest), at least one so reading overlaps the step."""
-    return max(1, min(4, ((os.cpu_count() or 2) - 1) // 2))
+def loader_workers(cores: int | None = None) -> int:
+    """DataLoader worker processes for streamed batches: none on two cores or fewer, where the training process
+    reads each batch itself (a cached batch of 32 photos in about 30 ms beside a 1-s Lite0 step) because a worker
+    took CPU from the step (one worker: 1.23x the in-memory epoch; none: 1.00x, bench/stream_epoch.py); beyond that
+    one per two cores beyond the first, at most 4, so reading overlaps the step.
+
+    >>> [loader_workers(c) for c in (1, 2, 4, 8, 64)]
+    [0, 0, 1, 3, 4]
+    """
+    cores = cores or os.cpu_count() or 2
+    return 0 if cores <= 2 else min(4, (cores - 1) // 2)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -96,3 +108,12 @@ def return_freed_memory() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION))
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc malloc_trim), between stages: decoding a folder's sample
+    into memory left about 0.4 GB freed but resident, which every later stage's peak stood on."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to hand back this way

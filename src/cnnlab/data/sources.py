@@ -30,7 +30,7 @@ from cnnlab.data.idx import read_idx
 from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_image_file
 from cnnlab.data.lazy import CachedImages, LazyImages
 from cnnlab.data.loader import BatchReader
-from cnnlab.data.memory import choose_stream, memory_available
+from cnnlab.data.memory import choose_stream, memory_available, release_free_heap
 from cnnlab.errors import CnnlabError, unknown_choice
 
 FASHION_CLASSES = [
@@ -262,6 +262,7 @@ def _load_folder(path: Path, config: DataConfig) -> Source:
         source = _stream_folder(path, files, class_names, size, config)
     else:
         source = _folder_source(path, files, class_names, cache.entry(fps), config.strict)
+    release_free_heap()  # the decoding's temporaries
     source.size_reason, source.stream_reason = reason, stream_reason
     kept = set(source.ids)  # the readable files, in the listing's order
     source.keys = [relative_key(path, Path(i)) for i in source.ids]
