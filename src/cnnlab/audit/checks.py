@@ -146,7 +146,8 @@ def _exact_groups(images: torch.Tensor) -> dict[str, list[int]]:
 
 def thumbnails(images: torch.Tensor, crop: float = 1.0) -> torch.Tensor:
     """[N, THUMB*THUMB] grey thumbnails (of the centre `crop`), mean-centred and unit-length."""
-    out = []
+    out = torch.empty(len(images), THUMB * THUMB)  # written in place: results kept in a list between the blocks'
+    # freed temporaries kept glibc's heap from reusing them (a streamed 20,000-photo folder grew by 3.1 GB)
     for start in range(0, len(images), 128):  # 128 x 224-px photos are 77 MB as floats (512 held 0.45 GB more)
         g = images[start : start + 128].float().mean(1, keepdim=True)
         if crop < 1:
@@ -154,8 +155,8 @@ def thumbnails(images: torch.Tensor, crop: float = 1.0) -> torch.Tensor:
             dy, dx = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
             g = g[..., dy : h - dy, dx : w - dx]
         t = F.adaptive_avg_pool2d(g, THUMB).flatten(1)
-        out.append(F.normalize(t - t.mean(1, keepdim=True), dim=1))
-    return torch.cat(out) if out else torch.empty(0, THUMB * THUMB)
+        out[start : start + len(t)] = F.normalize(t - t.mean(1, keepdim=True), dim=1)
+    return out
 
 
 def _best_two(images: torch.Tensor, group_of: torch.Tensor, *, block: int):

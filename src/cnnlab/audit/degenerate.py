@@ -32,24 +32,27 @@ LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).vie
 
 
 def image_statistics(images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per image: std, the variance ratios along rows and columns, the flat share and the sharpness."""
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("std", "rows", "columns", "flat", "sharpness")}
+    """Per image: std, the variance ratios along rows and columns, the flat share and the sharpness. Written into
+    arrays made up front: each block's small results kept between its freed temporaries kept glibc's heap from
+    reusing them (a streamed 20,000-photo folder grew by 2 GB)."""
+    out = {k: np.empty(len(images), dtype=np.float32) for k in ("std", "rows", "columns", "flat", "sharpness")}
     for start in range(0, len(images), BLOCK):
         grey = images[start : start + BLOCK].float().mean(1)  # [N, H, W]
+        at = slice(start, start + len(grey))
         factor = min(grey.shape[1:]) // MEASURED_SIDE
         if factor > 1:  # measured at about MEASURED_SIDE px: the cost stays flat on 224-px photos
             grey = F.avg_pool2d(grey[:, None], factor)[:, 0]
         var = grey.flatten(1).var(1).clamp_min(1e-6)
-        out["std"].append(var.sqrt().numpy())
-        out["rows"].append((grey.var(1).mean(1) / var).numpy())  # what changes down each column
-        out["columns"].append((grey.var(2).mean(1) / var).numpy())  # what changes along each row
+        out["std"][at] = var.sqrt().numpy()
+        out["rows"][at] = (grey.var(1).mean(1) / var).numpy()  # what changes down each column
+        out["columns"][at] = (grey.var(2).mean(1) / var).numpy()  # what changes along each row
         levels = grey.round().long().clamp(0, 255).flatten(1)
         counts = torch.zeros(len(levels), 256).scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float32))
         window = F.conv1d(counts[:, None], torch.ones(1, 1, 2 * FLAT_TOLERANCE + 1), padding=FLAT_TOLERANCE)[:, 0]
-        out["flat"].append((window.max(1).values / levels.shape[1]).numpy())
+        out["flat"][at] = (window.max(1).values / levels.shape[1]).numpy()
         edges = F.conv2d(grey[:, None], LAPLACE).abs().flatten(1).mean(1) if min(grey.shape[1:]) >= 3 else var * 0
-        out["sharpness"].append((edges / var.sqrt()).numpy())
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
+        out["sharpness"][at] = (edges / var.sqrt()).numpy()
+    return out
 
 
 def degenerate_reasons(images: torch.Tensor) -> dict[int, tuple[str, float]]:
