@@ -103,17 +103,22 @@ def return_freed_memory() -> bool:
     streamed folder grew by 100 KB per photo, 0.9 GB per 10,000 (bench/RESULTS.md, issue 41); with this, flat. At
     1 MB every activation was mapped afresh each step: Fashion-MNIST's CNN trained 1.7x slower; at 32 MB its steps and
     Lite0's fine-tuning steps run as without it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION))
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION))
 
 
 def release_free_heap() -> None:
     """Hand the heap's free pages back to the system (glibc malloc_trim), between stages: decoding a folder's sample
     into memory left about 0.4 GB freed but resident, which every later stage's peak stood on."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt and malloc_trim are glibc's), else None."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to hand back this way
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
