@@ -168,6 +168,34 @@ def test_test_time_flips_are_chosen_on_validation_then_followed(tmp_path):
     assert not any(x.startswith("test-time flips") for x in again)  # follows the record, no new choice
 
 
+def test_a_frozen_head_on_photos_decides_test_time_flips_by_its_validation_loss(tmp_path):
+    """A frozen backbone's head never learns whether flips keep a folder's labels, so on real photos (scikit-image's
+    LFW crops) evaluation measures it: the validation loss with and without mirror averaging, the mirror images'
+    features read through the same cache, the valid predictions written the chosen way."""
+    import yaml
+
+    from cnnlab.data.samples import write_sample_folder
+    from cnnlab.evaluate.analysis import read_predictions
+
+    write_sample_folder("lfw", tmp_path / "lfw")
+    # at 32 px the faces are hard enough for a validation loss above 0.0000 (at 224 px both views score 100%)
+    cfg = with_overrides(RunConfig(), "data", source=f"folder:{tmp_path / 'lfw'}", root=str(tmp_path / "root"),
+                         audit="off", image_size=32)  # fmt: skip
+    cfg = with_overrides(cfg, "model", name="efficientnet_lite0", strategy="feature-extract")
+    lines = []
+    run = train(cfg, runs_dir=tmp_path / "runs", name="lfw", log=lines.append, report=False).run_dir
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["flips"] is None  # undecided by training
+    line = next(x for x in lines if x.startswith("test-time flips: "))
+    found = re.search(r"valid loss ([\d.]+) averaged with mirror images vs ([\d.]+) without", line)
+    with_mirror, without = float(found[1]), float(found[2])
+    assert with_mirror != without  # the mirror images were scored, not the plain ones twice
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["tta"] is (with_mirror < without) and ev["accuracy"] > 0.8
+    valid = read_predictions(run / "valid_predictions.csv")
+    loss = -np.log(np.clip(valid.probs[np.arange(len(valid.labels)), valid.labels], 1e-12, 1)).mean()
+    assert loss == pytest.approx(min(with_mirror, without), abs=2e-3)
+
+
 def test_flips_that_change_labels_are_never_averaged(tmp_path):
     """Digits change meaning when mirrored (flips off): evaluation never averages, and records no choice."""
     cfg = with_overrides(RunConfig(), "data", source="digits")

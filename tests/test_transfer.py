@@ -107,12 +107,18 @@ def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path, monkeypatch):
     norm = Normalization((0.5,) * 3, (0.5,) * 3)
     calls = []
     original = features._compute  # the backbone pass over all images (whichever backend runs it)
-    monkeypatch.setattr(features, "_compute", lambda forward, x, *a: calls.append(len(x)) or original(forward, x, *a))
+    monkeypatch.setattr(
+        features, "_compute", lambda forward, x, *a, **k: calls.append(len(x)) or original(forward, x, *a, **k)
+    )
     first = backbone_features(model, images, norm, cache_dir=tmp_path)
     again = backbone_features(model, images, norm, cache_dir=tmp_path)
     assert torch.equal(first, again) and calls == [6]  # the second call read the cache
     backbone_features(model, images.flip(0), norm, cache_dir=tmp_path)
     assert calls == [6, 6]  # other images, other key
+    mirrored = backbone_features(model, images, norm, cache_dir=tmp_path, mirror=True)
+    assert calls == [6, 6, 6]  # the mirror images' features are cached apart from the plain ones
+    assert torch.allclose(mirrored, backbone_features(model, images.flip(-1), norm, cache_dir=None), atol=1e-4)
+    assert not torch.allclose(mirrored, first, atol=1e-4)
 
 
 def test_feature_pass_on_the_measured_backend_matches_eager_pytorch(tmp_path, monkeypatch):

@@ -65,13 +65,16 @@ def feature_batch(side: int) -> int:
 
 
 @torch.inference_mode()
-def _compute(forward: nn.Module, images, norm: Normalization, policy, gen, batch_size: int, device) -> torch.Tensor:
-    """`forward`'s features of `images`, batch by batch, written into one tensor made at the first batch: each
+def _compute(forward: nn.Module, images, norm: Normalization, policy, gen, batch_size: int, device, *,
+             mirror: bool = False) -> torch.Tensor:  # fmt: skip
+    """`forward`'s features of `images` (mirrored left-right with `mirror`, a batch at a time, so the split is never
+    copied whole), batch by batch, written into one tensor made at the first batch: each
     batch's result kept in a list sat between its freed temporaries and kept glibc's heap from reusing them (a
     5,000-photo pass grew by 1 GB and kept it)."""
     out = torch.empty(0)
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
+        x = x.flip(-1) if mirror else x
         if policy is not None and policy.active:
             x = augment_batch(x.float() * (1 / 255), policy, gen)
         layout = torch.channels_last if getattr(forward, "channels_last", True) else torch.contiguous_format
@@ -94,13 +97,15 @@ def backbone_features(
     batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
     only_cached: bool = False,
+    mirror: bool = False,
 ) -> torch.Tensor | None:
     """All-level features [1 + views, N, D_all] of uint8 `images` [N, C, H, W]: view 0 plain, views 1..
     augmented by `policy`; `model.select_levels` turns them into that model's features.
 
     `model` is a PretrainedClassifier (its `forward_levels` in eval mode). Cached under `cache_dir`
     when given; a second call with the same inputs reads the file instead of running the backbone. With
-    `only_cached`, None instead of computing what is not cached.
+    `only_cached`, None instead of computing what is not cached. With `mirror`, of the images mirrored left-right
+    (a frozen head's test-time flips: evaluate.evaluate's `_choose_tta`), cached apart from the plain ones.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -108,22 +113,25 @@ def backbone_features(
 
     def compute() -> dict:
         if log:
-            log(f"features: {len(images)} images x {1 + views} view(s) through the frozen backbone (cached after)")
+            mirrored = " mirrored" if mirror else ""
+            log(f"features: {len(images)}{mirrored} images x {1 + views} view(s) through the frozen backbone (cached "
+                "after)")  # fmt: skip
         if len(images) == 0:
             width = sum(model.level_widths()[v] for v in model.all_levels())
             return {"features": torch.empty(1 + views, 0, width)}
         forward = feature_backend(model, images, norm, n_images=len(images) * (1 + views), digest=digest,
                                   cache_dir=cache_dir, log=log)  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
-        stack = [_compute(forward, images, norm, None, gen, batch_size, device)]
-        stack += [_compute(forward, images, norm, policy, gen, batch_size, device) for _ in range(views)]
+        stack = [_compute(forward, images, norm, None, gen, batch_size, device, mirror=mirror)]
+        stack += [_compute(forward, images, norm, policy, gen, batch_size, device, mirror=mirror) for _ in range(views)]
         return {"features": torch.stack(stack)}
 
     digest = model.backbone_digest()
     if cache_dir is None:
         return compute()["features"]
     aug = repr(policy) if views else ""
-    key = cache_key("features-v2", digest, tensor_digest(images), norm, views, aug, seed)
+    mirrored = ("mirror",) if mirror else ()  # plain features keep the key they had before mirroring existed
+    key = cache_key("features-v2", digest, tensor_digest(images), norm, views, aug, seed, *mirrored)
     path = Path(cache_dir) / "features" / f"{key}.pt"
     if only_cached and not path.is_file():
         return None

@@ -132,21 +132,29 @@ def model_logits(
     max_batches=None,
     tta: bool = False,
     forward: nn.Module | None = None,
-):
+    mirror: bool = False,
+) -> torch.Tensor:
     """`predict_logits`, except that a frozen pretrained backbone reads its cached features (the ones
     training computed), so evaluating a feature-extraction run costs no second backbone pass. With `tta`,
-    log of the mean probability of each image and its mirror image (flip test-time augmentation). `forward`
-    is the prediction backend for whole images (default: the model itself)."""
+    log of the mean probability of each image and its mirror image (flip test-time augmentation); with `mirror`, the
+    mirror images' alone. `forward` is the prediction backend for whole images (default: the model itself)."""
     forward = model if forward is None else forward
-    if tta:
-        plain = predict_logits(forward, images, norm, max_batches=max_batches)
-        mirrored = predict_logits(forward, images, norm, max_batches=max_batches, mirror=True)
-        return mean_of_views(plain, mirrored)
     outside_torch = not getattr(forward, "channels_last", True)  # e.g. ONNX Runtime: whole images, as asked
-    if not model.frozen or cache_dir is None or max_batches is not None or outside_torch:
-        return predict_logits(forward, images, norm, max_batches=max_batches)
+    cached = model.frozen and cache_dir is not None and max_batches is None and not outside_torch
+
+    def view(mirrored: bool) -> torch.Tensor:
+        if cached:
+            return _cached_head_logits(model, images, norm, cache_dir, mirror=mirrored)
+        return predict_logits(forward, images, norm, max_batches=max_batches, mirror=mirrored)
+
+    return mean_of_views(view(False), view(True)) if tta else view(mirror)
+
+
+def _cached_head_logits(model: Classifier, images: torch.Tensor, norm: Normalization, cache_dir: Path, *,
+                        mirror: bool) -> torch.Tensor:  # fmt: skip
+    """A frozen backbone's head on the (mirrored) images' cached features."""
     model = model.to(pick_device())
-    features = model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir)[0])
+    features = model.select_levels(backbone_features(model, images, norm, cache_dir=cache_dir, mirror=mirror)[0])
     with torch.inference_mode():
         return model.forward_head(features.to(pick_device())).float().cpu()
 
