@@ -25,6 +25,7 @@ from cnnlab.data.lazy import CachedImages, ImageRows, LazyImages, row_view, sele
 from cnnlab.data.memory import choose_stream
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
+from cnnlab.models.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +259,27 @@ def test_ddp_with_the_default_model_search_and_a_budget(lfw, tmp_path):
     assert done.stdout.count("model: auto, measuring candidates") == 1, done.stdout
     assert "Test Accuracy (Overall)" in done.stdout and (tmp_path / "auto" / "eval.json").is_file()
     assert "model:" in (tmp_path / "auto" / "config.yaml").read_text().split("decisions:")[1]
+
+
+@pytest.mark.slow
+def test_ddp_frozen_head_computes_half_the_features_each_and_matches_one_process(lfw, tmp_path):
+    """`--devices 2` with a frozen backbone (gloo): each process pushes every other image through the backbone and
+    the shares are gathered in order, so the head fit on them equals one process's (a share left out or gathered
+    out of order would change the features, the head and its losses)."""
+    cnnlab = str(Path(sys.executable).parent / "cnnlab")
+    common = ["train", "--data", f"folder:{lfw}", "--model", "efficientnet_lite0", "--strategy", "feature-extract",
+              "--image-size", "32", "--audit", "off", "--no-report", "--runs-dir", str(tmp_path)]  # fmt: skip
+    rows, outputs = {}, {}
+    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+        args = [cnnlab, *common, *extra, "--name", name, "--data-root", str(tmp_path / f"data-{name}")]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[name] = done.stdout
+        with (tmp_path / name / "metrics.csv").open() as fh:
+            (rows[name],) = list(csv.DictReader(fh))
+    assert "each of 2 processes computes 1 image in 2" in outputs["two"]
+    assert "each of" not in outputs["one"]
+    for column in ("train_loss", "valid_loss", "valid_acc"):
+        assert float(rows["one"][column]) == pytest.approx(float(rows["two"][column]), rel=1e-3, abs=1e-6), column
+    one, two = (load_checkpoint(tmp_path / n / "best.pt").weights for n in ("one", "two"))
+    assert max(float((one[k] - two[k]).abs().max()) for k in one if k.startswith("head")) <= 1e-3

@@ -77,6 +77,29 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert abs(runs["one_acc"] - runs["two_acc"]) <= 100 / 359 + 1e-9  # at most one of 359 test images
 
 
+def test_batch_norm_is_synchronised_across_gpu_processes_and_said_to_stay_per_process_on_cpus():
+    """Under DDP on GPUs every batch-norm layer (timm's fused BatchNormAct2d too, keeping its activation) becomes a
+    synchronised one; CPU processes cannot synchronise (PyTorch's SyncBatchNorm takes GPU tensors), and the run says
+    what each process normalises by; one process, or a model without batch norm, is left as it is."""
+    from cnnlab.models import create_model
+
+    lite = create_model("efficientnet_lite0", num_classes=3, in_channels=3, image_size=32, strategy="fine-tune")
+    gpus = SimpleNamespace(world_size=2, device=torch.device("cuda", 0))
+    synced, why = runner._synced_batch_norm(lite, gpus, 64)
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms) and "SyncBatchNorm" in why
+    x = torch.randn(2, 3, 32, 32)
+    fresh = create_model("efficientnet_lite0", num_classes=3, in_channels=3, image_size=32, strategy="fine-tune")
+    fresh.load_state_dict(synced.state_dict())  # same weights, same names: checkpoints load into the plain model
+    assert torch.allclose(fresh.eval()(x), synced.eval()(x), atol=1e-5)  # the fused activations were kept
+    cnn = create_model("cnn", num_classes=3, in_channels=1, image_size=28)
+    kept, why = runner._synced_batch_norm(cnn, SimpleNamespace(world_size=2, device=torch.device("cpu")), 64)
+    assert kept is cnn and "each of the 2 CPU processes normalises its 32 images" in why
+    assert runner._synced_batch_norm(cnn, SimpleNamespace(world_size=1, device=torch.device("cpu")), 64)[1] is None
+    plain = create_model("cnn", num_classes=3, in_channels=1, image_size=28, options={"batch_norm": False})
+    assert runner._synced_batch_norm(plain, gpus, 64) == (plain, None)
+
+
 def test_budget_plans_the_epochs_and_records_them(tmp_path):
     """--budget-minutes replaces --epochs by a measured plan; the run folder says what was planned."""
     lines = []

@@ -50,16 +50,30 @@ def chunks_digest(shape: tuple[int, ...], chunks) -> str:
 
 def load_or_compute(path: Path, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """The cached dict at `path`, or `compute()` saved there. Returns (value, came_from_cache)."""
+    value = load_cached(path)
+    if value is not None:
+        return value, True
+    value = compute()
+    store_cached(path, value)
+    return value, False
+
+
+def load_cached(path: Path) -> dict[str, Any] | None:
+    """The cached dict at `path`; None when absent, truncated or from another version (then it is recomputed)."""
     path = Path(path)
     if path.is_file():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True), True
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # truncated or from another version: recompute
             pass
-    value = compute()
+    return None
+
+
+def store_cached(path: Path, value: dict[str, Any]) -> None:
+    """`value` saved at `path` atomically; a cache that cannot be written is a warning (recomputed next time)."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_torch_atomic(value, path)
     except OSError as exc:
-        warnings.warn(f"cannot write cache {path} ({exc.strerror}); it will be recomputed next time", stacklevel=2)
-    return value, False
+        warnings.warn(f"cannot write cache {path} ({exc.strerror}); it will be recomputed next time", stacklevel=3)

@@ -31,6 +31,7 @@ from cnnlab.data.images import GREY_MODES, UnreadableImage, decode_image, is_ima
 from cnnlab.data.lazy import CachedImages, LazyImages
 from cnnlab.data.loader import BatchReader
 from cnnlab.data.memory import choose_stream, memory_available, release_free_heap
+from cnnlab.data.ranks import process_share
 from cnnlab.errors import CnnlabError, unknown_choice
 
 FASHION_CLASSES = [
@@ -407,13 +408,6 @@ def _decode_into(cache: DecodedCache, path: Path, files, fps, todo: list[int], s
         if not written and not hold:
             return False
     return written
-
-
-def process_share() -> tuple[int, int]:
-    """(rank, world size) of this process under DDP (torch.distributed set up by the launcher), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _cached_entry(cache: DecodedCache, fps: list[str]) -> dict:

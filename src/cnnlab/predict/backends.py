@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -161,7 +162,7 @@ def onnx_file(model: nn.Module, sample: torch.Tensor, path: Path, log: Callable[
         except OSError:  # a read-only run folder: the system's temporary folder instead
             path = temp_folder() / path.name
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # DDP processes may build the same file at once
         example = sample[:2] if len(sample) >= 2 else sample.expand(2, *sample.shape[1:])  # a batch of 1 fixes the
         write_onnx(folded(model), example.float().contiguous(), tmp, {})  # exported batch size at 1 (0/1 specialised)
         tmp.replace(path)  # atomic: a killed build leaves no half file under the kept name

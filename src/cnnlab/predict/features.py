@@ -18,7 +18,9 @@ from torch import nn
 
 from cnnlab.data.augment import AugmentPolicy, augment_batch
 from cnnlab.data.batches import Normalization
-from cnnlab.data.cache import cache_key, load_or_compute, tensor_digest
+from cnnlab.data.cache import cache_key, load_cached, store_cached, tensor_digest
+from cnnlab.data.lazy import row_view
+from cnnlab.data.ranks import every_rank, gather_rows, process_share
 from cnnlab.predict.backends import choose_backend_at, temp_folder
 
 # images per forward pass: 64 small ones; 32 photos at 224 px (ONNX Runtime's arena for 64 held 0.66 GB, for 32
@@ -98,6 +100,7 @@ def backbone_features(
     log: Callable[[str], None] | None = None,
     only_cached: bool = False,
     mirror: bool = False,
+    shared: bool = False,
 ) -> torch.Tensor | None:
     """All-level features [1 + views, N, D_all] of uint8 `images` [N, C, H, W]: view 0 plain, views 1..
     augmented by `policy`; `model.select_levels` turns them into that model's features.
@@ -106,25 +109,36 @@ def backbone_features(
     when given; a second call with the same inputs reads the file instead of running the backbone. With
     `only_cached`, None instead of computing what is not cached. With `mirror`, of the images mirrored left-right
     (a frozen head's test-time flips: evaluate.evaluate's `_choose_tta`), cached apart from the plain ones.
+
+    With `shared`, every DDP process calls this together: each computes every world-th image and the shares are
+    gathered (data/ranks.py), and the cache is read only when every process can read it. Augmented views then draw
+    their random transforms per share, so they differ from one process's (the plain view does not).
     """
     device = next(model.parameters()).device
     model.eval()
     batch_size = batch_size or feature_batch(int(images.shape[-1]))
 
+    rank, world = process_share() if shared else (0, 1)
+
     def compute() -> dict:
         if log:
             mirrored = " mirrored" if mirror else ""
+            each = f"; each of {world} processes computes 1 image in {world}" if world > 1 else ""
             log(f"features: {len(images)}{mirrored} images x {1 + views} view(s) through the frozen backbone (cached "
-                "after)")  # fmt: skip
+                f"after{each})")  # fmt: skip
         if len(images) == 0:
             width = sum(model.level_widths()[v] for v in model.all_levels())
             return {"features": torch.empty(1 + views, 0, width)}
-        forward = feature_backend(model, images, norm, n_images=len(images) * (1 + views), digest=digest,
+        mine = images if world == 1 else row_view(images, torch.arange(rank, len(images), world))
+        forward = feature_backend(model, mine, norm, n_images=len(mine) * (1 + views), digest=digest,
                                   cache_dir=cache_dir, log=log)  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
-        stack = [_compute(forward, images, norm, None, gen, batch_size, device, mirror=mirror)]
-        stack += [_compute(forward, images, norm, policy, gen, batch_size, device, mirror=mirror) for _ in range(views)]
-        return {"features": torch.stack(stack)}
+        stack = [_compute(forward, mine, norm, None, gen, batch_size, device, mirror=mirror)]
+        stack += [_compute(forward, mine, norm, policy, gen, batch_size, device, mirror=mirror) for _ in range(views)]
+        features = torch.stack(stack)  # [1 + views, this process's images, D]
+        if world > 1:
+            features = gather_rows(features.transpose(0, 1), len(images)).transpose(0, 1).contiguous()
+        return {"features": features}
 
     digest = model.backbone_digest()
     if cache_dir is None:
@@ -135,5 +149,8 @@ def backbone_features(
     path = Path(cache_dir) / "features" / f"{key}.pt"
     if only_cached and not path.is_file():
         return None
-    entry, _ = load_or_compute(path, compute)
+    entry = load_cached(path)
+    if not (every_rank(entry is not None) if world > 1 else entry is not None):
+        entry = compute()
+        store_cached(path, entry)  # each process its own copy: nodes may not share a disk
     return entry["features"]

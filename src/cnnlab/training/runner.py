@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from timm.layers import convert_sync_batchnorm
+from torch import nn
 
 from cnnlab.config import RunConfig, with_decisions
 from cnnlab.data.augment import policy_for
@@ -56,10 +58,12 @@ def train_model(
             stats, config = fit_frozen_head(
                 model, config, source, splits, norm, run_dir, meta, writer=fabric.is_global_zero,
                 dry_run=max_batches is not None, log=log, deadline=_head_deadline(t, budget_start, after),
+                shared=fabric.world_size > 1,
             )  # fmt: skip
             return config, [stats]
         if is_pretrained_name(config.model.name) and config.model.strategy == "fine-tune" and resume is None:
-            warm_start_head(model, config, source, splits, norm, dry_run=max_batches is not None, log=log)
+            warm_start_head(model, config, source, splits, norm, dry_run=max_batches is not None, log=log,
+                            shared=fabric.world_size > 1)  # fmt: skip
         if t.progressive:
             _check_progressive(model, config.model.name, source, norm)
         policy = policy_for(config.data.augment, flip_invariant=bool(config.data.flips))  # undecided: off for now
@@ -82,6 +86,10 @@ def train_model(
                                 progressive_size=source.image_size if t.progressive else None,
                                 fixed_share=plan.fixed_share)  # fmt: skip
             write_run_config(run_dir, config)  # the planned epochs, so resume follows the same plan
+        model, synced = _synced_batch_norm(model, fabric, t.batch_size)
+        if synced is not None:
+            log(f"batch norm: {synced}")
+            config = with_decisions(config, batch_norm=synced)
         _log_model(config, model, fabric, log)
         decided: dict[str, tuple[bool, str]] = {}
         flip_check = _flip_check(config, source, meta, decided, log)
@@ -95,6 +103,23 @@ def train_model(
         flips, why = decided["flips"]
         config = with_decisions(replace(config, data=replace(config.data, flips=flips)), flips=why)
     return config, history
+
+
+def _synced_batch_norm(model: nn.Module, fabric, batch: int) -> tuple[nn.Module, str | None]:
+    """Batch norm trained across DDP processes normalises each process's share of a batch by that share's statistics;
+    synchronised (what Lightning's `sync_batchnorm=True` applies), every share is normalised by the whole batch's.
+    timm's conversion, as it also keeps the activation fused into timm's norm layers (BatchNormAct2d), which PyTorch's
+    own would drop. PyTorch synchronises GPU (and XPU/HPU) tensors only: CPU processes keep their own statistics,
+    and the run says so. Returns the model and what was done (None: one process, or no batch norm)."""
+    world = fabric.world_size
+    if world == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model, None
+    if fabric.device.type == "cpu":
+        return model, (
+            f"per process: SyncBatchNorm needs GPU tensors, so each of the {world} CPU processes normalises its "
+            f"{batch // world} images of each batch of {batch} by their own statistics"
+        )  # fmt: skip
+    return convert_sync_batchnorm(model), f"SyncBatchNorm: statistics over all {world} processes' share of each batch"
 
 
 def _head_deadline(t, budget_start: float | None, after: tuple[float, float]) -> float | None:

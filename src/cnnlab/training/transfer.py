@@ -412,8 +412,9 @@ def imagenet_confidence(backbone: str, images: torch.Tensor, norm: Normalization
 
 
 def _all_level_features(model, config: RunConfig, source: Source, splits, norm, *, views: int, cache_dir, log,
-                        limit: int | None = None):  # fmt: skip
-    """All-level features of the train split ([1 + views, N, D_all]) and the valid split ([1, N, D_all])."""
+                        limit: int | None = None, shared: bool = False):  # fmt: skip
+    """All-level features of the train split ([1 + views, N, D_all]) and the valid split ([1, N, D_all]); `shared`:
+    every DDP process computes its share (predict/features.py)."""
     flips = config.data.flips if config.data.flips is not None else bool(source.flip_invariant)  # unknown: off
     policy = policy_for(config.data.augment if views else "none", flip_invariant=flips)
     out = []
@@ -421,19 +422,21 @@ def _all_level_features(model, config: RunConfig, source: Source, splits, norm, 
         idx = splits[split] if limit is None else splits[split][:limit]
         out.append(backbone_features(
             model, row_view(source.images, idx), norm, cache_dir=cache_dir, views=n_views, policy=policy,
-            seed=config.train.seed, log=log,
+            seed=config.train.seed, log=log, shared=shared,
         ))  # fmt: skip
     return out
 
 
-def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log):
+def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log, shared: bool = False):
     """(train features [1 + views, N, D], train labels, valid features [N, D], valid labels) for `model`'s
-    levels, from the shared all-level cache (in a dry run: one batch, nothing cached)."""
+    levels, from the shared all-level cache (in a dry run: one batch, nothing cached). `shared`: every DDP process
+    calls it together (training across processes), each computes its share of the images and the shares are
+    gathered; the model search trains its candidates in rank 0 alone, without it."""
     limit = config.train.batch_size if dry_run else None
     cache_dir = None if dry_run else Path(config.data.root) / "cache"
     train_all, valid_all = _all_level_features(
         model, config, source, splits, norm, views=config.model.feature_views, cache_dir=cache_dir, log=log,
-        limit=limit,
+        limit=limit, shared=shared,
     )  # fmt: skip
     y_train, y_valid = (source.labels[torch.as_tensor(splits[s][: f.shape[1]])] for s, f in
                         (("train", train_all), ("valid", valid_all)))  # fmt: skip
@@ -441,12 +444,12 @@ def head_features(model, config: RunConfig, source: Source, splits, norm, *, dry
 
 
 def fit_frozen_head(model, config: RunConfig, source: Source, splits, norm, run_dir: Path, template, *, writer: bool,
-                    dry_run: bool, log, deadline: float | None = None):  # fmt: skip
+                    dry_run: bool, log, deadline: float | None = None, shared: bool = False):  # fmt: skip
     """A frozen strategy's whole training: features from the shared cache, the head fit to convergence (its L2 path
     stopped at `deadline`, a budget's share), the checkpoints written as `fit` would (best.pt = last.pt, one metrics
     row). Returns the one EpochStats and the config with the head's regularisation under `decisions:` (the caller
     records it)."""
-    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
+    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log, shared=shared)
     log(f"model: {config.model.name}, {config.model.strategy}, {model.num_features} features per image")
     stats, head = train_head(model, *features, log=log, deadline=deadline, l2_from=measured_l2(config))
     config = with_decisions(config, head=head.describe())
@@ -465,10 +468,11 @@ def measured_l2(config: RunConfig) -> float | None:
     return None
 
 
-def warm_start_head(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log) -> None:
+def warm_start_head(model, config: RunConfig, source: Source, splits, norm, *, dry_run: bool, log,
+                    shared: bool = False) -> None:  # fmt: skip
     """Fine-tuning's first stage: the head fit to convergence on the frozen backbone's (cached) final features,
     so the backbone's first steps follow a trained head's gradients, not a random head's (fastai's `fine_tune`
     trains the head first; "linear probe, then fine-tune", Kumar et al. 2022)."""
-    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log)
+    features = head_features(model, config, source, splits, norm, dry_run=dry_run, log=log, shared=shared)
     log("fine-tune: the head first, on the frozen features")
     train_head(model, *features, log=log)
