@@ -42,7 +42,13 @@ from sklearn.preprocessing import StandardScaler
 from cnnlab.audit.degenerate import degenerate_reasons
 from cnnlab.data.batches import Normalization
 from cnnlab.errors import CnnlabError
-from cnnlab.models.pretrained import DEFAULT_BACKBONE, PretrainedClassifier, backbone_preprocessing, load_pretrained
+from cnnlab.models.pretrained import (
+    DEFAULT_BACKBONE,
+    PretrainedClassifier,
+    backbone_preprocessing,
+    level_columns,
+    load_pretrained,
+)
 from cnnlab.predict.features import backbone_features
 
 THUMB = 16  # px: the near-duplicate thumbnail's side
@@ -226,20 +232,33 @@ def embeddings(
     features = backbone_features(model, images, norm, cache_dir=cache_dir, log=log, only_cached=only_cached)
     if features is None:
         return None
-    return model.select_levels(features)[0].numpy(), features[0].numpy()
+    every_level = features[0].numpy()
+    final = level_columns(model.level_widths(), model.all_levels(), model.levels).numpy()
+    if np.array_equal(final, np.arange(final[0], final[-1] + 1)):  # one block of columns: a view, not a copy
+        return every_level[:, final[0] : final[-1] + 1], every_level
+    return every_level[:, final], every_level
 
 
-def reduced(features: np.ndarray, *, k: int = REDUCED, seed: int = 0, fit_rows: int | None = None) -> np.ndarray:
-    """The features projected on their first `k` principal components (fit on all images, or a seeded sample of
-    `fit_rows`; labels unseen). REDUCED for the outlier check (the checks on all 1,280 columns took 3.5x longer at
-    60,000 images, bench/RESULTS.md issue 19)."""
+def reduced(features: np.ndarray, *, k: int = REDUCED, seed: int = 0, fit_rows: int | None = None,
+            prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
+    """The features (each block of rows through `prepare` first) projected on their first `k` principal components,
+    fit on all images or a seeded sample of `fit_rows` (labels unseen). REDUCED for the outlier check (the checks on
+    all 1,280 columns took 3.5x longer at 60,000 images, bench/RESULTS.md issue 19). Projected a block of rows at a
+    time: a whole centred copy of 100,000 photos' all-level features is 0.8 GB."""
+    prepare = prepare or (lambda rows: rows)
     k = min(k, features.shape[1], len(features) - 1)
     if k >= features.shape[1] or k < 2:
-        return features
-    if fit_rows is None:
-        return PCA(n_components=k, random_state=seed).fit_transform(features)
-    rows = np.random.default_rng(seed).permutation(len(features))[:fit_rows]
-    return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(features[rows]).transform(features)
+        return prepare(features)
+    if fit_rows is None or fit_rows >= len(features):
+        pca = PCA(n_components=k, random_state=seed).fit(prepare(features))
+    else:
+        rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:fit_rows])
+        pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(prepare(features[rows]))
+    block = max(1, BLOCK_ELEMENTS // features.shape[1])
+    out = np.empty((len(features), k), dtype=np.float32)
+    for start in range(0, len(features), block):
+        out[start : start + block] = pca.transform(prepare(features[start : start + block]))
+    return out
 
 
 def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -247,9 +266,14 @@ def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
     components (fit on at most PCA_SAMPLE images, labels unseen) and not rescaled: the L2 penalty stays the one of
     the standardised features. On planted 5% flips this space (with LABEL_C) put the given label's probability
     far lower for a flipped image than for a true one; the final features alone, whitened to 128 components, left
-    blood-cell flips at 50% recall (bench/RESULTS.md)."""
-    standardised = StandardScaler(copy=False).fit_transform(features.astype(np.float32))  # one copy, in float32
-    return reduced(standardised, k=LABEL_COMPONENTS, seed=seed, fit_rows=PCA_SAMPLE)
+    blood-cell flips at 50% recall (bench/RESULTS.md). Standardised a block at a time, `features` left as they are."""
+    scaler = StandardScaler()
+    block = max(1, BLOCK_ELEMENTS // features.shape[1])
+    for start in range(0, len(features), block):
+        scaler.partial_fit(features[start : start + block])
+    mean, scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
+    return reduced(features, k=LABEL_COMPONENTS, seed=seed, fit_rows=PCA_SAMPLE,
+                   prepare=lambda rows: (rows.astype(np.float32) - mean) / scale)  # fmt: skip
 
 
 def oof_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
@@ -314,9 +338,11 @@ def outliers(features: np.ndarray, *, share: float = 0.005, k: int = OUTLIER_NEI
     return [Finding("outlier", round(1 - float(scores[i]), 4), int(i)) for i in worst]
 
 
-def _mean_knn_cosine_distance(x: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
-    """[N] mean cosine distance from each row to its `k` nearest other rows (itself excluded)."""
+def _mean_knn_cosine_distance(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[N] mean cosine distance from each row to its `k` nearest other rows (itself excluded), in blocks of rows
+    whose similarities to all rows are BLOCK_ELEMENTS (blocks of 2,048 rows held 0.8 GB at 100,000 images)."""
     unit = F.normalize(x, dim=1)
+    block = max(1, BLOCK_ELEMENTS // len(unit))
     out = torch.empty(len(unit))
     for start in range(0, len(unit), block):
         sim = unit[start : start + block] @ unit.T
@@ -361,7 +387,8 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         start = time.perf_counter()
         final, every_level = features
         found, _ = label_issues(label_space(every_level, seed=seed), labels, seed=seed)
-        result.findings += [f for f in found if f.issue == "label"] + outliers(reduced(final, seed=seed))
+        typical = reduced(final, seed=seed, fit_rows=PCA_SAMPLE)
+        result.findings += [f for f in found if f.issue == "label"] + outliers(typical)
         result.findings += [f for f in found if f.issue != "label"]  # the possible ones: audit.csv, last
         cost["labels_outliers_s"] = round(time.perf_counter() - start, 1)
     result.summary = {
