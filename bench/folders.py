@@ -85,7 +85,11 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
     result = train(config, runs_dir=runs, name=name, report=False, log=lambda _: None)
     seconds = time.perf_counter() - start
     saved = open_run(runs / name)
-    out = {"accuracy": round(result.evaluation["accuracy"], 4), "seconds": round(seconds, 1)}
+    out = {
+        "accuracy": round(result.evaluation["accuracy"], 4),
+        "seconds": round(seconds, 1),
+        "test_time_flips": f"{'on' if result.evaluation['tta'] else 'off'} ({result.evaluation['tta_reason']})",
+    }
     if positive:
         out["auc"] = round(result.evaluation["binary"]["auc"], 4)
     if saved.model.strategy:
