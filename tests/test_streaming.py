@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from cnnlab.data.lazy import CachedImages, ImageRows, LazyImages, row_view, sele
 from cnnlab.data.memory import choose_stream
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
+from cnnlab.models import create_model
 from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.predict.features import backbone_features
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +286,46 @@ def test_ddp_frozen_head_computes_half_the_features_each_and_matches_one_process
         assert float(rows["one"][column]) == pytest.approx(float(rows["two"][column]), rel=1e-3, abs=1e-6), column
     one, two = (load_checkpoint(tmp_path / n / "best.pt").weights for n in ("one", "two"))
     assert max(float((one[k] - two[k]).abs().max()) for k in one if k.startswith("head")) <= 1e-3
+
+
+def _features_on_rank(rank: int, port: int, cache_dirs: list[str], out: str) -> None:
+    """One gloo process of `test_a_rank_without_the_cached_features_...`: its own cache folder, shared=True."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )  # a rank left waiting fails, not hangs
+    try:
+        torch.manual_seed(0)  # the same weights on every rank and in the test's own process
+        model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32,
+                             strategy="feature-extract")  # fmt: skip
+        model.input_size = 64
+        images = torch.randint(0, 255, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        got = backbone_features(model, images, Normalization((0.5,) * 3, (0.5,) * 3), cache_dir=cache_dirs[rank],
+                                shared=True)  # fmt: skip
+        torch.save(got, f"{out}-{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_without_the_cached_features_makes_every_rank_compute_its_share(tmp_path):
+    """Nodes need not share a disk: when rank 0 has the features cached and rank 1 has not, both compute their shares
+    (neither waits for ever in a collective the other skipped), and both get one process's features."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 64
+    images = torch.randint(0, 255, (7, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    expected = backbone_features(model, images, norm, cache_dir=tmp_path / "rank0")  # rank 0's disk has them
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    mp.spawn(_features_on_rank, args=(port, dirs, str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"out-{rank}.pt", weights_only=True)
+        assert torch.allclose(got, expected, atol=1e-4), rank
+    assert len(list((tmp_path / "rank1" / "features").glob("*.pt"))) == 1  # rank 1 now has its own copy
