@@ -82,9 +82,9 @@ def test_few_small_images_are_searched_cross_validated_and_the_best_kept(tmp_pat
     (chosen,) = [row for row in saved.model.strategy_candidates if row["status"] == "chosen"]
     compared = [row for row in saved.model.strategy_candidates if "valid_score" in row]  # one row per family
     assert len(compared) == 2  # the frozen family's chosen candidate and the from-scratch CNN, on the same images
-    top = max(row["valid_score"] for row in compared)
-    assert chosen["valid_score"] >= top - chosen["tie_margin"]
-    assert "best validation accuracy of 2 candidates on the same" in saved.decisions["model"]
+    top = min(row["valid_score"] for row in compared)  # log loss: lower is better
+    assert chosen["valid_score"] <= top + chosen["tie_margin"]
+    assert "lowest validation log loss of 2 candidates on the same" in saved.decisions["model"]
     assert any(line.strip().startswith("candidate") for line in lines) and result.evaluation["accuracy"] > 0.9
 
 
@@ -304,34 +304,79 @@ def _family_row(family: str, correct: list[bool], labels: np.ndarray, confidence
 
 
 def test_a_lead_within_one_paired_standard_error_goes_to_the_cheaper_family():
-    """30 validation images: fine-tuning right on one more image than the frozen head (it gains 4, loses 3) is a
-    tie (the paired standard error of the difference: 8.8 points), so the frozen head is kept; right on eight more
+    """30 validation images, every answer 0.9 sure (log loss 0.105 right, 2.303 wrong): fine-tuning right on one
+    more image than the frozen head (it gains 4, loses 3) is a tie by log loss (0.073 nats against a paired standard
+    error of 0.193, of which a trained candidate's lead needs two), so the frozen head is kept; right on eight more
     images, fine-tuning wins."""
     labels = np.array([0, 1] * 15)
     frozen = [True] * 25 + [False] * 5
     one_more = [True] * 22 + [False] * 3 + [True] * 4 + [False]
-    differences = np.array(one_more, float) - np.array(frozen, float)
-    margin = np.sqrt(np.mean(differences**2) - np.mean(differences) ** 2) / np.sqrt(30)  # 0.0876
+    loss = {True: -np.log(0.9), False: -np.log(0.1)}
+    differences = np.array([loss[a] - loss[b] for a, b in zip(one_more, frozen, strict=True)])  # top minus other
+    margin = differences.std() / np.sqrt(30)  # 0.193
     rows = [_family_row("frozen", frozen, labels), _family_row("fine-tune", one_more, labels)]
     assert auto._pick(rows, labels, None).family == "frozen"
-    assert rows[0].margin == pytest.approx(margin) and rows[0].valid_score == pytest.approx(25 / 30)
+    assert rows[0].margin == pytest.approx(auto.TRAINED_LEAD * margin) and margin > 0.15  # a trained lead: two
+    assert rows[0].valid_score == pytest.approx((25 * loss[True] + 5 * loss[False]) / 30)  # 0.4714
+    assert rows[0].valid_score - rows[1].valid_score == pytest.approx((loss[False] - loss[True]) / 30)  # 0.073
     rows = [_family_row("frozen", [True] * 22 + [False] * 8, labels), _family_row("fine-tune", [True] * 30, labels)]
     assert auto._pick(rows, labels, None).family == "fine-tune"
 
 
-def test_with_a_positive_class_the_search_compares_auc_not_accuracy():
-    """A candidate that is right more often but ranks the positive class worse loses when --positive asks for
-    AUC: the frozen head below is right on 20 of 40 (its scores on class 1 sit just above 0.5 for every image:
-    the ranking is perfect), the fine-tuned net on 30 of 40 with a ranking that mixes the classes."""
+def test_log_loss_separates_candidates_that_accuracy_ties():
+    """Both right on the same 120 of 128 images (blood cells' validation size): by accuracy a tie; the fine-tuned
+    net is surer where right (0.9 against 0.6) and no surer where wrong, so its log loss is lower by 0.342 nats on
+    every right image, far past the paired standard error: it is chosen over the cheaper frozen head."""
+    labels = np.array([0, 1] * 64)
+    right = [True] * 120 + [False] * 8
+    rows = [_family_row("frozen", right, labels, confidence=0.6), _family_row("fine-tune", right, labels, 0.9)]
+    rows[1].valid_probs[~np.array(right)] = rows[0].valid_probs[~np.array(right)]  # wrong alike (0.6 sure)
+    assert rows[0].valid_accuracy == rows[1].valid_accuracy
+    assert auto._pick(rows, labels, None).family == "fine-tune"
+    assert rows[0].valid_score - rows[1].valid_score == pytest.approx(120 / 128 * np.log(0.9 / 0.6))
+
+
+def test_a_trained_candidate_must_lead_a_cheaper_one_by_two_standard_errors():
+    """Its best epoch was picked on the validation images, so one standard error is not enough: 60 validation images,
+    both 0.9 sure; the fine-tuned net right on 3 images the frozen head gets wrong (and on every other the head gets
+    right) leads by 3 x 2.197 / 60 = 0.110 nats, 1.7 paired standard errors (0.064): a tie, the frozen head kept. The
+    same lead between two candidates of one kind would count (the frozen family's own comparison is transfer.py's)."""
+    labels = np.array([0, 1] * 30)
+    frozen = _family_row("frozen", [True] * 57 + [False] * 3, labels)
+    tuned = _family_row("fine-tune", [True] * 60, labels)
+    assert auto._pick([frozen, tuned], labels, None).family == "frozen"
+    standard_error = frozen.margin / auto.TRAINED_LEAD
+    lead = frozen.valid_score - tuned.valid_score
+    assert lead == pytest.approx(3 * (np.log(0.9) - np.log(0.1)) / 60) and standard_error < lead < frozen.margin
+
+
+def test_with_a_positive_class_the_search_compares_auc_not_log_loss():
+    """A candidate that is right more often and surer but ranks the positive class worse loses when --positive asks
+    for AUC: the frozen head below is right on 20 of 40 (its scores on class 1 sit just above 0.5 for every image:
+    the ranking is perfect, log loss 0.683), the fine-tuned net on 30 of 40 (log loss 0.467, a lead of 0.216 past
+    twice its paired standard error of 0.089, as a trained candidate's lead must be) with a ranking that mixes the
+    classes."""
     labels = np.array([0] * 20 + [1] * 20)
-    ranks = np.r_[np.linspace(0.51, 0.6, 20), np.linspace(0.61, 0.7, 20)]  # positives above every negative
+    ranks = np.r_[np.linspace(0.501, 0.51, 20), np.linspace(0.511, 0.52, 20)]  # positives above every negative
     frozen = auto.Row("frozen", "frozen", 0.5, config=RunConfig(), valid_probs=np.c_[1 - ranks, ranks])
-    # right on 15 of each class, but its 5 wrong negatives score above every positive: AUC 225/400 (hand-counted)
-    mixed = np.r_[[0.3] * 15, [0.8] * 5, [0.7] * 15, [0.2] * 5]
+    # right on 15 of each class; its 15 right positives (0.75) rank above the 15 right negatives (0.02) only, its 5
+    # wrong positives (0.3) above the same 15: AUC (225 + 75) / 400 (hand-counted)
+    mixed = np.r_[[0.02] * 15, [0.8] * 5, [0.75] * 15, [0.3] * 5]
     tuned = auto.Row("fine-tune", "fine-tune", 0.75, config=RunConfig(), valid_probs=np.c_[1 - mixed, mixed])
-    by_accuracy = auto._pick([frozen, tuned], labels, None)
-    assert tuned.valid_score > frozen.valid_score and by_accuracy.family == "fine-tune"
+    by_log_loss = auto._pick([frozen, tuned], labels, None)
+    assert tuned.valid_score < frozen.valid_score - frozen.margin and by_log_loss.family == "fine-tune"
     for row in (frozen, tuned):
         row.status = ""
     by_auc = auto._pick([frozen, tuned], labels, 1)
-    assert frozen.valid_score == 1.0 and tuned.valid_score == 225 / 400 and by_auc.family == "frozen"
+    assert frozen.valid_score == 1.0 and tuned.valid_score == 300 / 400 and by_auc.family == "frozen"
+
+
+def test_fine_tuning_keeps_back_the_time_an_ensemble_with_the_frozen_head_would_need():
+    """After a frozen head that answered the validation images, the fine-tuned candidate plans its epochs keeping
+    back its own work after training twice over (both members answer every image) and a head fit: an ensemble
+    that wins on evidence is then not dropped for want of time. With no other candidate measured, nothing more."""
+    labels = np.array([0, 1] * 15)
+    frozen = _family_row("frozen", [True] * 30, labels)
+    assert auto._with_room_for_ensemble((4.0, 20.0), [frozen]) == (8.0, 20.0 + 2 * auto.TAIL_SECONDS)
+    skipped = auto.Row("simple_cnn_bn", "scratch", status="skipped: the budget is spent")
+    assert auto._with_room_for_ensemble((4.0, 20.0), [skipped]) == (4.0, 20.0)

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.config import with_overrides
+from cnnlab.config import ModelConfig, RunConfig, with_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import evaluate_run
 from cnnlab.export import exporter as E
 from cnnlab.models import create_model
-from cnnlab.models.checkpoint import load_checkpoint
+from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from cnnlab.models.registry import ENSEMBLE
 from cnnlab.pipeline import resume, train
 from cnnlab.predict.infer import model_from_checkpoint, predict_images
 from cnnlab.runs import RunFile, open_run, write_run_config
-from cnnlab.training import ensemble
+from cnnlab.training import ensemble, evidence
 from helpers import write_digit_folder
 
 
@@ -32,7 +32,7 @@ def test_selection_alternates_between_members_that_are_right_on_different_images
     labels = np.array([0, 1])
     a = np.array([[0.9, 0.1], [0.5, 0.5]])
     b = np.array([[0.5, 0.5], [0.1, 0.9]])
-    assert ensemble.log_loss(a, labels) == pytest.approx(-(np.log(0.9) + np.log(0.5)) / 2)
+    assert evidence.log_loss(a, labels) == pytest.approx(-(np.log(0.9) + np.log(0.5)) / 2)
     assert ensemble.select_weights([a, b], labels).tolist() == [0.5, 0.5]
 
 
@@ -48,21 +48,23 @@ def test_a_member_that_only_adds_noise_gets_no_weight_and_nothing_is_kept():
 
 
 def test_two_members_right_on_different_images_are_kept_with_their_gain():
-    """Each member is right (0.7) on its own half of 200 images and slightly wrong (0.45 vs 0.55) on the other:
-    alone 50% each; averaged, right on every image. The cross-fitted gain (0.5) is far past its standard error."""
+    """Each member is right (0.9) on its own half of 200 images and slightly wrong (0.45 vs 0.55) on the other:
+    alone 50% each, log loss (0.105 + 0.799) / 2 = 0.452; averaged, right on every image at 0.675, log loss 0.393.
+    The cross-fitted gain (weights chosen without each fold: about 0.06) is past its paired standard error."""
     labels = np.tile([0, 1], 100)
     first = np.arange(200) < 100
 
     def member(right_on: np.ndarray) -> np.ndarray:
-        p_true = np.where(right_on, 0.7, 0.45)
+        p_true = np.where(right_on, 0.9, 0.45)
         out = np.empty((200, 2))
         out[np.arange(200), labels] = p_true
         out[np.arange(200), 1 - labels] = 1 - p_true
         return out
 
     chosen = ensemble.select([member(first), member(~first)], labels, None)
-    assert chosen.best_score == 0.5 and chosen.score == 1.0 and chosen.kept
-    assert chosen.weights.tolist() == [0.5, 0.5] and chosen.margin == pytest.approx(0.5 / np.sqrt(200))
+    assert chosen.best_score == pytest.approx(-(np.log(0.9) + np.log(0.45)) / 2)
+    assert chosen.score == pytest.approx(-np.log(0.675), abs=0.01) and chosen.gain > chosen.margin and chosen.kept
+    assert chosen.weights.tolist() == [0.5, 0.5] and 0.01 < chosen.margin < chosen.gain
 
 
 def test_the_ensemble_module_averages_its_members_probabilities_each_on_its_own_normalisation():
@@ -82,6 +84,37 @@ def test_the_ensemble_module_averages_its_members_probabilities_each_on_its_own_
         by_parts = torch.softmax(model.forward_head(model.forward_features(x)), 1)
     assert torch.allclose(out, 0.75 * first + 0.25 * second, atol=1e-6)  # weights normalised to sum to 1
     assert torch.allclose(by_parts, out, atol=1e-6)
+
+
+def test_a_grey_folder_ensemble_feeds_each_member_the_channels_it_was_trained_on(tmp_path):
+    """On grey images (Fashion-MNIST) the search can join a frozen ImageNet head (grey broadcast to RGB by its own
+    statistics) with a grey from-scratch CNN: the ensemble takes the folder's one channel and each member broadcasts
+    it as in its own run (before, the input took the RGB member's three channels and the grey CNN refused it)."""
+    torch.manual_seed(0)
+    members = {
+        "efficientnet_lite0": (InputSpec(32, 1, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "feature-extract"),
+        "simple_cnn_bn": (InputSpec(32, 1, (0.3,), (0.35,)), None),
+    }
+    paths, nets = [], []
+    for name, (spec, strategy) in members.items():
+        net = create_model(name, num_classes=3, in_channels=1, image_size=32, strategy=strategy).eval()
+        config = RunConfig(model=ModelConfig(name=name, strategy=strategy)).to_dict()
+        paths.append(tmp_path / f"{name}.pt")
+        save_checkpoint(Checkpoint(name, ["a", "b", "c"], spec, config).at(net.state_dict(), epoch=1, best={}),
+                        paths[-1])  # fmt: skip
+        nets.append((net, spec.normalization()))
+    (tmp_path / "history").mkdir()
+    (tmp_path / "history" / RunFile.METRICS).write_text("epoch,valid_loss\n1,0.5\n")
+    ensemble.write_ensemble([(paths[0], 0.5), (paths[1], 0.5)], tmp_path / "ens", RunConfig(),
+                            history_from=tmp_path / "history", valid_loss=0.5)  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "ens" / RunFile.BEST)
+    assert ckpt.preprocessing.channels == 1 and len(ckpt.preprocessing.mean) == 1
+    model = model_from_checkpoint(ckpt, tmp_path / "ens" / RunFile.BEST).eval()
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = torch.softmax(model(ckpt.preprocessing.normalization().apply(images)), 1)
+        alone = [torch.softmax(net(norm.apply(images)), 1) for net, norm in nets]
+    assert torch.allclose(out, 0.5 * alone[0] + 0.5 * alone[1], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +166,11 @@ def test_an_ensemble_run_cannot_be_resumed(ensemble_run):
 
 
 def _complementary(n: int = 200) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Two members, each right (0.7) on its own half of `n` images and slightly wrong (0.45) on the other."""
+    """Two members, each right (0.9) on its own half of `n` images and slightly wrong (0.45) on the other."""
     labels = np.tile([0, 1], n // 2)
     members = []
     for right_on in (np.arange(n) < n // 2, np.arange(n) >= n // 2):
-        p_true = np.where(right_on, 0.7, 0.45)
+        p_true = np.where(right_on, 0.9, 0.45)
         out = np.zeros((n, 10))
         out[np.arange(n), labels] = p_true
         out[np.arange(n), 1 - labels] = 1 - p_true
@@ -158,8 +191,11 @@ def test_the_search_assembles_a_winning_ensemble_into_one_run_and_records_why(en
     ]  # fmt: skip
     row, verdict = auto._ensemble_row(rows, labels, None, rows[0].config, None, None, time.perf_counter() + 60,
                                       lambda config, splits, least=False: (3.0, 1.0), log=lambda _: None)  # fmt: skip
-    assert row is not None and row.family == "ensemble" and row.valid_score == 1.0
+    assert row is not None and row.family == "ensemble" and row.valid_accuracy == 1.0
+    assert row.valid_score < min(evidence.log_loss(p, labels) for p in probs) - row.margin  # log loss, cross-fitted
     assert row.config.model.name == ENSEMBLE and verdict.startswith("ensemble: kept")
+    why = auto._decision(row, [*rows, row], verdict, None, len(labels))  # what the search prints and records
+    assert why.startswith(f"validation log loss on the same {len(labels)} images, cross-fitted") and verdict in why
     assert [m["weight"] for m in row.config.model.options["members"]] == [0.5, 0.5]
     model = model_from_checkpoint(load_checkpoint(row.trained.folder / RunFile.BEST), row.trained.folder)
     assert len(model.members) == 2

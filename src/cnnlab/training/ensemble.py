@@ -6,12 +6,13 @@ candidate's best epoch). Greedy forward selection with replacement adds, ROUNDS 
 lowers the averaged probabilities' log loss most (a smooth, proper score: accuracy on a few hundred images moves in
 steps and stalls a greedy search); a candidate's weight is the share of rounds it was added in.
 
-The weights are chosen on validation images, so scoring the ensemble on those same images would flatter it. Its
-evidence is cross-fitted: the validation images are split into FOLDS folds, each fold scored by weights selected on
-the others, and those out-of-fold answers are compared with the best single candidate on the same images, by the
-user's metric (evidence.py). The ensemble is kept only when its gain exceeds one paired standard error (at least
-evidence.MIN_MARGIN) and its weights (selected on all validation images) use two or more members. The best single
-candidate is picked in hindsight on those images, so the comparison favours it, not the ensemble.
+The weights are chosen on validation images, so scoring the ensemble on those same images would flatter it. Its evidence
+is cross-fitted: the validation images are split into FOLDS folds, each fold scored by weights selected on the others,
+and those out-of-fold answers are compared with the best single candidate on the same images, by the compared metric
+(evidence.py: log loss, or with --positive that class's AUC). The ensemble is kept only when its gain exceeds one paired
+standard error (at least evidence.MIN_MARGIN) and its weights (selected on all validation images) use two or more
+members. The best single candidate is picked in hindsight on those images, so the comparison favours it, not the
+ensemble.
 
 `write_ensemble` makes the run's checkpoint: one model (models/ensemble.py) that predict, evaluate, export and serve
 take as any other, its members and weights recorded in config.yaml (`model.options.members`).
@@ -24,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics
 
 from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.models import create_model
@@ -35,7 +35,6 @@ from cnnlab.training import evidence
 
 ROUNDS = 20  # greedy additions (weights in steps of 5%)
 FOLDS = 5  # cross-fitting folds over the validation images
-EPS = 1e-12
 
 
 @dataclass
@@ -47,10 +46,12 @@ class Selection:
     best_score: float  # the best single member's score on the same images
     best: int  # that member's index
     margin: float  # one paired standard error of the difference (at least evidence.MIN_MARGIN)
+    positive_index: int | None = None  # the compared metric: None log loss (lower is better), else that class's AUC
 
     @property
     def gain(self) -> float:
-        return self.score - self.best_score
+        """How much better the cross-fitted ensemble scores than the best single member (positive: better)."""
+        return evidence.gain(self.score, self.best_score, self.positive_index)
 
     @property
     def kept(self) -> bool:
@@ -67,19 +68,12 @@ class Selection:
         return f"ensemble: {'kept' if self.kept else 'not kept'} ({mix}; {gain})"
 
 
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log probability of the true class (scikit-learn's, over every class column; rows renormalised
-    first, since float32 softmax rows miss 1 by rounding and scikit-learn warns on each)."""
-    probs = np.clip(probs, EPS, 1.0)
-    return float(metrics.log_loss(labels, probs / probs.sum(1, keepdims=True), labels=np.arange(probs.shape[1])))
-
-
 def select_weights(probs: list[np.ndarray], labels: np.ndarray, rounds: int = ROUNDS) -> np.ndarray:
     """Greedy forward selection with replacement by log loss; each member's share of the `rounds` additions."""
     counts = np.zeros(len(probs))
     total = np.zeros_like(probs[0], dtype=np.float64)
     for r in range(rounds):
-        losses = [log_loss((total + p) / (r + 1), labels) for p in probs]
+        losses = [evidence.log_loss((total + p) / (r + 1), labels) for p in probs]
         pick = int(np.argmin(losses))  # ties go to the earlier (cheaper) member
         counts[pick] += 1
         total += probs[pick]
@@ -106,12 +100,12 @@ def select(probs: list[np.ndarray], labels: np.ndarray, positive_index: int | No
     """Weights over the library `probs` (each [valid images, classes]) and the cross-fitted evidence for them."""
     probs = [np.asarray(p, dtype=np.float64) for p in probs]
     scores = [evidence.score(p, labels, positive_index) for p in probs]
-    best = int(np.argmax(scores))
+    best = evidence.best(scores, positive_index)
     folds = min(FOLDS, len(labels))
     held_out = cross_fitted(probs, labels, folds=folds, seed=seed)
     score = evidence.score(held_out, labels, positive_index)
     margin = evidence.tie_margin(held_out, probs[best], labels, positive_index, seed=seed)
-    return Selection(select_weights(probs, labels), score, scores[best], best, margin)
+    return Selection(select_weights(probs, labels), score, scores[best], best, margin, positive_index)
 
 
 def write_ensemble(
@@ -133,7 +127,9 @@ def write_ensemble(
                          image_size=first.image_size, options=config.model.options)  # fmt: skip
     for net, ckpt in zip(model.members, ckpts, strict=True):
         net.load_state_dict(ckpt.weights)  # each member as its own run saved it
-    raw = InputSpec(first.image_size, first.channels, (0.0,) * len(first.mean), (1.0,) * len(first.std),
+    # the decoded images' own channels: a grey folder's frozen ImageNet member carries RGB statistics, and a 0..1
+    # input with three channels would reach its grey from-scratch partner as RGB (each member broadcasts its own)
+    raw = InputSpec(first.image_size, first.channels, (0.0,) * first.channels, (1.0,) * first.channels,
                     first.crop_pct, first.resize)  # fmt: skip
     meta = Checkpoint(ENSEMBLE, list(ckpts[0].class_names), raw, config.to_dict())
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
