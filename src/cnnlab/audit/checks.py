@@ -177,15 +177,29 @@ def _best_two(images: torch.Tensor, group_of: torch.Tensor, *, block: int):
     if n < 2:
         return torch.full((n,), -1.0), torch.full((n,), -1.0), torch.zeros(n, dtype=torch.long)
     candidates = _candidates(full, crop, group_of, block=block)  # [n, k]
-    exact = torch.maximum(
-        (full[:, None, :] * full[candidates]).sum(-1),
-        torch.maximum((crop[:, None, :] * full[candidates]).sum(-1), (full[:, None, :] * crop[candidates]).sum(-1)),
-    )
+    exact = _candidate_similarities(full, crop, candidates)
     same = (group_of[candidates] == group_of[:, None]) & (group_of[:, None] >= 0)
     exact = exact.masked_fill(same | (candidates == torch.arange(n)[:, None]), -2)
     top = exact.topk(min(2, exact.shape[1]), dim=1)
     s2 = top.values[:, 1] if exact.shape[1] > 1 else torch.full((n,), -1.0)
     return top.values[:, 0], s2, candidates.gather(1, top.indices[:, :1])[:, 0]
+
+
+def _candidate_similarities(full: torch.Tensor, crop: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[n, k] exact similarity of each image to its candidates (whole or centre crop either side), a block of rows
+    at a time: the candidates' thumbnails gathered at once are n x k x THUMB^2 floats, 0.8 GB at 100,000 images, and
+    the products as much again (the audit's peak there: bench/RESULTS.md)."""
+    out = torch.empty(candidates.shape)
+    block = max(1, BLOCK_ELEMENTS // max(1, candidates.shape[1] * full.shape[1]))
+    for start in range(0, len(full), block):
+        idx = candidates[start : start + block]
+        f, c = full[start : start + block, :, None], crop[start : start + block, :, None]
+        their_full, their_crop = full[idx], crop[idx]  # [block, k, THUMB^2]
+        best = torch.bmm(their_full, f)
+        torch.maximum(best, torch.bmm(their_full, c), out=best)
+        torch.maximum(best, torch.bmm(their_crop, f), out=best)
+        out[start : start + block] = best[..., 0]
+    return out
 
 
 def _candidates(full: torch.Tensor, crop: torch.Tensor, group_of: torch.Tensor, *, block: int) -> torch.Tensor:
