@@ -104,6 +104,8 @@ def cnnlab_run(folder: Path, root: Path, runs: Path, name: str, model: str | Non
         if others:
             out["runner_up"] = f"{others[0]['candidate']} (valid {others[0]['valid_accuracy']})"
         out["skipped"] = [f"{r['candidate']}: {r['status']}" for r in searched if r["status"].startswith("skipped")]
+        out["compared"] = [f"{r['candidate']}: {r['valid_score']} +- {r['tie_margin']} (valid {r['valid_accuracy']})"
+                           for r in searched if "valid_score" in r]  # fmt: skip
     elif saved.model.strategy_candidates:
         out["candidates"] = saved.model.strategy_candidates
     out["model"] = saved.model.name
@@ -180,10 +182,12 @@ def main() -> None:
     parser.add_argument("--default-only", action="store_true", help="skip the hand-picked candidates")
     parser.add_argument("--fastai", metavar="PYTHON", help="a Python with fastai and timm: run the fastai peer")
     parser.add_argument("--fastai-epochs", type=int, default=5, help="fine_tune's unfrozen epochs")
+    parser.add_argument("--keep-runs", type=Path, help="keep the run folders here (to score an ensemble's members)")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        runs = args.keep_runs or tmp / "runs"
         folders = {}
         for name in args.folders:
             dest = tmp / name
@@ -205,9 +209,9 @@ def main() -> None:
         for name, folder in folders.items():
             positive = "face" if name == "lfw" else None
             r = results[name] = {
-                "default": cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-default", None, positive),
+                "default": cnnlab_run(folder, tmp / "root", runs, f"{name}-default", None, positive),
                 "sklearn_logreg": sklearn_baseline(
-                    folder, tmp / "runs" / f"{name}-default", positive_first=positive is not None
+                    folder, runs / f"{name}-default", positive_first=positive is not None
                 ),
             }
             r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
@@ -215,7 +219,7 @@ def main() -> None:
                 r["fastai_fine_tune"] = fastai_peer(
                     args.fastai,
                     folder,
-                    tmp / "runs" / f"{name}-default",
+                    runs / f"{name}-default",
                     tmp,
                     epochs=args.fastai_epochs,
                     positive_first=positive is not None,
@@ -223,8 +227,8 @@ def main() -> None:
                 if "accuracy" in r["fastai_fine_tune"]:
                     r["default_minus_fastai"] = round(r["default"]["accuracy"] - r["fastai_fine_tune"]["accuracy"], 4)
             if not args.default_only:
-                r["scratch"] = cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-cnn", "simple_cnn_bn", positive)
-                r["pretrained_auto"] = cnnlab_run(folder, tmp / "root", tmp / "runs", f"{name}-lite0", BACKBONE,
+                r["scratch"] = cnnlab_run(folder, tmp / "root", runs, f"{name}-cnn", "simple_cnn_bn", positive)
+                r["pretrained_auto"] = cnnlab_run(folder, tmp / "root", runs, f"{name}-lite0", BACKBONE,
                                                   positive)  # fmt: skip
                 best = max(r["scratch"]["accuracy"], r["pretrained_auto"]["accuracy"])
                 r["default_minus_best_hand_picked"] = round(r["default"]["accuracy"] - best, 4)
