@@ -24,7 +24,7 @@ since fastai is not a cnnlab dependency; e.g. `python -m venv /tmp/fa && /tmp/fa
 torch==2.14.1 torchvision==0.29.1`).
 
 Usage: .venv/bin/python bench/folders.py [--folders blood-cells caltech12 fashion-1000 digits lfw fashion-600]
-       [--default-only] [--fastai /tmp/fa/bin/python [--fastai-epochs 5]]
+       [--default-only] [--fastai /tmp/fa/bin/python [--fastai-epochs 5]] [--keep-runs DIR]
 """
 
 from __future__ import annotations
