@@ -20,7 +20,7 @@ from cnnlab.models import create_model
 from cnnlab.models.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from cnnlab.models.registry import ENSEMBLE
 from cnnlab.pipeline import resume, train
-from cnnlab.predict.infer import model_from_checkpoint, predict_images
+from cnnlab.predict.infer import computed_shape, model_from_checkpoint, predict_batch_size, predict_images
 from cnnlab.runs import RunFile, open_run, write_run_config
 from cnnlab.training import ensemble, evidence
 from helpers import write_digit_folder
@@ -115,6 +115,10 @@ def test_a_grey_folder_ensemble_feeds_each_member_the_channels_it_was_trained_on
         out = torch.softmax(model(ckpt.preprocessing.normalization().apply(images)), 1)
         alone = [torch.softmax(net(norm.apply(images)), 1) for net, norm in nets]
     assert torch.allclose(out, 0.5 * alone[0] + 0.5 * alone[1], atol=1e-5)
+    # predicted in batches sized at the 224-px RGB side its ImageNet member computes at, not the 32-px input's
+    # (a Fashion-MNIST ensemble's evaluation held 1,000 images at 224 px: 14 GB)
+    assert computed_shape(model, (1, 32, 32)) == (3, 224, 224)
+    assert predict_batch_size(computed_shape(model, (1, 32, 32))) == predict_batch_size((3, 224, 224)) <= 64
 
 
 @pytest.fixture(scope="module")

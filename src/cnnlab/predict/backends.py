@@ -57,9 +57,10 @@ class OnnxForward(nn.Module):
 
     channels_last = False  # ONNX Runtime takes plain NCHW arrays
 
-    def __init__(self, session) -> None:
+    def __init__(self, session, input_size: int = 0) -> None:
         super().__init__()
         self.session, self.input = session, session.get_inputs()[0].name
+        self.input_size = input_size  # the side the graph computes at (prediction batches are sized by it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.input: x.float().contiguous().numpy()})[0])
@@ -108,7 +109,8 @@ def choose_backend_at(
     if wanted == "auto" and known is not None and _pick(None, None, Timing(**known)).name == "torch":
         return _pick(fast_torch, None, Timing(**known))  # measured before: no session needed
     # as many threads as PyTorch uses, so the two are timed alike (both default to one per core)
-    onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log), threads=torch.get_num_threads()))
+    onnx = OnnxForward(open_session(onnx_file(model, sample, onnx_path, log), threads=torch.get_num_threads()),
+                       input_size=int(getattr(model, "input_size", 0) or 0))  # fmt: skip
     if wanted == "onnx":
         return Backend("onnx", onnx, "--backend onnx")
     return _pick(fast_torch, onnx, _timed(fast_torch, onnx, sample[:SAMPLE_IMAGES], onnx_path))
