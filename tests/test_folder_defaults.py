@@ -174,3 +174,17 @@ def test_frozen_candidates_are_ranked_on_a_stratified_sample_of_a_large_train_sp
     assert abs(sum(counts) - SEARCH_ROWS) <= 2 and counts == [round(SEARCH_ROWS * n / 12000) for n in (9000, 2880, 120)]
     assert torch.equal(rows, _search_rows(labels, seed=0)) and not torch.equal(rows, _search_rows(labels, seed=1))
     assert _search_rows(labels[:SEARCH_ROWS], seed=0) is None
+
+
+def test_the_same_seed_builds_the_same_head_whether_or_not_the_preprocessing_was_looked_up():
+    """Looking up a backbone's preprocessing builds a timm model once per process; it must not draw from the
+    global RNG, or a seeded run's head (and so its result) would depend on what ran before it in the process."""
+
+    def seeded_head() -> torch.Tensor:
+        torch.manual_seed(0)
+        return create_model("efficientnet_lite0", num_classes=3, image_size=64).head.weight.detach().clone()
+
+    with torch.random.fork_rng(devices=[]):
+        backbone_preprocessing.cache_clear()
+        first = seeded_head()  # looks the preprocessing up inside the build
+        assert torch.equal(first, seeded_head())  # found in the cache this time

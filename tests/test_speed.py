@@ -168,3 +168,35 @@ def test_an_unwritable_cache_costs_only_the_reuse(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "write_text_atomic", lambda *a, **k: (_ for _ in ()).throw(PermissionError("read-only")))
     assert _decide(_cfg(tmp_path), BF16_CPU).train.precision == "bf16-mixed"
     assert _decide(_cfg(tmp_path), BF16_CPU).train.precision == "bf16-mixed" and len(calls) == 2
+
+
+def test_the_probe_measures_the_model_training_starts_from(tmp_path, monkeypatch):
+    """Fine-tuning a pretrained backbone is probed with its pretrained weights and the run's seeded head, not a
+    fresh random init (whose bf16 loss gap swung 0.5-8% by seed and flipped the verdict between runs)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnlab.models import create_model
+    from cnnlab.models.pretrained import load_pretrained
+    from cnnlab.training.runner import build_model, decide_run_precision
+
+    monkeypatch.setattr(P.CpuInfo, "here", classmethod(lambda cls: BF16_CPU))
+    probed = []
+    monkeypatch.setattr(P, "time_training_steps", lambda m, *a: probed.append(m) or P.Measurement(0.2, 0.1, 0.0))
+    source = SimpleNamespace(class_names=["a", "b", "c"], channels=3, image_size=64)
+    cfg = with_overrides(_cfg(tmp_path), "model", name="efficientnet_lite0", options={}, strategy="fine-tune")
+    for seed in (0, 1):  # another seed is another cache key's worth of measuring: a fresh data root each
+        seeded = with_overrides(with_overrides(cfg, "train", seed=seed), "data", root=str(tmp_path / f"d{seed}"))
+        decide_run_precision(seeded, source, measure=True, log=lambda _: None)
+    reference = create_model("efficientnet_lite0", num_classes=3, image_size=64)
+    load_pretrained(reference)
+    backbone = [k for k in reference.state_dict() if "conv_stem" in k][0]
+    for model in probed:
+        assert torch.equal(model.state_dict()[backbone], reference.state_dict()[backbone])
+    heads = [[p for n, p in m.named_parameters() if "classifier" in n or "head" in n][-1] for m in probed]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        again = build_model(cfg, source)
+    assert torch.equal(heads[0], [p for n, p in again.named_parameters() if "classifier" in n or "head" in n][-1])
+    assert not torch.equal(heads[0], heads[1])

@@ -90,8 +90,11 @@ class Preprocessing:
 
 @functools.cache
 def backbone_preprocessing(name: str) -> Preprocessing:
-    """The backbone's pretraining preprocessing (builds the timm model once per name and process)."""
-    cfg = resolve_data_config({}, model=timm.create_model(timm_name(name), pretrained=False, num_classes=0))
+    """The backbone's pretraining preprocessing (builds the timm model once per name and process, under its own
+    RNG: whether it was cached must not change the next model's random init)."""
+    with torch.random.fork_rng(devices=[]):
+        model = timm.create_model(timm_name(name), pretrained=False, num_classes=0)
+    cfg = resolve_data_config({}, model=model)
     return Preprocessing(
         int(cfg["input_size"][-1]), float(cfg["crop_pct"]), str(cfg["interpolation"]),
         tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]),

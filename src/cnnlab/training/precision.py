@@ -162,7 +162,8 @@ def _decided(config: RunConfig, precision: str, why: str, log: Callable[[str], N
 
 def _cache_key(cpu: CpuInfo, config: RunConfig, in_channels: int, image_size: int) -> str:
     m, t = config.model, config.train
-    model = " ".join(filter(None, [m.name, json.dumps(m.options, sort_keys=True), m.strategy]))
+    start = "from " + (m.weights or "its default weights")  # a measurement of another starting point is not reused
+    model = " ".join(filter(None, [m.name, json.dumps(m.options, sort_keys=True), m.strategy, start]))
     machine = f"{cpu.name} | {cpu.capability} | {torch.get_num_threads()} threads | torch {torch.__version__}"
     return f"{machine} | {model} | {in_channels}x{image_size}x{image_size} | batch {t.batch_size}"
 
