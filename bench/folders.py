@@ -18,13 +18,16 @@ are the from-scratch CNN and the backbone with its frozen strategy measured; fin
 (the search runs it).
 
 With --default-only, only (a) and (c): the default against the baseline (e.g. on several draws of one size).
+With --peers-only and --keep-runs DIR of an earlier run, (a) is not run again: the baseline and the peer score the
+kept default runs' splits (so the default's timed, budgeted run can be given the machine alone, and the peers,
+whose accuracy does not depend on the wall clock, run later).
 With --fastai PYTHON, also (d) the peer: fastai's `vision_learner(...).fine_tune(--fastai-epochs)` on the same
 Lite0 weights, split and test images (bench/fastai_peer.py, run by PYTHON: an environment with fastai and timm,
 since fastai is not a cnnlab dependency; e.g. `python -m venv /tmp/fa && /tmp/fa/bin/pip install fastai timm
 torch==2.14.1 torchvision==0.29.1`).
 
 Usage: .venv/bin/python bench/folders.py [--folders blood-cells caltech12 fashion-1000 digits lfw fashion-600]
-       [--default-only] [--fastai /tmp/fa/bin/python [--fastai-epochs 5]] [--keep-runs DIR]
+       [--default-only] [--fastai /tmp/fa/bin/python [--fastai-epochs 5]] [--keep-runs DIR [--peers-only]]
 """
 
 from __future__ import annotations
@@ -183,7 +186,10 @@ def main() -> None:
     parser.add_argument("--fastai", metavar="PYTHON", help="a Python with fastai and timm: run the fastai peer")
     parser.add_argument("--fastai-epochs", type=int, default=5, help="fine_tune's unfrozen epochs")
     parser.add_argument("--keep-runs", type=Path, help="keep the run folders here (to score an ensemble's members)")
+    parser.add_argument("--peers-only", action="store_true", help="score the peers on --keep-runs' default runs")
     args = parser.parse_args()
+    if args.peers_only and not (args.keep_runs and args.keep_runs.is_dir()):
+        parser.error("--peers-only scores the default runs kept by an earlier --keep-runs DIR: pass that DIR")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -208,25 +214,20 @@ def main() -> None:
             folders["fashion-folder"] = args.fashion_folder
         for name, folder in folders.items():
             positive = "face" if name == "lfw" else None
-            r = results[name] = {
-                "default": cnnlab_run(folder, tmp / "root", runs, f"{name}-default", None, positive),
-                "sklearn_logreg": sklearn_baseline(
-                    folder, runs / f"{name}-default", positive_first=positive is not None
-                ),
-            }
-            r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
+            r = results[name] = {}
+            if not args.peers_only:
+                r["default"] = cnnlab_run(folder, tmp / "root", runs, f"{name}-default", None, positive)
+            kept = runs / f"{name}-default"
+            r["sklearn_logreg"] = sklearn_baseline(folder, kept, positive_first=positive is not None)
+            if "default" in r:
+                r["default_over_baseline"] = round(r["default"]["accuracy"] / r["sklearn_logreg"]["accuracy"], 4)
             if args.fastai:
                 r["fastai_fine_tune"] = fastai_peer(
-                    args.fastai,
-                    folder,
-                    runs / f"{name}-default",
-                    tmp,
-                    epochs=args.fastai_epochs,
-                    positive_first=positive is not None,
+                    args.fastai, folder, kept, tmp, epochs=args.fastai_epochs, positive_first=positive is not None
                 )
-                if "accuracy" in r["fastai_fine_tune"]:
+                if "accuracy" in r["fastai_fine_tune"] and "default" in r:
                     r["default_minus_fastai"] = round(r["default"]["accuracy"] - r["fastai_fine_tune"]["accuracy"], 4)
-            if not args.default_only:
+            if not (args.default_only or args.peers_only):
                 r["scratch"] = cnnlab_run(folder, tmp / "root", runs, f"{name}-cnn", "simple_cnn_bn", positive)
                 r["pretrained_auto"] = cnnlab_run(folder, tmp / "root", runs, f"{name}-lite0", BACKBONE,
                                                   positive)  # fmt: skip
