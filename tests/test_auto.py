@@ -165,6 +165,27 @@ def test_budget_probe_refuses_a_candidate_that_cannot_run_its_least_epochs():
     assert planned.train.epochs == 12 and planned.kept_s == 0  # capped at the most; nothing kept back
 
 
+class _CountedBatches(list):
+    """Batches that count how many the budget probe draws (its steps are thrown away)."""
+
+    drawn = 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.drawn += 1
+            yield batch
+
+
+@pytest.mark.parametrize(("steps_per_epoch", "drawn"), [(8, 4 + 2), (6, 3 + 2), (40, 8 + 2)])
+def test_the_budget_probe_takes_at_most_half_an_epoch_of_steps(steps_per_epoch, drawn):
+    """On a small folder the probe's throwaway steps were more than an epoch of fine-tuning (8 + 2 warm-up of 8)."""
+    model = create_model("mlp", num_classes=2, in_channels=1, image_size=8, options={})
+    batches = _CountedBatches([(torch.randn(16, 1, 8, 8), torch.randint(0, 2, (16,)))] * steps_per_epoch)
+    t = TrainConfig(budget_minutes=1.0, precision="32-true")
+    plan_budget(t, make_fabric(t), model, batches, batches[:1], lambda _: None)
+    assert batches.drawn == drawn
+
+
 def test_a_dry_run_does_not_measure_and_takes_the_scratch_cnn(tmp_path):
     folder = write_digit_folder(tmp_path / "digits", classes=(0, 1), per_class=20, size=8)
     lines = []

@@ -16,6 +16,9 @@ from cnnlab.training.fit import build_optimizer, evaluate_loss
 from cnnlab.training.progressive import epochs_that_fit, sides_text
 
 WARMUP_STEPS = 2  # the first steps pay one-off costs (allocations, oneDNN kernel selection, compilation)
+PROBE_STEPS = 8  # timed steps, at most half an epoch's (at least 3): the probe's steps are thrown away, and on a
+# small folder 8 + 2 of them were more than a whole epoch of fine-tuning (8 steps); the clock re-plans from real epochs
+MIN_PROBE_STEPS = 3
 
 
 class BudgetTooSmall(CnnlabError):
@@ -30,18 +33,21 @@ class BudgetPlan:
 
 
 def plan_budget(
-    t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int = 8,
+    t: TrainConfig, fabric, model, train_batches, valid_batches, log, probe_steps: int | None = None,
     epoch_limits: tuple[int, int] | None = None, *, seconds: float | None = None,
     after: tuple[float, float] = (0.0, 0.0),
 ) -> BudgetPlan:  # fmt: skip
     """Epochs that fit `seconds` (default: all of `t.budget_minutes`): time `probe_steps` training steps (the
-    median, after warm-up) and one validation pass on a throwaway copy of the model (the real one, and every RNG,
-    stay untouched), then divide. The work after training, `after` (validation passes of the model, seconds
-    besides: evaluating, explaining), is kept back from it. With --compile the probe is compiled too and its
-    one-off compile time comes off the budget. `epoch_limits` (least, most): a candidate of the model search,
-    capped at `most` and refused (BudgetTooSmall) below `least`. Under progressive resizing the epochs at smaller
-    sides are counted at their estimated share of a full-size epoch (training/progressive.py)."""
+    median, after warm-up; default PROBE_STEPS, at most half an epoch's) and one validation pass on a throwaway
+    copy of the model (the real one, and every RNG, stay untouched), then divide. The work after training,
+    `after` (validation passes of the model, seconds besides: evaluating, explaining), is kept back from it. With
+    --compile the probe is compiled too and its one-off compile time comes off the budget. `epoch_limits` (least,
+    most): a candidate of the model search, capped at `most` and refused (BudgetTooSmall) below `least`. Under
+    progressive resizing the epochs at smaller sides are counted at their estimated share of a full-size epoch
+    (training/progressive.py)."""
     seconds = t.budget_minutes * 60 if seconds is None else seconds
+    if probe_steps is None:
+        probe_steps = min(PROBE_STEPS, max(MIN_PROBE_STEPS, len(train_batches) // 2))
     with torch.random.fork_rng(devices=[]):
         probe = copy.deepcopy(model)
         optimizer = build_optimizer(probe, t)
