@@ -86,10 +86,16 @@ def test_a_corrupt_cache_is_measured_again(tmp_path, monkeypatch):
 
 
 def test_the_real_measurement_times_both_precisions(tmp_path):
-    """On this machine, whatever it is: both step times are positive and the loss gap is small."""
+    """On this machine, whatever it is: both step times are positive and the loss gap is small. The model is
+    seeded: a random init's own bf16 gap ranges widely (0.4-2.7% over seeds 0-7 here, 5.4% once in the suite's
+    unseeded order), which is why a run probes the seeded model it will train."""
+    import torch
+
     from cnnlab.models import create_model
 
-    model = create_model("cnn", num_classes=10, image_size=8, options={"widths": [8, 16]})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("cnn", num_classes=10, image_size=8, options={"widths": [8, 16]})
     m = P.time_training_steps(model, (32, 1, 8, 8), 10)
     assert m.fp32_step_s > 0 and m.bf16_step_s > 0 and m.loss_gap < P.MAX_LOSS_GAP
 
