@@ -2,7 +2,7 @@
 
 --photos images of a folder are decoded once at 224 px (resize 256, centre crop, as a backbone reads them). Then:
 - raw: the rows in one .npy shard (what data/decoded.py writes), training batches of 32 read at random positions
-  with plain reads (`_read_rows`);
+  with plain reads (`read_rows`);
 - jpeg: each row re-encoded as JPEG (quality 90, as bench/scale.py saves photos; 4:2:0), the same batches decoded
   from the bytes with Pillow.
 One thread each, the files in the page cache (a second epoch). The baseline is the raw reader: the ratio says how
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.data.decoded import _read_rows
 from cnnlab.data.images import decode_array, is_image_file
+from cnnlab.data.rowfile import read_rows
 from cnnlab.machine import CpuInfo
 
 BATCH = 32
@@ -50,7 +50,7 @@ def main() -> None:
         out = np.empty((BATCH, *rows.shape[1:]), dtype=np.uint8)
         start = time.perf_counter()
         for idx in batches:
-            _read_rows(shard, np.arange(len(idx)), idx, out)
+            read_rows(shard, np.arange(len(idx)), idx, out)
         raw_rate = len(batches) * BATCH / (time.perf_counter() - start)
         raw_bytes = shard.stat().st_size
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnnlab.config import DataConfig, ModelConfig, RunConfig
 from cnnlab.data.batches import Normalization
+from cnnlab.data.rowfile import RowFile
 from cnnlab.data.samples import write_sample_folder
 from cnnlab.data.sources import load_source
 from cnnlab.data.splits import make_splits
@@ -19,7 +20,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models import pretrained as pt
 from cnnlab.predict import features
-from cnnlab.predict.features import backbone_features
+from cnnlab.predict.features import backbone_feature_rows, backbone_features
 from cnnlab.predict.graph import PARITY_TOLERANCE, relative_difference
 from cnnlab.training.transfer import (
     SCORE_TIE,
@@ -119,6 +120,24 @@ def test_feature_cache_is_reused_and_keyed_by_the_images(tmp_path, monkeypatch):
     assert calls == [6, 6, 6]  # the mirror images' features are cached apart from the plain ones
     assert torch.allclose(mirrored, backbone_features(model, images.flip(-1), norm, cache_dir=None), atol=1e-4)
     assert not torch.allclose(mirrored, first, atol=1e-4)
+
+
+def test_the_audits_feature_rows_are_written_as_computed_and_read_back(tmp_path, monkeypatch):
+    """The audit's features go to a row file batch by batch (never held whole), equal the in-memory pass, and are
+    read from the file the second time."""
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 64
+    images = torch.randint(0, 255, (70, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    assert backbone_feature_rows(model, images, norm, cache_dir=tmp_path, only_cached=True) is None
+    passes = []
+    original = features._batches
+    monkeypatch.setattr(features, "_batches", lambda *a, **k: passes.append(1) or original(*a, **k))
+    rows = backbone_feature_rows(model, images, norm, cache_dir=tmp_path)
+    again = backbone_feature_rows(model, images, norm, cache_dir=tmp_path, only_cached=True)
+    assert isinstance(rows, RowFile) and isinstance(again, RowFile) and passes == [1]  # one pass, then the file
+    expected = backbone_features(model, images, norm, cache_dir=None)[0].numpy()
+    assert rows.shape == expected.shape and np.allclose(again[:], expected, atol=1e-5)
 
 
 def test_feature_pass_on_the_measured_backend_matches_eager_pytorch(tmp_path, monkeypatch):

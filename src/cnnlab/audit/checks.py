@@ -41,6 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 from cnnlab.audit.degenerate import degenerate_reasons
 from cnnlab.data.batches import Normalization
+from cnnlab.data.rowfile import RowFile
 from cnnlab.errors import CnnlabError
 from cnnlab.models.pretrained import (
     DEFAULT_BACKBONE,
@@ -49,7 +50,7 @@ from cnnlab.models.pretrained import (
     level_columns,
     load_pretrained,
 )
-from cnnlab.predict.features import backbone_features
+from cnnlab.predict.features import backbone_feature_rows, backbone_features
 
 THUMB = 16  # px: the near-duplicate thumbnail's side
 CROP = 0.92  # the centre crop compared as well (a copy cropped by up to ~4% a side)
@@ -62,6 +63,8 @@ REDUCED = 128  # principal components of the final features the outlier check wo
 LABEL_COMPONENTS = 256  # principal components of the standardised all-level features the label check works on
 LABEL_C = 0.003  # inverse L2 strength of the label check's logistic regression (standardised features)
 BLOCK_ELEMENTS = 2**25  # similarities per block of the all-pairs search (128 MB as float32)
+PROJECT_ELEMENTS = 2**23  # feature values per block standardised and projected (32 MB as float32; scikit-learn's
+# float64 temporaries of 2**25 held 0.3 GB more at 100,000 photos)
 PCA_SAMPLE = 20_000  # images the principal components are fitted on (all of them below this)
 SPLITS = 2  # fold splits (seeds) whose out-of-fold probabilities must agree on a headline label error (1 above
 # SMALL_SET images, where the check's cost is the logistic regressions and each fold holds thousands of images)
@@ -230,12 +233,16 @@ def _candidates(full: torch.Tensor, crop: torch.Tensor, group_of: torch.Tensor, 
     return out
 
 
+Rows = np.ndarray | RowFile  # features held, or read from the cache a block of rows at a time
+
+
 def embeddings(
     images: torch.Tensor, *, cache_dir: Path | None, log: Callable[[str], None] | None = None, only_cached: bool = False
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The offline ImageNet backbone's pooled features: (final [N, D], every level [N, D_all]), from one cached pass
-    (on disk under `cache_dir`; with `only_cached`, None when they are not there yet)."""
-    if only_cached and not (cache_dir is not None and any((Path(cache_dir) / "features").glob("*.pt"))):
+) -> tuple[Rows, Rows] | None:
+    """The offline ImageNet backbone's pooled features: (final [N, D], every level [N, D_all]), from one pass cached on
+    disk under `cache_dir` as a row file the checks read a block at a time (in memory without a cache; with
+    `only_cached`, None when they are not there yet)."""
+    if only_cached and not (cache_dir is not None and any((Path(cache_dir) / "features").glob("*.npy"))):
         return None  # nothing cached at all: no backbone to build and no weights to hash (train's every start)
     size = int(images.shape[-1])
     p = backbone_preprocessing(DEFAULT_BACKBONE)
@@ -243,51 +250,70 @@ def embeddings(
                                  input_size=FEATURE_SIZE_SMALL if size <= 64 else p.input_size)  # fmt: skip
     load_pretrained(model)
     norm = Normalization(p.mean, p.std)
-    features = backbone_features(model, images, norm, cache_dir=cache_dir, log=log, only_cached=only_cached)
-    if features is None:
+    if cache_dir is None:
+        every_level = backbone_features(model, images, norm, cache_dir=None, log=log)[0].numpy()
+    else:
+        every_level = backbone_feature_rows(model, images, norm, cache_dir=cache_dir, log=log, only_cached=only_cached)
+    if every_level is None:
         return None
-    every_level = features[0].numpy()
     final = level_columns(model.level_widths(), model.all_levels(), model.levels).numpy()
-    if np.array_equal(final, np.arange(final[0], final[-1] + 1)):  # one block of columns: a view, not a copy
-        return every_level[:, final[0] : final[-1] + 1], every_level
-    return every_level[:, final], every_level
+    if not np.array_equal(final, np.arange(final[0], final[-1] + 1)):
+        raise ValueError("the final level's features are not one block of columns")  # Lite0's are: its last level
+    columns = every_level.columns if isinstance(every_level, RowFile) else (lambda a, b: every_level[:, a:b])
+    return columns(int(final[0]), int(final[-1]) + 1), every_level
 
 
-def reduced(features: np.ndarray, *, k: int = REDUCED, seed: int = 0, fit_rows: int | None = None,
+def _owned(rows: np.ndarray, features: Rows) -> np.ndarray:
+    """`rows` (read from `features`) as float32 that may be changed in place: a copy when they are a view of an
+    array the caller holds."""
+    out = np.asarray(rows, dtype=np.float32)
+    return out.copy() if isinstance(features, np.ndarray) and np.may_share_memory(out, features) else out
+
+
+def reduced(features: Rows, *, k: int = REDUCED, seed: int = 0, fit_rows: int | None = None,
             prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
-    """The features (each block of rows through `prepare` first) projected on their first `k` principal components,
-    fit on all images or a seeded sample of `fit_rows` (labels unseen). REDUCED for the outlier check (the checks on
-    all 1,280 columns took 3.5x longer at 60,000 images, bench/RESULTS.md issue 19). Projected a block of rows at a
-    time: a whole centred copy of 100,000 photos' all-level features is 0.8 GB."""
+    """The features (each block of rows through `prepare` first, which may change its argument in place) projected
+    on their first `k` principal components, fit on all images or a seeded sample of `fit_rows` (labels unseen).
+    REDUCED for the outlier check (the checks on all 1,280 columns took 3.5x longer at 60,000 images,
+    bench/RESULTS.md issue 19). Read and projected a block of rows at a time (the features may be a row file on
+    disk): a whole centred copy of 100,000 photos' all-level features is 0.6 GB."""
     prepare = prepare or (lambda rows: rows)
     k = min(k, features.shape[1], len(features) - 1)
+    block = max(1, PROJECT_ELEMENTS // features.shape[1])
     if k >= features.shape[1] or k < 2:
-        return prepare(features)
-    if fit_rows is None or fit_rows >= len(features):
-        pca = PCA(n_components=k, random_state=seed).fit(prepare(features))
-    else:
+        return np.concatenate([prepare(_owned(features[s : s + block], features)) for s in range(0, len(features),
+                                                                                                  block)])  # fmt: skip
+    rows = np.arange(len(features))
+    if fit_rows is not None and fit_rows < len(features):
         rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:fit_rows])
-        pca = PCA(n_components=k, random_state=seed, svd_solver="randomized").fit(prepare(features[rows]))
-    block = max(1, BLOCK_ELEMENTS // features.shape[1])
+    # the sample is ours: centred in place (copy=False), not copied again
+    solver = "randomized" if len(rows) < len(features) else "auto"
+    pca = PCA(n_components=k, random_state=seed, svd_solver=solver, copy=False)
+    pca.fit(prepare(_owned(features[rows], features)))
     out = np.empty((len(features), k), dtype=np.float32)
     for start in range(0, len(features), block):
-        out[start : start + block] = pca.transform(prepare(features[start : start + block]))
+        out[start : start + block] = pca.transform(prepare(_owned(features[start : start + block], features)))
     return out
 
 
-def label_space(features: np.ndarray, *, seed: int = 0) -> np.ndarray:
+def label_space(features: Rows, *, seed: int = 0) -> np.ndarray:
     """All-level features standardised per column, then rotated onto their first LABEL_COMPONENTS principal
     components (fit on at most PCA_SAMPLE images, labels unseen) and not rescaled: the L2 penalty stays the one of
     the standardised features. On planted 5% flips this space (with LABEL_C) put the given label's probability
     far lower for a flipped image than for a true one; the final features alone, whitened to 128 components, left
-    blood-cell flips at 50% recall (bench/RESULTS.md). Standardised a block at a time, `features` left as they are."""
+    blood-cell flips at 50% recall (bench/RESULTS.md). Read and standardised a block at a time."""
     scaler = StandardScaler()
-    block = max(1, BLOCK_ELEMENTS // features.shape[1])
+    block = max(1, PROJECT_ELEMENTS // features.shape[1])
     for start in range(0, len(features), block):
         scaler.partial_fit(features[start : start + block])
     mean, scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
-    return reduced(features, k=LABEL_COMPONENTS, seed=seed, fit_rows=PCA_SAMPLE,
-                   prepare=lambda rows: (rows.astype(np.float32) - mean) / scale)  # fmt: skip
+
+    def standardise(rows: np.ndarray) -> np.ndarray:
+        rows -= mean
+        rows /= scale
+        return rows
+
+    return reduced(features, k=LABEL_COMPONENTS, seed=seed, fit_rows=PCA_SAMPLE, prepare=standardise)
 
 
 def oof_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
@@ -399,9 +425,10 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         cost["embeddings_s"] = round(time.perf_counter() - start, 1)
     if features is not None:
         start = time.perf_counter()
-        final, every_level = features
-        found, _ = label_issues(label_space(every_level, seed=seed), labels, seed=seed)
-        typical = reduced(final, seed=seed, fit_rows=PCA_SAMPLE)
+        (final, every_level), features = features, None
+        space, typical = label_space(every_level, seed=seed), reduced(final, seed=seed, fit_rows=PCA_SAMPLE)
+        del final, every_level  # the checks below work on the projections (held features: 0.6 GB at 100k)
+        found, _ = label_issues(space, labels, seed=seed)
         result.findings += [f for f in found if f.issue == "label"] + outliers(typical)
         result.findings += [f for f in found if f.issue != "label"]  # the possible ones: audit.csv, last
         cost["labels_outliers_s"] = round(time.perf_counter() - start, 1)
@@ -414,7 +441,7 @@ def audit(source, splits: dict[str, np.ndarray], *, labels_too: bool | str, cach
         "leaked_held_out_images": _leaked(result, split_names(len(labels), splits)),
         "class_balance": class_counts(labels, splits, source.class_names),
         "groups_across_splits": groups_across_splits(groups, splits) if groups is not None else None,
-        "checks": ["duplicates"] + (["labels", "outliers"] if features is not None else []),
+        "checks": ["duplicates"] + (["labels", "outliers"] if "labels_outliers_s" in cost else []),
         "method": {"thumbnail_px": THUMB, "crop": CROP, "floor": FLOOR, "ratio": RATIO,
                    "labels": f"logistic regression (C={LABEL_C}) on Lite0 features of every level (standardised, "
                              f"PCA {LABEL_COMPONENTS}), out of fold: two splits of 10 folds (one of 5 above "

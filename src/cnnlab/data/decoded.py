@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.data.rowfile import is_whole, read_rows
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_path, write_text_atomic
 
@@ -45,7 +46,7 @@ class DecodedCache:
                 rows = json.loads(part.read_text())["rows"]
             except (OSError, ValueError, KeyError, TypeError):  # unreadable: its files are decoded again
                 continue
-            if any("shard" in r for r in rows.values()) and not _whole(part.with_suffix(".npy")):
+            if any("shard" in r for r in rows.values()) and not is_whole(part.with_suffix(".npy")):
                 continue  # a deleted or cut shard's rows are decoded again
             self.rows |= rows
 
@@ -110,7 +111,7 @@ class DecodedCache:
             if shard in self.held:
                 out[torch.from_numpy(pos)] = self.held[shard][torch.from_numpy(rows)]
             else:
-                _read_rows(self.folder / shard, pos, rows, out.numpy())
+                read_rows(self.folder / shard, pos, rows, out.numpy())
         return out
 
     def __getstate__(self) -> dict[str, Any]:
@@ -121,41 +122,3 @@ class DecodedCache:
         return self.__dict__
 
 
-RUN_ROWS = 2048  # rows per read: about 300 MB at 224 px (one read() moves at most 2 GB on Linux)
-
-
-def _header(f) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of the .npy file open at its start."""
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    return shape, dtype, f.tell()
-
-
-def _whole(path: Path) -> bool:
-    """The shard exists and holds every byte its header promises (a copy cut short by a full disk does not)."""
-    try:
-        with open(path, "rb") as f:
-            shape, dtype, offset = _header(f)
-        return path.stat().st_size >= offset + int(np.prod(shape)) * dtype.itemsize
-    except (OSError, ValueError):
-        return False
-
-
-def _read_rows(path: Path, pos: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """out[pos[k]] = row rows[k] of the .npy shard at `path`, by reads of consecutive runs into `out` itself. A
-    memory map would do it in one line, but every page it touches stays resident while mapped: loading the
-    20,000-photo folder through one peaked at 6.4 GB for 3 GB of pixels (bench/decode_cache.py)."""
-    order = np.lexsort((pos, rows))  # by row: a folder decoded in listing order reads in long runs
-    pos, rows = pos[order], rows[order]
-    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(pos) != 1)) + 1
-    with open(path, "rb") as f:
-        shape, dtype, offset = _header(f)
-        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        for run_pos, run_rows in zip(np.split(pos, breaks), np.split(rows, breaks), strict=True):
-            for start in range(0, len(run_rows), RUN_ROWS):
-                first, n = int(run_rows[start]), min(RUN_ROWS, len(run_rows) - start)
-                target = memoryview(out[run_pos[start] : run_pos[start] + n]).cast("B")
-                f.seek(offset + first * row_bytes)
-                if f.readinto(target) != n * row_bytes:
-                    raise OSError(f"{path} is shorter than its header says")

@@ -10,9 +10,11 @@ features.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,6 +23,7 @@ from cnnlab.data.batches import Normalization
 from cnnlab.data.cache import cache_key, load_cached, store_cached, tensor_digest
 from cnnlab.data.lazy import row_view
 from cnnlab.data.ranks import every_rank, gather_rows, process_share
+from cnnlab.data.rowfile import RowFile, is_whole, row_writer
 from cnnlab.predict.backends import choose_backend_at, temp_folder
 
 # images per forward pass: 64 small ones; 32 photos at 224 px (ONNX Runtime's arena for 64 held 0.66 GB, for 32
@@ -66,25 +69,62 @@ def feature_batch(side: int) -> int:
     return LARGE_BATCH if side > LARGE_SIDE else BATCH
 
 
-@torch.inference_mode()
+def _batches(forward: nn.Module, images, norm: Normalization, policy, gen, batch_size: int, device, *,
+             mirror: bool = False) -> Iterator[torch.Tensor]:  # fmt: skip
+    """`forward`'s features of `images` (mirrored left-right with `mirror`), one batch at a time: the split is never
+    copied whole."""
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            x = x.flip(-1) if mirror else x
+            if policy is not None and policy.active:
+                x = augment_batch(x.float() * (1 / 255), policy, gen)
+            layout = torch.channels_last if getattr(forward, "channels_last", True) else torch.contiguous_format
+            yield forward(norm.apply(x).contiguous(memory_format=layout))
+
+
 def _compute(forward: nn.Module, images, norm: Normalization, policy, gen, batch_size: int, device, *,
              mirror: bool = False) -> torch.Tensor:  # fmt: skip
-    """`forward`'s features of `images` (mirrored left-right with `mirror`, a batch at a time, so the split is never
-    copied whole), batch by batch, written into one tensor made at the first batch: each
-    batch's result kept in a list sat between its freed temporaries and kept glibc's heap from reusing them (a
-    5,000-photo pass grew by 1 GB and kept it)."""
-    out = torch.empty(0)
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        x = x.flip(-1) if mirror else x
-        if policy is not None and policy.active:
-            x = augment_batch(x.float() * (1 / 255), policy, gen)
-        layout = torch.channels_last if getattr(forward, "channels_last", True) else torch.contiguous_format
-        y = forward(norm.apply(x).contiguous(memory_format=layout))
+    """`_batches` written into one tensor made at the first batch: each batch's result kept in a list sat between
+    its freed temporaries and kept glibc's heap from reusing them (a 5,000-photo pass grew by 1 GB and kept it)."""
+    out, start = torch.empty(0), 0
+    for y in _batches(forward, images, norm, policy, gen, batch_size, device, mirror=mirror):
         if start == 0:
             out = torch.empty(len(images), *y.shape[1:])
         out[start : start + len(y)] = y
+        start += len(y)
     return out
+
+
+def backbone_feature_rows(model, images, norm: Normalization, *, cache_dir: Path, log: Callable[[str], None] | None
+                          = None, only_cached: bool = False) -> RowFile | np.ndarray | None:  # fmt: skip
+    """The plain all-level features [N, D_all] of uint8 `images` as a row file in the cache (one process, no views),
+    written a batch at a time as the backbone computes them and read back a block of rows at a time: the audit's
+    checks never hold them whole (0.6 GB at 100,000 photos: bench/RESULTS.md, issue 41). With `only_cached`, None
+    when they are not there yet. A cache that cannot be written costs the streaming: the features come back in
+    memory (a warning says why)."""
+    model.eval()
+    digest = model.backbone_digest()
+    path = Path(cache_dir) / "features" / f"{cache_key('feature-rows-v1', digest, tensor_digest(images), norm)}.npy"
+    if is_whole(path):
+        return RowFile(path)
+    if only_cached:
+        return None
+    if len(images) == 0:
+        return backbone_features(model, images, norm, cache_dir=None)[0].numpy()
+    if log:
+        log(f"features: {len(images)} images through the frozen backbone (written to the cache as they come)")
+    forward = feature_backend(model, images, norm, n_images=len(images), digest=digest, cache_dir=cache_dir, log=log)
+    batch, device = feature_batch(int(images.shape[-1])), next(model.parameters()).device
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with row_writer(path, len(images)) as write:
+            for y in _batches(forward, images, norm, None, None, batch, device):
+                write(y.numpy())
+        return RowFile(path)
+    except OSError as exc:  # WriteFailed too: the pass again, held in memory
+        warnings.warn(f"cannot write the feature cache {path} ({exc}); the features are held in memory", stacklevel=2)
+        return _compute(forward, images, norm, None, None, batch, device).numpy()
 
 
 def backbone_features(
