@@ -120,5 +120,3 @@ class DecodedCache:
         if self.held:
             raise CnnlabError(f"the decoded-image cache in {self.folder} could not be written; workers cannot read it")
         return self.__dict__
-
-
