@@ -123,6 +123,12 @@ def test_flipped_labels_headline_is_short_and_right(cli, fashion, tmp_path):
     )
     assert ranked[: len(headline)] == headline and len(headline) < len(ranked)  # the possible ones come after
     assert "likely label errors" in printed
+    # train on the audited folder: its audit reads the features the audit left in the cache (a row file) and says
+    # the same count, with no backbone pass of its own
+    code, out, err = cli("train", "--data", f"folder:{folder}", "--data-root", tmp_path / "noisy-audit", "--model",
+                         "simple_cnn", "--epochs", "1", "--runs-dir", tmp_path / "runs", "--no-report")  # fmt: skip
+    assert code == 0, err
+    assert f", {len(headline)} likely label error(s)" in out and "through the frozen backbone" not in out, out
 
 
 @needs_blood
