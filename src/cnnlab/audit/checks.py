@@ -280,9 +280,9 @@ def reduced(features: Rows, *, k: int = REDUCED, seed: int = 0, fit_rows: int | 
     prepare = prepare or (lambda rows: rows)
     k = min(k, features.shape[1], len(features) - 1)
     block = max(1, PROJECT_ELEMENTS // features.shape[1])
+    starts = range(0, len(features), block)
     if k >= features.shape[1] or k < 2:
-        return np.concatenate([prepare(_owned(features[s : s + block], features)) for s in range(0, len(features),
-                                                                                                  block)])  # fmt: skip
+        return np.concatenate([prepare(_owned(features[s : s + block], features)) for s in starts])
     rows = np.arange(len(features))
     if fit_rows is not None and fit_rows < len(features):
         rows = np.sort(np.random.default_rng(seed).permutation(len(features))[:fit_rows])
@@ -291,7 +291,7 @@ def reduced(features: Rows, *, k: int = REDUCED, seed: int = 0, fit_rows: int | 
     pca = PCA(n_components=k, random_state=seed, svd_solver=solver, copy=False)
     pca.fit(prepare(_owned(features[rows], features)))
     out = np.empty((len(features), k), dtype=np.float32)
-    for start in range(0, len(features), block):
+    for start in starts:
         out[start : start + block] = pca.transform(prepare(_owned(features[start : start + block], features)))
     return out
 
