@@ -140,6 +140,20 @@ def test_the_audits_feature_rows_are_written_as_computed_and_read_back(tmp_path,
     assert rows.shape == expected.shape and np.allclose(again[:], expected, atol=1e-5)
 
 
+def test_an_unwritable_feature_cache_warns_and_holds_the_audits_features_in_memory(tmp_path):
+    model = create_model("efficientnet_lite0", num_classes=2, in_channels=3, image_size=32, strategy="feature-extract")
+    model.input_size = 64
+    images = torch.randint(0, 255, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder would go")
+    with pytest.warns(UserWarning, match="cannot write the feature cache"):
+        got = backbone_feature_rows(model, images, norm, cache_dir=blocked)
+    expected = backbone_features(model, images, norm, cache_dir=None)[0].numpy()
+    assert isinstance(got, np.ndarray) and np.allclose(got, expected, atol=1e-5)
+    assert blocked.read_text() == "a file where the cache folder would go"  # nothing of the user's replaced
+
+
 def test_feature_pass_on_the_measured_backend_matches_eager_pytorch(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     model = create_model("efficientnet_lite0", num_classes=2, in_channels=1, image_size=28, strategy="feature-extract")
