@@ -74,7 +74,7 @@ class RowFile:
         return RowFile(self.path, slice(start, stop))
 
     def __getitem__(self, key) -> np.ndarray:
-        rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        rows = np.asarray(range(len(self))[key] if isinstance(key, slice) else key, dtype=np.int64)
         out = np.empty((len(rows), self.width), dtype=self.dtype)
         if len(rows):
             read_rows(self.path, np.arange(len(rows)), rows, out)
